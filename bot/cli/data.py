@@ -1,0 +1,78 @@
+"""``brandbot import`` and ``brandbot export``: examples in and out as chat JSONL (or CSV)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from bot.cli.common import (
+    CliError,
+    DatasetOption,
+    JsonOption,
+    console,
+    database,
+    err_console,
+    print_json,
+)
+from bot.importer import export_records, import_candidates, read_file
+from bot.storage.repositories import Datasets, Examples
+
+SHOW_REJECTIONS = 20
+
+
+def import_examples(
+    path: Path = typer.Argument(..., help="A .jsonl file (chat format) or, for classify, a .csv."),
+    dataset: str = DatasetOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Import examples. Idempotent: the same content twice is one example.
+
+    JSONL lines look like {"messages": [{"role": "user", "content": "brief"},
+    {"role": "assistant", "content": "approved copy"}]}; classify lines also carry "label",
+    equal to the assistant message. CSV rows are text,label.
+    """
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    with database().session() as session:
+        ds = Datasets(session).get(dataset)
+        rows = read_file(path, ds.task)
+        result = import_candidates(session, ds, rows, actor="cli")
+    if as_json:
+        print_json({"dataset": dataset, "file": str(path), **result.as_dict()})
+        return
+    split = ", ".join(f"{k} {v}" for k, v in sorted(result.added_by_split.items()))
+    console.print(
+        f"{dataset}: added {result.added}" + (f" ({split})" if split else "")
+        + f", duplicate {result.duplicate}, rejected {len(result.rejected)}"
+    )  # fmt: skip
+    for rejected in result.rejected[:SHOW_REJECTIONS]:
+        where = f"line {rejected.line}" if rejected.line else str(path)
+        console.print(f"  [yellow]rejected[/] {where}: {rejected.reason}", highlight=False)
+    if len(result.rejected) > SHOW_REJECTIONS:
+        console.print(f"  ... and {len(result.rejected) - SHOW_REJECTIONS} more (see --json)")
+
+
+def export_examples(
+    dataset: str = DatasetOption,
+    split: str = typer.Option("all", "--split", help="train, heldout or all."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="File to write (default: stdout)."
+    ),
+) -> None:
+    """Export the dataset's active examples as chat JSONL."""
+    if split not in ("train", "heldout", "all"):
+        raise CliError(f"--split must be train, heldout or all, not {split!r}")
+    with database().session() as session:
+        ds = Datasets(session).get(dataset)
+        examples = Examples(session).active(ds.id, None if split == "all" else split, kind=None)
+        lines = [json.dumps(r, ensure_ascii=False) for r in export_records(ds, examples)]
+    text = "".join(line + "\n" for line in lines)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        err_console.print(f"wrote {len(lines)} examples to {output}")

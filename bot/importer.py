@@ -1,0 +1,258 @@
+"""Import and export of examples in the common chat JSONL format (and CSV for classify).
+
+Import is idempotent: an example is identified by its content hash, so the same content twice is
+one example. A bad line is reported with its number and reason and skipped; the rest goes in.
+Splits follow DESIGN.md: from the first content hash, except that a text already in the dataset
+keeps that text's split, so held-out text never enters train.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy.orm import Session
+
+from bot.storage.models import Dataset, Example, utcnow
+from bot.storage.repositories import Audit, Examples
+from trainer.cleaning import content_hash, normalize_text, split_for, text_key
+
+MAX_TEXT_CHARS = 20_000
+ROLES = {"system", "user", "assistant"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One parsed input row, before deduplication."""
+
+    line: int
+    prompt: str | None
+    text: str
+    label: str | None
+    kind: str = "positive"
+
+
+@dataclass
+class Rejected:
+    line: int
+    reason: str
+
+
+@dataclass
+class ImportResult:
+    added: int = 0
+    duplicate: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    added_by_split: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "duplicate": self.duplicate,
+            "rejected": len(self.rejected),
+            "added_by_split": self.added_by_split,
+            "rejections": [{"line": r.line, "reason": r.reason} for r in self.rejected],
+        }
+
+
+class RowError(ValueError):
+    pass
+
+
+def _content(msg: Any, index: int) -> tuple[str, str]:
+    if not isinstance(msg, dict):
+        raise RowError(f"messages[{index}] is not an object")
+    role, content = msg.get("role"), msg.get("content")
+    if role not in ROLES:
+        raise RowError(f"messages[{index}].role must be one of system, user, assistant")
+    if not isinstance(content, str):
+        raise RowError(f"messages[{index}].content must be a string")
+    return role, content
+
+
+def parse_chat_record(record: Any, task: str, line: int) -> Candidate:
+    """Turn one chat-format object into a candidate example, or raise RowError with why."""
+    if not isinstance(record, dict):
+        raise RowError("not a JSON object")
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RowError('missing "messages" (a non-empty list)')
+    pairs = [_content(m, i) for i, m in enumerate(messages)]
+    users = [c for r, c in pairs if r == "user"]
+    answers = [c for r, c in pairs if r == "assistant"]
+    if len(answers) != 1:
+        raise RowError(f"expected exactly one assistant message, found {len(answers)}")
+    if len(users) > 1:
+        raise RowError(f"expected at most one user message, found {len(users)}")
+    kind = record.get("kind", "positive")
+    if kind not in ("positive", "negative"):
+        raise RowError('"kind" must be "positive" or "negative"')
+    if task == "classify":
+        if not users:
+            raise RowError("a classify example needs the ticket as a user message")
+        label = record.get("label")
+        answer = answers[0].strip()
+        if label is None:
+            label = answer
+        if not isinstance(label, str):
+            raise RowError('"label" must be a string')
+        if label.strip() != answer:
+            raise RowError(f'"label" {label!r} and the assistant message {answer!r} differ')
+        return Candidate(line, None, users[0], label.strip(), kind)
+    return Candidate(line, users[0] if users else None, answers[0], None, kind)
+
+
+def read_jsonl(stream: TextIO, task: str) -> Iterator[Candidate | Rejected]:
+    for number, raw in enumerate(stream, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            yield Rejected(number, f"malformed JSON: {exc.msg} (column {exc.colno})")
+            continue
+        try:
+            yield parse_chat_record(record, task, number)
+        except RowError as exc:
+            yield Rejected(number, str(exc))
+
+
+def read_csv(stream: TextIO) -> Iterator[Candidate | Rejected]:
+    """CSV ``text,label`` rows (a header row with exactly those names is skipped)."""
+    reader = csv.reader(stream)
+    first = True
+    for row in reader:
+        number = reader.line_num
+        if first and [c.strip().lower() for c in row] == ["text", "label"]:
+            first = False
+            continue
+        first = False
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != 2:
+            yield Rejected(number, f"expected 2 columns (text,label), found {len(row)}")
+            continue
+        yield Candidate(number, None, row[0], row[1].strip() or None)
+
+
+def read_file(path: Path, task: str) -> list[Candidate | Rejected]:
+    """Parse a .jsonl/.json or .csv file; CSV is only for classify datasets."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return [Rejected(0, f"the file is not UTF-8 (byte {exc.start})")]
+    stream = io.StringIO(text, newline="" if path.suffix.lower() == ".csv" else None)
+    if path.suffix.lower() == ".csv":
+        if task != "classify":
+            return [Rejected(0, "CSV (text,label) is for classify datasets; use chat JSONL")]
+        return list(read_csv(stream))
+    return list(read_jsonl(stream, task))
+
+
+def _check(candidate: Candidate, dataset: Dataset) -> str | None:
+    text = normalize_text(candidate.text)
+    if not text:
+        return "empty text"
+    if len(text) > MAX_TEXT_CHARS:
+        return f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}"
+    if dataset.task == "draft" and dataset.max_length and len(text) > dataset.max_length:
+        return f"text is {len(text)} characters; the dataset's max_length is {dataset.max_length}"
+    if candidate.prompt is not None and len(candidate.prompt) > MAX_TEXT_CHARS:
+        return f"prompt is over {MAX_TEXT_CHARS} characters"
+    if dataset.task == "classify":
+        if not dataset.labels:
+            return "the dataset has no labels yet (set them with `datasets update --labels`)"
+        if candidate.label not in dataset.labels:
+            return f"label {candidate.label!r} is not one of the dataset's labels"
+    return None
+
+
+def import_candidates(
+    session: Session,
+    dataset: Dataset,
+    rows: Iterable[Candidate | Rejected],
+    *,
+    actor: str | None = None,
+) -> ImportResult:
+    """Insert the valid, new candidates in one transaction (the caller's) and count the rest."""
+    result = ImportResult()
+    repo = Examples(session)
+    seen = repo.existing_hashes(dataset.id)
+    splits = repo.split_by_text_key(dataset.id)
+    now = utcnow()
+    new_rows: list[dict[str, Any]] = []
+    for row in rows:
+        if isinstance(row, Rejected):
+            result.rejected.append(row)
+            continue
+        reason = _check(row, dataset)
+        if reason:
+            result.rejected.append(Rejected(row.line, reason))
+            continue
+        text = normalize_text(row.text)
+        prompt = normalize_text(row.prompt) if row.prompt else None
+        digest = content_hash(dataset.task, prompt, text, row.label)
+        if digest in seen:
+            result.duplicate += 1
+            continue
+        seen.add(digest)
+        tkey = text_key(text)
+        split = splits.get(tkey) or split_for(digest)
+        splits.setdefault(tkey, split)
+        new_rows.append(
+            {
+                "dataset_id": dataset.id,
+                "task": dataset.task,
+                "prompt": prompt,
+                "prompt_source": "import" if prompt else None,
+                "text": text,
+                "label": row.label,
+                "kind": row.kind,
+                "status": "active",
+                "split": split,
+                "content_hash": digest,
+                "text_key": tkey,
+                "source": "import",
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        result.added_by_split[split] = result.added_by_split.get(split, 0) + 1
+    repo.insert_many(new_rows)
+    result.added = len(new_rows)
+    if new_rows:
+        Audit(session).record(
+            "examples.import",
+            actor=actor,
+            dataset_id=dataset.id,
+            added=result.added,
+            duplicate=result.duplicate,
+            rejected=len(result.rejected),
+        )
+    return result
+
+
+def export_records(dataset: Dataset, examples: Iterable[Example]) -> Iterator[dict[str, Any]]:
+    """Examples as chat-format records; the dataset's brand prompt is the system message."""
+    for ex in examples:
+        messages: list[dict[str, str]] = []
+        if dataset.system_prompt:
+            messages.append({"role": "system", "content": dataset.system_prompt})
+        if dataset.task == "classify":
+            messages.append({"role": "user", "content": ex.text})
+            messages.append({"role": "assistant", "content": ex.label or ""})
+            record: dict[str, Any] = {"messages": messages, "label": ex.label}
+        else:
+            if ex.prompt:
+                messages.append({"role": "user", "content": ex.prompt})
+            messages.append({"role": "assistant", "content": ex.text})
+            record = {"messages": messages}
+        if ex.kind != "positive":
+            record["kind"] = ex.kind
+        yield record

@@ -1,0 +1,104 @@
+"""The engine, sessions and migrations for either database.
+
+``Database(url)`` is cheap to make and owns one engine. ``upgrade()`` runs the Alembic
+migrations shipped in ``bot/migrations``; every start calls it so a deployment never runs on an
+old schema. Connection failures become ``DatabaseUnavailable`` with one readable line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or opened; the message is one line for a person."""
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def migrations_config(url: str) -> Config:
+    """An Alembic config for our migrations against ``url`` (no alembic.ini needed)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("bot") / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+class Database:
+    """One database: an engine, a session factory, and its migrations."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.dialect == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_pre_ping=True, connect_args={"connect_timeout": 5})
+        self.engine: Engine = create_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error."""
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except OperationalError as exc:
+            raise self._unavailable(exc) from exc
+
+    def check_connection(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except OperationalError as exc:
+            raise self._unavailable(exc) from exc
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Bring the schema up to ``revision`` (default: the newest)."""
+        self.check_connection()
+        cfg = migrations_config(self.url)
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def _unavailable(self, exc: OperationalError) -> DatabaseUnavailable:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        return DatabaseUnavailable(f"cannot reach the database {safe_url(self.url)}: {reason}")

@@ -1,0 +1,316 @@
+"""The whole data model of DESIGN.md as SQLAlchemy 2 typed models.
+
+Lists and maps (channels, labels, emoji) are JSON columns: they are read and written whole and
+never queried inside. Times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+TASKS = ("draft", "classify")
+EXAMPLE_STATUSES = ("active", "withdrawn")
+EXAMPLE_KINDS = ("positive", "negative")
+EXAMPLE_SOURCES = ("reaction", "draft", "correction", "import")
+SPLITS = ("train", "heldout")
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ADAPTER_STATUSES = ("candidate", "active", "rejected", "retired")
+REPLY_MODES = ("off", "suggest", "thread")
+
+# An integer key that is BIGINT on PostgreSQL and the rowid alias on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+        list[str]: JSON,
+        dict[str, str]: JSON,
+        dt.datetime: DateTime(timezone=True),
+    }
+
+
+class Dataset(Base):
+    """A named collection of examples for one task, with everything the bot needs to run it."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), unique=True)
+    task: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(Text, default="")
+    channels: Mapped[list[str]] = mapped_column(default=list)
+    approve_emoji: Mapped[list[str]] = mapped_column(default=lambda: ["white_check_mark"])
+    reject_emoji: Mapped[list[str]] = mapped_column(default=lambda: ["x"])
+    labels: Mapped[list[str]] = mapped_column(default=list)
+    label_emoji: Mapped[dict[str, str]] = mapped_column(default=dict)
+    approvers: Mapped[list[str]] = mapped_column(default=list)
+    approver_groups: Mapped[list[str]] = mapped_column(default=list)
+    system_prompt: Mapped[str] = mapped_column(Text, default="")
+    max_length: Mapped[int | None] = mapped_column(Integer, default=None)
+    banned_words: Mapped[list[str]] = mapped_column(default=list)
+    required_words: Mapped[list[str]] = mapped_column(default=list)
+    ticket_channels: Mapped[list[str]] = mapped_column(default=list)
+    reply_mode: Mapped[str] = mapped_column(String(16), default="off")
+    report_channel: Mapped[str | None] = mapped_column(String(64), default=None)
+    schedule_cron: Mapped[str] = mapped_column(String(64), default="0 6 * * 1")
+    schedule_timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    min_new_examples: Mapped[int] = mapped_column(Integer, default=10)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    examples: Mapped[list[Example]] = relationship(back_populates="dataset", lazy="raise")
+
+
+class Example(Base):
+    """One training pair (or labelled ticket) with its provenance and its stored split."""
+
+    __tablename__ = "examples"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "content_hash"),
+        UniqueConstraint("dataset_id", "channel_id", "message_ts"),
+        Index("ix_examples_dataset_status_split", "dataset_id", "status", "split"),
+        Index("ix_examples_dataset_text_key", "dataset_id", "text_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    task: Mapped[str] = mapped_column(String(16))
+    prompt: Mapped[str | None] = mapped_column(Text, default=None)
+    prompt_source: Mapped[str | None] = mapped_column(String(16), default=None)
+    text: Mapped[str] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(64), default=None)
+    kind: Mapped[str] = mapped_column(String(16), default="positive")
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    split: Mapped[str] = mapped_column(String(8))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    text_key: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16))
+    workspace_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    channel_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    message_ts: Mapped[str | None] = mapped_column(String(32), default=None)
+    thread_ts: Mapped[str | None] = mapped_column(String(32), default=None)
+    author_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    approver_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    dataset: Mapped[Dataset] = relationship(back_populates="examples", lazy="raise")
+
+
+class TrainingRun(Base):
+    """A training run: queued, claimed by one worker, finished with metrics or an error."""
+
+    __tablename__ = "training_runs"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "scheduled_for"),
+        Index("ix_training_runs_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    trigger: Mapped[str] = mapped_column(String(16), default="manual")
+    requested_by: Mapped[str | None] = mapped_column(String(32), default=None)
+    scheduled_for: Mapped[dt.datetime | None] = mapped_column(default=None)
+    example_ids: Mapped[list[Any]] = mapped_column(default=list)
+    hyperparams: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    base_model: Mapped[str | None] = mapped_column(String(512), default=None)
+    base_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
+    losses: Mapped[list[Any]] = mapped_column(default=list)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    checkpoint_dir: Mapped[str | None] = mapped_column(String(1024), default=None)
+    duration_s: Mapped[float | None] = mapped_column(Float, default=None)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float, default=None)
+    peak_memory_mb: Mapped[float | None] = mapped_column(Float, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class AdapterVersion(Base):
+    """The adapter version sequence: one row per version ever handed out, never reused.
+
+    A table with an autoincrement key is a sequence on both databases (SQLite's AUTOINCREMENT
+    guarantees no reuse even after deletes), so ``<dataset>-v<N>`` names stay immutable.
+    """
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Adapter(Base):
+    """A trained LoRA adapter ``<dataset>-v<N>`` with its metrics and promotion state."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("dataset_id", "version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="candidate")
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("training_runs.id", ondelete="SET NULL"), default=None
+    )
+    path: Mapped[str] = mapped_column(String(1024))
+    weights_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
+    base_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    decision: Mapped[str | None] = mapped_column(Text, default=None)
+    needs_retrain: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    promoted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Draft(Base):
+    """A ``/draft`` request, what the model wrote, and what was finally posted."""
+
+    __tablename__ = "drafts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    adapter_name: Mapped[str | None] = mapped_column(String(64), default=None)
+    brief: Mapped[str] = mapped_column(Text)
+    variants: Mapped[list[str]] = mapped_column(default=list)
+    text: Mapped[str | None] = mapped_column(Text, default=None)
+    final_text: Mapped[str | None] = mapped_column(Text, default=None)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    requested_by: Mapped[str] = mapped_column(String(32), index=True)
+    posted_by: Mapped[str | None] = mapped_column(String(32), default=None)
+    channel_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    message_ts: Mapped[str | None] = mapped_column(String(32), default=None)
+    edit_distance: Mapped[int | None] = mapped_column(Integer, default=None)
+    requested_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    posted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Prediction(Base):
+    """A ticket classification shown in chat, and whether a person confirmed or corrected it."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("dataset_id", "channel_id", "message_ts"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    adapter_name: Mapped[str | None] = mapped_column(String(64), default=None)
+    channel_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    message_ts: Mapped[str | None] = mapped_column(String(32), default=None)
+    author_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    text: Mapped[str | None] = mapped_column(Text, default=None)
+    label: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float] = mapped_column(Float)
+    scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    corrected_label: Mapped[str | None] = mapped_column(String(64), default=None)
+    resolved_by: Mapped[str | None] = mapped_column(String(32), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class ProcessedEvent(Base):
+    """A chat event that took effect; written in the handler's own transaction."""
+
+    __tablename__ = "processed_events"
+
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    processed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class OutboxEvent(Base):
+    """An internal event written with the state change that caused it, delivered once."""
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (Index("ix_outbox_events_pending", "delivered_at", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    topic: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class AuditEntry(Base):
+    """Who did what to which example or dataset. Ids and hashes only, never message text."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str | None] = mapped_column(String(32), default=None)
+    action: Mapped[str] = mapped_column(String(64))
+    dataset_id: Mapped[int | None] = mapped_column(BigId, default=None)
+    example_id: Mapped[int | None] = mapped_column(BigId, default=None)
+    content_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class OptOut(Base):
+    """A person who asked that their messages not be collected."""
+
+    __tablename__ = "opt_outs"
+
+    user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+__all__ = [
+    "ADAPTER_STATUSES",
+    "EXAMPLE_KINDS",
+    "EXAMPLE_SOURCES",
+    "EXAMPLE_STATUSES",
+    "REPLY_MODES",
+    "RUN_STATUSES",
+    "SPLITS",
+    "TASKS",
+    "Adapter",
+    "AdapterVersion",
+    "AuditEntry",
+    "Base",
+    "Dataset",
+    "Draft",
+    "Example",
+    "OptOut",
+    "OutboxEvent",
+    "Prediction",
+    "ProcessedEvent",
+    "TrainingRun",
+]

@@ -1,0 +1,56 @@
+"""pytest fixtures of the test kit (registered through the ``pytest11`` entry point).
+
+- ``postgres_server``: one PostgreSQL cluster for the test session. Missing binaries skip the
+  test, except with ``CI=true``, where they fail it: CI must never silently skip PostgreSQL.
+- ``postgres_url`` / ``sqlite_url``: a fresh, empty database for one test.
+- ``db_url``: parametrized over both, so a storage test runs on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.testkit.postgres import PostgresCluster, PostgresUnavailable
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+    except PostgresUnavailable as exc:
+        cluster.stop()
+        if _in_ci():
+            pytest.fail(f"PostgreSQL is required in CI: {exc}")
+        pytest.skip(f"PostgreSQL not available: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresCluster) -> str:
+    return postgres_server.create_database()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'brandbot.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "sqlite":
+        url: str = request.getfixturevalue("sqlite_url")
+    else:
+        url = request.getfixturevalue("postgres_url")
+    return url
