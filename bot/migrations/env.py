@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from alembic import context
 from sqlalchemy import create_engine
 
@@ -34,7 +36,13 @@ connection = config.attributes.get("connection")
 if connection is not None:
     run(connection)
 else:
-    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
+    url = config.get_main_option("sqlalchemy.url") or ""
+    if config.config_file_name and os.environ.get("BRANDBOT_DATABASE_URL"):
+        # Run from the command line with alembic.ini: follow the deployment's setting.
+        from bot.settings import load_settings
+
+        url = load_settings().resolved_database_url
+    engine = create_engine(url)
     with engine.begin() as conn:
         run(conn)
     engine.dispose()

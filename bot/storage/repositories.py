@@ -234,8 +234,9 @@ class ProcessedEvents:
             _insert_for(self.session, ProcessedEvent)
             .values(event_id=event_id, kind=kind, processed_at=utcnow())
             .on_conflict_do_nothing()
+            .returning(ProcessedEvent.event_id)
         )
-        return bool(self.session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+        return self.session.execute(stmt).scalar() is not None
 
 
 class Outbox:

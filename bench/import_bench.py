@@ -1,0 +1,155 @@
+"""Import benchmark: `brandbot import` of a 10,000-line chat JSONL file into SQLite, against a
+bare SQLAlchemy bulk insert of the same rows measured in the same run.
+
+    python bench/import_bench.py            # 10,000 lines
+    python bench/import_bench.py --smoke    # 500 lines, seconds (CI)
+
+Targets (issue "Foundation"): the import finishes in under 10 s, within 3x of the bare bulk
+insert, and importing the same file again adds nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import insert
+
+from bot.storage import Database
+from bot.storage.models import Example, utcnow
+from bot.storage.repositories import Datasets
+from trainer.cleaning import content_hash, split_for, text_key
+
+WORDS = [
+    "tea",
+    "kettle",
+    "chai",
+    "oolong",
+    "sencha",
+    "leaf",
+    "steep",
+    "brew",
+    "cup",
+    "pot",
+    "autumn",
+    "spice",
+    "ginger",
+    "honey",
+    "smoke",
+    "bright",
+    "malty",
+    "floral",
+    "citrus",
+    "bergamot",
+    "mint",
+    "jasmine",
+    "cosy",
+    "morning",
+    "evening",
+    "parcel",
+    "order",
+    "club",
+]
+
+
+def make_file(path: Path, lines: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(lines):
+            brief = f"Brief {i}: " + " ".join(rng.choices(WORDS, k=rng.randint(4, 10)))
+            post = " ".join(rng.choices(WORDS, k=rng.randint(15, 45))).capitalize() + "."
+            record = {
+                "messages": [
+                    {"role": "user", "content": brief},
+                    {"role": "assistant", "content": post},
+                ]
+            }
+            fh.write(json.dumps(record) + "\n")
+
+
+def bare_insert(db: Database, path: Path) -> float:
+    """The floor: rows already parsed, one executemany, no checks."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    start = time.perf_counter()
+    with db.session() as s:
+        ds = Datasets(s).create("bare", "draft")
+        now = utcnow()
+        rows = []
+        for r in records:
+            prompt, text = r["messages"][0]["content"], r["messages"][1]["content"]
+            digest = content_hash("draft", prompt, text)
+            rows.append(
+                {
+                    "dataset_id": ds.id, "task": "draft", "prompt": prompt, "text": text,
+                    "split": split_for(digest), "content_hash": digest,
+                    "text_key": text_key(text), "source": "import",
+                    "created_at": now, "updated_at": now,
+                }
+            )  # fmt: skip
+        s.execute(insert(Example), rows)
+    return time.perf_counter() - start
+
+
+def cli_import(env: dict[str, str], path: Path) -> tuple[float, dict[str, object]]:
+    brandbot = str(Path(sys.executable).parent / "brandbot")
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [brandbot, "import", str(path), "-d", "bench", "--json"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return time.perf_counter() - start, json.loads(proc.stdout)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="500 lines instead of 10,000")
+    parser.add_argument("--lines", type=int, default=None)
+    args = parser.parse_args()
+    lines = args.lines or (500 if args.smoke else 10_000)
+    with tempfile.TemporaryDirectory(prefix="brandbot-bench-") as tmp:
+        root = Path(tmp)
+        path = root / "examples.jsonl"
+        make_file(path, lines)
+
+        bare_db = Database(f"sqlite:///{root / 'bare.db'}")
+        bare_db.upgrade()
+        bare_s = bare_insert(bare_db, path)
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BRANDBOT_", "SLACK_"))}
+        env["BRANDBOT_DATA_DIR"] = str(root / "data")
+        env["BRANDBOT_CONFIG"] = str(root / "none.toml")
+        brandbot = str(Path(sys.executable).parent / "brandbot")
+        subprocess.run(
+            [brandbot, "datasets", "create", "bench", "--task", "draft"],
+            env=env, capture_output=True, check=True,
+        )  # fmt: skip
+        # Process start-up (imports, migration check) is measured with an empty file.
+        empty = root / "empty.jsonl"
+        empty.write_text("")
+        startup_s, _ = cli_import(env, empty)
+        first_s, first = cli_import(env, path)
+        again_s, again = cli_import(env, path)
+
+    import_s = first_s - startup_s
+    ratio = import_s / bare_s
+    print(f"import benchmark: {lines} lines of chat JSONL into SQLite")
+    print(f"  bare SQLAlchemy bulk insert      {bare_s:7.2f} s")
+    print(f"  brandbot import (whole command)  {first_s:7.2f} s  (start-up {startup_s:.2f} s)")
+    print(f"  brandbot import minus start-up   {import_s:7.2f} s  = {ratio:.2f}x the bare insert")
+    print(f"  second import of the same file   {again_s:7.2f} s  added {again['added']}")
+    correct = first["added"] == lines and again["added"] == 0
+    fast = first_s < 10 and ratio < 3
+    print(f"  targets (<10 s, <3x, re-import adds 0): {'met' if correct and fast else 'NOT met'}")
+    # Smoke runs check correctness only: timings of 500 rows are start-up noise.
+    return 0 if correct and (fast or args.smoke) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The sample brand (Kettle & Kite): fictional package data for demos and tests."""

@@ -1,0 +1,17 @@
+"""Every benchmark has a --smoke mode that CI runs, so the benchmarks cannot rot."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_bench_smoke() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "import_bench.py"), "--smoke"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "re-import" in proc.stdout
+    assert "added 0" in proc.stdout

@@ -1,0 +1,193 @@
+"""The real ``brandbot`` console script, run as a subprocess, against SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import CliRunner, write_jsonl
+
+
+def test_help_teaches(cli_sqlite: CliRunner) -> None:
+    result = cli_sqlite("--help")
+    assert result.code == 0
+    for word in ("run", "datasets", "import", "export", "db"):
+        assert word in result.out
+    sub = cli_sqlite("datasets", "update", "--help")
+    assert "--banned-words" in sub.out
+    assert "Example" in sub.out
+
+
+def test_db_upgrade_and_current(cli: CliRunner) -> None:
+    up = cli("db", "upgrade")
+    assert up.code == 0, up.err
+    cur = cli("db", "current", "--json").json()
+    assert cur["revision"] is not None
+
+
+def test_datasets_create_update_list_show(cli: CliRunner) -> None:
+    made = cli(
+        "datasets", "create", "acme_tickets", "--task", "classify",
+        "--labels", "billing,refund", "--channels", "C0123ABCD", "--json",
+    )  # fmt: skip
+    assert made.code == 0, made.err
+    assert made.json()["labels"] == ["billing", "refund"]
+    changed = cli(
+        "datasets", "update", "acme_tickets",
+        "--label-emoji", "credit_card=billing,:money_with_wings:=refund",
+        "--approvers", "U0AAA1111", "--approver-groups", "S0GRP1",
+        "--ticket-channels", "C0123ABCD", "--reply-mode", "suggest",
+        "--report-channel", "C0REPORTS", "--schedule", "0 7 * * 1",
+        "--timezone", "Europe/London", "--min-new-examples", "25",
+        "--system-prompt", "Classify tickets.", "--description", "support tickets",
+        "--approve-emoji", ":heavy_check_mark:", "--reject-emoji", "no_entry",
+        "--json",
+    )  # fmt: skip
+    assert changed.code == 0, changed.err
+    data = changed.json()
+    assert data["label_emoji"] == {"credit_card": "billing", "money_with_wings": "refund"}
+    assert data["approve_emoji"] == ["heavy_check_mark"]
+    assert data["reject_emoji"] == ["no_entry"]
+    assert data["schedule_timezone"] == "Europe/London"
+    assert data["min_new_examples"] == 25
+    cli("datasets", "create", "acme_copy", "--task", "draft")
+    copy = cli(
+        "datasets", "update", "acme_copy", "--max-length", "280",
+        "--banned-words", "cheap, synergy", "--required-words", "Acme", "--json",
+    ).json()  # fmt: skip
+    assert copy["banned_words"] == ["cheap", "synergy"]
+    assert copy["max_length"] == 280
+    listed = cli("datasets", "list", "--json").json()
+    assert [d["name"] for d in listed["datasets"]] == ["acme_copy", "acme_tickets"]
+    shown = cli("datasets", "show", "acme_tickets", "--json").json()
+    assert shown["approvers"] == ["U0AAA1111"]
+    assert shown["counts"]["total"] == 0
+    table = cli("datasets", "show", "acme_tickets")
+    assert table.code == 0
+    assert "credit_card=billing" in table.out
+
+
+def test_bad_dataset_input_is_refused_with_the_rule(cli: CliRunner) -> None:
+    bad = cli("datasets", "create", "Bad-Name", "--task", "draft")
+    assert bad.code == 2
+    assert "^[a-z][a-z0-9_]{0,31}$" in bad.err
+    assert len(bad.err.strip().splitlines()) == 1
+    cli("datasets", "create", "ok", "--task", "draft")
+    dup = cli("datasets", "create", "ok", "--task", "draft")
+    assert dup.code == 2
+    assert "already exists" in dup.err
+    task = cli("datasets", "create", "ok2", "--task", "summarize")
+    assert task.code == 2
+    assert "task" in task.err
+    cron = cli("datasets", "update", "ok", "--schedule", "every monday")
+    assert cron.code == 2
+    assert "schedule_cron" in cron.err
+    tz = cli("datasets", "update", "ok", "--timezone", "Mars/Olympus")
+    assert tz.code == 2
+    assert "time zone" in tz.err
+    labels = cli("datasets", "update", "ok", "--labels", "a,b")
+    assert labels.code == 2
+    assert "only classify datasets have labels" in labels.err
+    chan = cli("datasets", "update", "ok", "--channels", "general")
+    assert chan.code == 2
+    assert "channel id" in chan.err
+
+
+def test_unknown_dataset_lists_the_known_ones(cli: CliRunner) -> None:
+    cli("datasets", "create", "alpha", "--task", "draft")
+    cli("datasets", "create", "beta", "--task", "draft")
+    for args in (("datasets", "show", "gamma"), ("export", "-d", "gamma")):
+        result = cli(*args)
+        assert result.code == 2
+        assert "unknown dataset 'gamma'" in result.err
+        assert "alpha, beta" in result.err
+
+
+def test_import_reports_counts_and_line_numbers_then_export(cli: CliRunner, tmp_path: Path) -> None:
+    cli("datasets", "create", "t", "--task", "classify", "--labels", "billing,refund")
+    path = tmp_path / "in.jsonl"
+    good = [
+        {"messages": [{"role": "user", "content": f"ticket {i}"}, {"role": "assistant", "content": "billing"}], "label": "billing"}
+        for i in range(20)
+    ]  # fmt: skip
+    path.write_text(
+        "\n".join(
+            [json.dumps(g) for g in good[:10]] + ["{oops"] + [json.dumps(g) for g in good[10:]]
+        )
+        + "\n"
+    )
+    first = cli("import", str(path), "-d", "t")
+    assert first.code == 0, first.err
+    assert "added 20" in first.out
+    assert "rejected 1" in first.out
+    assert "line 11" in first.out
+    again = cli("import", str(path), "-d", "t", "--json").json()
+    assert again["added"] == 0
+    assert again["duplicate"] == 20
+    assert again["rejections"] == [{"line": 11, "reason": again["rejections"][0]["reason"]}]
+    exported = cli("export", "-d", "t")
+    records = [json.loads(line) for line in exported.out.splitlines()]
+    assert len(records) == 20
+    assert all(r["label"] == r["messages"][-1]["content"] for r in records)
+    out = tmp_path / "held.jsonl"
+    held = cli("export", "-d", "t", "--split", "heldout", "-o", str(out))
+    train = cli("export", "-d", "t", "--split", "train")
+    assert held.code == 0
+    assert train.code == 0
+    assert len(out.read_text().splitlines()) + len(train.out.splitlines()) == 20
+    missing = cli("import", str(tmp_path / "nope.jsonl"), "-d", "t")
+    assert missing.code == 2
+    assert "no such file" in missing.err
+
+
+def test_csv_import_through_the_cli(cli_sqlite: CliRunner, tmp_path: Path) -> None:
+    cli_sqlite("datasets", "create", "t", "--task", "classify", "--labels", "billing,refund")
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\nCharged twice,billing\nMoney back please,refund\nbroken,row,x\n")
+    result = cli_sqlite("import", str(path), "-d", "t", "--json").json()
+    assert result["added"] == 2
+    assert result["rejections"][0]["line"] == 4
+
+
+def test_unreachable_database_is_one_line(cli_sqlite: CliRunner) -> None:
+    result = cli_sqlite(
+        "datasets", "list",
+        extra_env={"BRANDBOT_DATABASE_URL": "postgresql://bot:hunter2@127.0.0.1:1/bb"},
+    )  # fmt: skip
+    assert result.code == 2
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: cannot reach the database")
+    assert "hunter2" not in result.err
+
+
+def test_run_sets_everything_up_without_a_terminal(cli: CliRunner, tmp_path: Path) -> None:
+    first = cli("run", "--json")
+    assert first.code == 0, first.err
+    report = first.json()
+    names = {d["name"]: d for d in report["datasets"]}
+    assert set(names) == {"kk_copy", "kk_tickets"}
+    assert names["kk_copy"]["examples"] >= 60
+    assert names["kk_tickets"]["examples"] >= 400
+    assert names["kk_tickets"]["labels"] == 10
+    assert report["slack"].startswith("not configured")
+    assert report["base_model"]["ready"] is True, report["base_model"]
+    for sub in ("models", "adapters", "runs"):
+        assert (tmp_path / "data" / sub).is_dir()
+    second = cli("run", "--json").json()
+    assert all(d["added"] == 0 and not d["created"] for d in second["sample_brand"])
+    human = cli("run", stdin="")
+    assert human.code == 0
+    assert "kk_copy" in human.out
+
+
+def test_example_file_round_trip_through_cli(cli_sqlite: CliRunner, tmp_path: Path) -> None:
+    cli_sqlite("datasets", "create", "c", "--task", "draft")
+    src = write_jsonl(
+        tmp_path / "c.jsonl",
+        [{"messages": [{"role": "user", "content": f"b{i}"}, {"role": "assistant", "content": f"post {i}"}]} for i in range(5)],
+    )  # fmt: skip
+    assert cli_sqlite("import", str(src), "-d", "c", "--json").json()["added"] == 5
+    out = tmp_path / "out.jsonl"
+    cli_sqlite("export", "-d", "c", "-o", str(out))
+    assert cli_sqlite("import", str(out), "-d", "c", "--json").json()["duplicate"] == 5

@@ -1,0 +1,110 @@
+from pathlib import Path
+
+import pytest
+
+from bot.settings import SettingsError, load_settings
+from tests.conftest import CliRunner
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(("BRANDBOT_", "SLACK_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("BRANDBOT_CONFIG", str(tmp_path / "brandbot.toml"))
+
+
+def test_defaults_use_sqlite_in_the_data_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BRANDBOT_DATA_DIR", str(tmp_path / "d"))
+    s = load_settings()
+    assert s.resolved_database_url == f"sqlite:///{tmp_path / 'd' / 'brandbot.db'}"
+    assert s.inference_url is None
+    assert s.slack_bot_token is None
+    assert s.adapters_dir == tmp_path / "d" / "adapters"
+
+
+def test_environment_names_of_design_md(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "BRANDBOT_DATA_DIR": "/srv/bb",
+        "BRANDBOT_DATABASE_URL": "postgresql://bot:pw@db/brandbot",
+        "BRANDBOT_BASE_MODEL": "/models/llama",
+        "BRANDBOT_SERVED_MODEL_NAME": "llama-8b",
+        "BRANDBOT_INFERENCE_URL": "http://vllm:8000",
+        "BRANDBOT_INFERENCE_API_KEY": "k-123",
+        "BRANDBOT_SERVER_ADAPTERS_DIR": "/adapters",
+        "SLACK_BOT_TOKEN": "xoxb-1-2",
+        "SLACK_APP_TOKEN": "xapp-1-2",
+        "SLACK_SIGNING_SECRET": "shh",
+        "SLACK_API_URL": "http://127.0.0.1:9999/api/",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = load_settings()
+    assert str(s.data_dir) == "/srv/bb"
+    assert s.resolved_database_url == "postgresql+psycopg://bot:pw@db/brandbot"
+    assert s.base_model == "/models/llama"
+    assert s.served_model_name == "llama-8b"
+    assert s.inference_url == "http://vllm:8000"
+    assert s.inference_api_key is not None
+    assert s.inference_api_key.get_secret_value() == "k-123"
+    assert s.server_adapters_dir == "/adapters"
+    assert s.slack_bot_token is not None
+    assert s.slack_bot_token.get_secret_value() == "xoxb-1-2"
+    assert s.slack_signing_secret is not None
+    assert s.slack_api_url == "http://127.0.0.1:9999/api/"
+    text = repr(s) + str(s.model_dump())
+    for secret in ("xoxb-1-2", "xapp-1-2", "shh", "k-123"):
+        assert secret not in text
+
+
+def test_toml_file_and_environment_precedence(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "brandbot.toml").write_text(
+        'data_dir = "/from/toml"\nserved_model_name = "toml-model"\n'
+    )
+    monkeypatch.setenv("BRANDBOT_SERVED_MODEL_NAME", "env-model")
+    s = load_settings()
+    assert str(s.data_dir) == "/from/toml"
+    assert s.served_model_name == "env-model"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needle"),
+    [
+        ("BRANDBOT_DATABASE_URL", "mysql://x/y", "sqlite"),
+        ("BRANDBOT_INFERENCE_URL", "vllm:8000", "http"),
+        ("SLACK_BOT_TOKEN", "xoxp-user", "xoxb"),
+        ("SLACK_APP_TOKEN", "nope", "xapp"),
+    ],
+)
+def test_invalid_setting_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, needle: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "\n" not in message
+    assert name in message
+    assert needle in message
+
+
+def test_invalid_setting_stops_the_cli_with_one_line(cli_sqlite: CliRunner) -> None:
+    result = cli_sqlite("db", "upgrade", extra_env={"BRANDBOT_DATABASE_URL": "mysql://x/y"})
+    assert result.code == 2
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1
+    assert "BRANDBOT_DATABASE_URL" in lines[0]
+
+
+def test_malformed_toml_is_one_line(cli_sqlite: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "brandbot.toml").write_text("data_dir = \n")
+    result = cli_sqlite("datasets", "list")
+    assert result.code == 2
+    assert len(result.err.strip().splitlines()) == 1
+    assert "brandbot.toml" in result.err
