@@ -16,6 +16,9 @@ import pytest
 
 from bot.testkit.postgres import PostgresCluster, PostgresUnavailable
 
+# The other fixture modules of the kit, registered with this plugin.
+pytest_plugins = ["bot.testkit.model_fixtures", "bot.testkit.slack_fixtures"]
+
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}

@@ -1,0 +1,1 @@
+"""pytest fixtures for models: a tiny LLaMA-architecture model built from a config (fast)."""

@@ -1,0 +1,1 @@
+"""pytest fixtures for Slack: the fake Web API server, the fake Socket Mode server, signing."""
