@@ -34,6 +34,12 @@ def workspace() -> dict[str, Any]:
     return data
 
 
+def channel_messages() -> list[dict[str, str]]:
+    """The sample brand's plain channel messages: {"channel": name, "user": id, "text": ...}."""
+    text = (sample_dir() / "messages.jsonl").read_text("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 @dataclass
 class LoadedDataset:
     name: str

@@ -92,6 +92,17 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SLACK_API_URL", "slack_api_url"),
     )
 
+    admins: list[str] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("BRANDBOT_ADMINS", "admins"),
+        description="Slack user ids allowed to run admin commands (a JSON list in the env).",
+    )
+    plugins: dict[str, Any] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices("plugins"),
+        description="brandbot.toml [plugins]: enabled/disabled lists and one section per plugin.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str | None) -> str | None:
@@ -175,6 +186,8 @@ _ENV_NAMES = {
     "slack_app_token": "SLACK_APP_TOKEN",
     "slack_signing_secret": "SLACK_SIGNING_SECRET",
     "slack_api_url": "SLACK_API_URL",
+    "admins": "BRANDBOT_ADMINS",
+    "plugins": "[plugins] in brandbot.toml",
 }
 
 

@@ -1,16 +1,19 @@
-"""``brandbot run``: the main job on the embedded default.
+"""``brandbot run``: the main job.
 
-Today it prepares everything the bot needs (data folder, migrated database, the sample brand,
-the bundled base model) and reports what is ready. It reads no terminal, so it works the same
-with scripted or absent stdin.
+On the embedded default it prepares everything (data folder, migrated database, the sample
+brand, the bundled base model), reports what is ready and opens the console chat, which reads
+scripted input from a pipe as well as from a terminal. With Slack secrets it runs the Slack
+adapter instead.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.table import Table
 
-from bot.cli.common import JsonOption, console, database, print_json, settings
+from bot.cli.common import CliError, console, database, print_json, settings
 from bot.samples import load_sample_brand
 from bot.storage.db import safe_url
 from bot.storage.repositories import Datasets, Examples
@@ -18,13 +21,73 @@ from serving.base_model import BaseModelMissing, find_bundled_gguf
 
 
 def run(
+    http: bool = typer.Option(False, "--http", help="Serve Slack's HTTP Events API."),
+    host: str = typer.Option("0.0.0.0", "--host", help="Address for --http and health."),  # noqa: S104
+    port: int | None = typer.Option(
+        None, "--port", help="HTTP port (default 3000 with --http; health only otherwise)."
+    ),
     sample: bool = typer.Option(True, "--sample/--no-sample", help="Load the sample brand."),
-    as_json: bool = JsonOption,
+    setup_only: bool = typer.Option(
+        False, "--setup-only", help="Set up and report what is ready, then exit."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the set-up report as one JSON document and exit."
+    ),
 ) -> None:
-    """Set up the data folder, migrate the database, load the sample brand and report.
+    """Run the bot.
 
-    Needs no Slack secrets. Example: BRANDBOT_DATA_DIR=/tmp/bb brandbot run
+    Without SLACK_BOT_TOKEN: sets up the data folder, the database and the sample brand, then
+    opens the console chat on the sample workspace (scripted input works: pipe lines in).
+    With SLACK_BOT_TOKEN and SLACK_APP_TOKEN: Socket Mode. With SLACK_BOT_TOKEN,
+    SLACK_SIGNING_SECRET and --http: the HTTP Events API on --port (default 3000).
+
+    Examples:
+      brandbot run
+      printf '/brandbot help\nquit\n' | brandbot run
+      brandbot run --http --port 3000
     """
+    cfg = settings()
+    if cfg.slack_bot_token is not None:
+        _run_slack(http=http, host=host, port=port)
+        return
+    report = _setup(sample)
+    if as_json:
+        print_json(report)
+        return
+    _print_report(report)
+    if setup_only:
+        return
+    from bot.console.runner import run_console
+
+    run_console(cfg, database())
+
+
+def _run_slack(*, http: bool, host: str, port: int | None) -> None:
+    from bot.observability import configure_logging
+    from bot.slack.runner import SlackRuntime
+
+    cfg = settings()
+    secrets = [
+        s.get_secret_value()
+        for s in (cfg.slack_bot_token, cfg.slack_app_token, cfg.slack_signing_secret,
+                  cfg.inference_api_key)
+        if s is not None
+    ]  # fmt: skip
+    configure_logging(secrets)
+    if http:
+        if cfg.slack_signing_secret is None:
+            raise CliError("--http needs SLACK_SIGNING_SECRET (Basic Information in the Slack app)")
+        SlackRuntime(cfg, database()).run_http(host, port or 3000)
+    elif cfg.slack_app_token is not None:
+        SlackRuntime(cfg, database()).run_socket_mode(host, port)
+    else:
+        raise CliError(
+            "SLACK_BOT_TOKEN is set: also set SLACK_APP_TOKEN for Socket Mode, "
+            "or SLACK_SIGNING_SECRET and pass --http for the HTTP Events API"
+        )
+
+
+def _setup(sample: bool) -> dict[str, Any]:
     cfg = settings()
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     for folder in (cfg.models_dir, cfg.adapters_dir, cfg.runs_dir):
@@ -65,16 +128,21 @@ def run(
         "slack": slack,
         "inference": cfg.inference_url or "in process (local engine)",
     }
-    if as_json:
-        print_json(report)
-        return
+    return report
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    loaded = report["sample_brand"]
+    datasets = report["datasets"]
+    model = report["base_model"]
+    slack = report["slack"]
     console.print(f"[bold]brandbot[/] data folder: {report['data_dir']}")
     console.print(f"database: {report['database']} (schema {report['schema_revision']})")
     for d in loaded:
-        verb = "created" if d.created else "already there"
+        verb = "created" if d["created"] else "already there"
         console.print(
-            f"sample brand: {d.name} {verb}; imported {d.result.added} new, "
-            f"{d.result.duplicate} already present, {len(d.result.rejected)} rejected"
+            f"sample brand: {d['name']} {verb}; imported {d['added']} new, "
+            f"{d['duplicate']} already present, {d['rejected']} rejected"
         )
     table = Table("dataset", "task", "examples", "train", "held out", "labels", title="ready")
     for row in datasets:
@@ -88,7 +156,3 @@ def run(
     else:
         console.print(f"[red]base model missing[/]: {model['error']}")
     console.print(f"slack: {slack}; inference: {report['inference']}")
-    console.print(
-        "next: `brandbot datasets show kk_copy`, `brandbot export -d kk_tickets`; "
-        "the console chat and training arrive with the bot runtime and trainer."
-    )

@@ -1,0 +1,139 @@
+"""``ChatAPI`` for the console: messages go to the workspace and are printed; buttons become
+numbered choices that ``press N`` selects."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.console.workspace import Workspace
+from bot.plugin import Button, ChatMessage
+
+
+@dataclass(frozen=True)
+class Choice:
+    button: Button
+    channel_id: str | None
+    message_ts: str | None
+    response_url: str | None
+    message_text: str
+
+
+class ConsoleChat:
+    def __init__(self, workspace: Workspace, out: Callable[[str], None], upload_dir: Path) -> None:
+        self.ws = workspace
+        self.out = out
+        self.upload_dir = upload_dir
+        self.choices: dict[int, Choice] = {}
+        self._choice_no = itertools.count(1)
+        self._url_no = itertools.count(1)
+        self.current_user: str | None = None
+        self.views: list[dict[str, Any]] = []
+
+    def response_url(self) -> str:
+        return f"console://response/{next(self._url_no)}"
+
+    def _offer(
+        self,
+        buttons: Sequence[Button],
+        channel: str | None,
+        ts: str | None,
+        url: str | None,
+        text: str,
+    ) -> None:
+        if not buttons:
+            return
+        labels = []
+        for button in buttons:
+            n = next(self._choice_no)
+            self.choices[n] = Choice(button, channel, ts, url, text)
+            labels.append(f"[{n}] {button.text}")
+        self.out("    " + "  ".join(labels) + "   (press N)")
+
+    def post(
+        self,
+        channel: str,
+        text: str,
+        *,
+        thread_ts: str | None = None,
+        buttons: Sequence[Button] = (),
+        blocks: list[dict[str, Any]] | None = None,
+    ) -> str:
+        message = self.ws.add(channel, self.ws.bot_user_id, text, thread_ts=thread_ts, bot=True)
+        where = f"#{self.ws.channel_name(channel)}" + (" (thread)" if thread_ts else "")
+        self.out(f"{message.number:>3} {where} brandbot: {text}")
+        self._offer(buttons, channel, message.ts, None, text)
+        return message.ts
+
+    def ephemeral(
+        self, channel: str, user: str, text: str, *, buttons: Sequence[Button] = ()
+    ) -> None:
+        self.out(f"    (only @{self.ws.user_name(user)} sees this) brandbot: {text}")
+        self._offer(buttons, channel, None, self.response_url(), text)
+
+    def respond(
+        self,
+        response_url: str,
+        text: str,
+        *,
+        buttons: Sequence[Button] = (),
+        replace_original: bool = False,
+        in_channel: bool = False,
+    ) -> None:
+        prefix = "(updated) " if replace_original else ""
+        self.out(f"    {prefix}brandbot: {text}")
+        self._offer(buttons, None, None, response_url, text)
+
+    def update(self, channel: str, ts: str, text: str, *, buttons: Sequence[Button] = ()) -> None:
+        message = self.ws.by_ts(channel, ts)
+        if message is not None:
+            message.text = text
+            self.out(f"{message.number:>3} (edited) brandbot: {text}")
+        self._offer(buttons, channel, ts, None, text)
+
+    def upload_file(
+        self,
+        channel: str,
+        content: bytes,
+        filename: str,
+        *,
+        title: str | None = None,
+        comment: str | None = None,
+        thread_ts: str | None = None,
+    ) -> None:
+        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        path = self.upload_dir / Path(filename).name
+        path.write_bytes(content)
+        note = f" {comment}" if comment else ""
+        self.out(f"    #{self.ws.channel_name(channel)} brandbot uploaded {path}{note}")
+
+    def open_modal(self, trigger_id: str, view: dict[str, Any]) -> None:
+        self.views.append(view)
+        title = (view.get("title") or {}).get("text", "form")
+        self.out(
+            f"    [form {len(self.views)}: {title}] answer with: submit {len(self.views)} TEXT"
+        )
+
+    def fetch_message(self, channel: str, ts: str) -> ChatMessage | None:
+        message = self.ws.by_ts(channel, ts)
+        if message is None:
+            return None
+        replies = tuple(
+            ChatMessage(m.channel_id, m.ts, m.user_id, m.text, m.thread_ts)
+            for m in self.ws.messages
+            if m.thread_ts == ts and m.channel_id == channel and not m.deleted
+        )
+        return ChatMessage(
+            channel, ts, message.user_id, message.text, message.thread_ts,
+            bot_id="B0BRANDBOT" if message.bot else None, replies=replies,
+        )  # fmt: skip
+
+    def channel_members(self, channel: str) -> list[str]:
+        members = self.ws.channels.get(channel, {}).get("members")
+        return list(members) if members else list(self.ws.users)
+
+    def usergroup_members(self, group: str) -> list[str]:
+        return []

@@ -1,0 +1,73 @@
+"""``brandbot run`` without Slack: the console chat on the sample brand's workspace."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from bot.bootstrap import OutboxPump, build_bot
+from bot.console.chat import ConsoleChat
+from bot.console.shell import Shell
+from bot.console.workspace import Workspace
+from bot.samples import workspace as sample_workspace
+from bot.settings import Settings
+from bot.storage.db import Database
+
+
+def _lines(stream: TextIO, shell: Shell, interactive: bool, history: Path) -> Iterator[str]:
+    if not interactive:
+        yield from stream
+        return
+    try:
+        import readline
+
+        history.parent.mkdir(parents=True, exist_ok=True)
+        if history.exists():
+            readline.read_history_file(history)
+    except (ImportError, OSError):
+        readline = None  # type: ignore[assignment]
+    try:
+        while True:
+            try:
+                yield input(shell.prompt())
+            except EOFError:
+                return
+    finally:
+        if readline is not None:
+            readline.write_history_file(history)
+
+
+def run_console(
+    settings: Settings, db: Database, *, stdin: TextIO | None = None, inference: object = None
+) -> None:
+    stream = stdin or sys.stdin
+    interactive = stream.isatty()
+
+    def out(text: str) -> None:
+        print(text, flush=True)
+
+    ws = Workspace.from_definition(sample_workspace())
+    from bot.samples import channel_messages
+
+    for message in channel_messages():
+        cid, uid = ws.channel_id(message["channel"]), ws.user_id(message["user"])
+        if cid and uid:
+            ws.add(cid, uid, message["text"])
+    chat = ConsoleChat(ws, out, settings.data_dir / "console-uploads")
+    bot = build_bot(settings, db, chat, inference=inference)
+    pump = OutboxPump(bot.runtime)
+    pump.start()
+    shell = Shell(bot.runtime, chat, ws, out)
+    out(
+        f"console chat on {ws.team_id}: you are @{ws.user_name(shell.user)} in "
+        f"#{ws.channel_name(shell.channel)}. Type `help` for the grammar, `quit` to leave."
+    )
+    try:
+        shell.run(_lines(stream, shell, interactive, settings.data_dir / ".console_history"))
+    finally:
+        pump.stop()
+        bot.services.jobs.wait_idle()
+        bot.services.jobs.shutdown()
+    out("bye")

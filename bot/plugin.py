@@ -1,0 +1,413 @@
+"""The plugin API: a plugin is a class; decorators declare its handlers; services are injected.
+
+    class Hello(Plugin):
+        '''Says hello.'''
+
+        @command("/hello")
+        def hello(self, event: CommandEvent, ctx: Context) -> None:
+            '''Say hello back. Usage: /hello [name]'''
+            ctx.respond(f"Hello {event.text or 'there'}")
+
+Handlers are plain (synchronous) methods called with a platform-neutral event and a
+``Context``. A handler that reacts to a chat event runs inside one database transaction,
+together with the mark that the event was processed; if it raises, both roll back and the
+platform's retry does the work again. Commands and button presses are acknowledged before the
+handler runs; slow work goes to ``ctx.jobs``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from bot.jobs import JobQueue
+    from bot.settings import Settings
+    from bot.storage.db import Database
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# ---- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """Common fields. ``event_id`` identifies the delivery across retries (None: not deduped)."""
+
+    user_id: str
+    channel_id: str | None = None
+    event_id: str | None = None
+    team_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CommandEvent(Event):
+    command: str = ""
+    text: str = ""
+    response_url: str | None = None
+    trigger_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ReactionEvent(Event):
+    reaction: str = ""
+    message_ts: str = ""
+    item_user: str | None = None
+    added: bool = True
+
+
+@dataclass(frozen=True)
+class MessageEvent(Event):
+    text: str = ""
+    ts: str = ""
+    thread_ts: str | None = None
+    bot_id: str | None = None
+    subtype: str | None = None
+    match: re.Match[str] | None = None
+
+
+@dataclass(frozen=True)
+class MessageChangedEvent(Event):
+    ts: str = ""
+    text: str = ""
+    previous_text: str | None = None
+
+
+@dataclass(frozen=True)
+class MessageDeletedEvent(Event):
+    ts: str = ""
+
+
+@dataclass(frozen=True)
+class MemberJoinedEvent(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class ActionEvent(Event):
+    """A button press (``kind="button"``), a modal submission (``"view"``) or a shortcut."""
+
+    kind: str = "button"
+    action_id: str = ""
+    value: str = ""
+    message_ts: str | None = None
+    response_url: str | None = None
+    trigger_id: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    private_metadata: str = ""
+    message_text: str | None = None
+
+
+@dataclass(frozen=True)
+class InternalEvent:
+    """An outbox event (a run finished, an adapter promoted, ...), delivered exactly once."""
+
+    topic: str
+    payload: dict[str, Any]
+    event_id: str
+
+
+# ---- what a handler can use ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Button:
+    """A choice offered with a message: a Slack button, a numbered choice in the console."""
+
+    text: str
+    action_id: str
+    value: str = ""
+    style: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    channel_id: str
+    ts: str
+    user_id: str | None
+    text: str
+    thread_ts: str | None = None
+    bot_id: str | None = None
+    has_files: bool = False
+    replies: tuple[ChatMessage, ...] = ()
+
+
+class ChatError(Exception):
+    """The chat platform refused or failed a call; ``code`` is its error code."""
+
+    def __init__(self, code: str, message: str | None = None) -> None:
+        super().__init__(message or code)
+        self.code = code
+
+
+class ChatAPI(Protocol):
+    """What plugins may do in chat; implemented for Slack and for the console."""
+
+    def post(
+        self,
+        channel: str,
+        text: str,
+        *,
+        thread_ts: str | None = None,
+        buttons: Sequence[Button] = (),
+        blocks: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """Post a message; returns its ts."""
+        ...
+
+    def ephemeral(
+        self, channel: str, user: str, text: str, *, buttons: Sequence[Button] = ()
+    ) -> None: ...
+
+    def respond(
+        self,
+        response_url: str,
+        text: str,
+        *,
+        buttons: Sequence[Button] = (),
+        replace_original: bool = False,
+        in_channel: bool = False,
+    ) -> None:
+        """Answer a command or a button press through its response URL."""
+        ...
+
+    def update(
+        self, channel: str, ts: str, text: str, *, buttons: Sequence[Button] = ()
+    ) -> None: ...
+
+    def upload_file(
+        self,
+        channel: str,
+        content: bytes,
+        filename: str,
+        *,
+        title: str | None = None,
+        comment: str | None = None,
+        thread_ts: str | None = None,
+    ) -> None: ...
+
+    def open_modal(self, trigger_id: str, view: dict[str, Any]) -> None: ...
+
+    def fetch_message(self, channel: str, ts: str) -> ChatMessage | None:
+        """The message with its thread replies; None when it cannot be read."""
+        ...
+
+    def channel_members(self, channel: str) -> list[str]: ...
+
+    def usergroup_members(self, group: str) -> list[str]: ...
+
+
+@dataclass
+class Services:
+    """What the runtime hands a plugin. ``inference`` is None until a model client is set up."""
+
+    settings: Settings
+    db: Database
+    chat: ChatAPI
+    jobs: JobQueue
+    inference: Any = None
+    help_entries: Callable[[str | None], list[tuple[str, str]]] | None = None
+
+
+@dataclass
+class Context:
+    """One handler call: the services, plus a session in the handler's own transaction."""
+
+    services: Services
+    session: Session
+    event: Event | InternalEvent | None = None
+    error_id: str | None = None
+    _published: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def chat(self) -> ChatAPI:
+        return self.services.chat
+
+    @property
+    def jobs(self) -> JobQueue:
+        return self.services.jobs
+
+    def say(self, text: str, *, buttons: Sequence[Button] = (), thread: bool = False) -> str:
+        """Post in the event's channel (in its thread when ``thread``)."""
+        event = self.event
+        if not isinstance(event, Event) or event.channel_id is None:
+            raise ValueError("this event has no channel to say anything in")
+        thread_ts = None
+        if thread:
+            thread_ts = getattr(event, "thread_ts", None) or getattr(event, "ts", None)
+            thread_ts = thread_ts or getattr(event, "message_ts", None)
+        return self.chat.post(event.channel_id, text, thread_ts=thread_ts, buttons=buttons)
+
+    def respond(
+        self, text: str, *, buttons: Sequence[Button] = (), replace_original: bool = False
+    ) -> None:
+        """Answer the person who ran the command or pressed the button, privately."""
+        event = self.event
+        url = getattr(event, "response_url", None)
+        if url:
+            self.chat.respond(url, text, buttons=buttons, replace_original=replace_original)
+        elif isinstance(event, Event) and event.channel_id:
+            self.chat.ephemeral(event.channel_id, event.user_id, text, buttons=buttons)
+        else:
+            raise ValueError("this event has nobody to respond to")
+
+    def publish(self, topic: str, payload: dict[str, Any]) -> None:
+        """Write an outbox event in this handler's transaction."""
+        from bot.storage.repositories import Outbox
+
+        Outbox(self.session).publish(topic, payload)
+
+
+# ---- declaring handlers -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """Who may call a handler: any listed user, member of a listed group, or admin."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    admins: bool = False
+    channel_members: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    kind: str  # command | reaction | message | message_changed | message_deleted | member_joined
+    #          | action | view | shortcut | schedule | internal
+    key: str = ""  # the command, emoji, action_id, callback_id, cron or topic
+    pattern: re.Pattern[str] | None = None
+    added: bool = True
+    help: str = ""
+
+
+ATTR = "__brandbot_handlers__"
+REQ_ATTR = "__brandbot_requirement__"
+
+
+def _mark(spec: HandlerSpec) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        specs = list(getattr(fn, ATTR, []))
+        specs.append(spec)
+        setattr(fn, ATTR, specs)
+        return fn
+
+    return decorate
+
+
+def command(name: str, *, help: str = "") -> Callable[[F], F]:
+    """A slash command, e.g. ``@command("/draft")``. The docstring becomes its help."""
+    if not name.startswith("/"):
+        raise ValueError(f"a slash command starts with '/': {name!r}")
+    return _mark(HandlerSpec("command", name, help=help))
+
+
+def on_reaction(emoji: str | None = None, *, removed: bool = False) -> Callable[[F], F]:
+    """A reaction added (or, with ``removed=True``, removed); ``emoji=None`` matches any."""
+    return _mark(HandlerSpec("reaction", (emoji or "").strip(":"), added=not removed))
+
+
+def on_message(regex: str = "") -> Callable[[F], F]:
+    """A new message whose text matches ``regex`` (``""`` matches every message)."""
+    return _mark(HandlerSpec("message", regex, pattern=re.compile(regex) if regex else None))
+
+
+def on_message_changed() -> Callable[[F], F]:
+    return _mark(HandlerSpec("message_changed"))
+
+
+def on_message_deleted() -> Callable[[F], F]:
+    return _mark(HandlerSpec("message_deleted"))
+
+
+def on_member_joined() -> Callable[[F], F]:
+    """A member (the bot included) joined a channel."""
+    return _mark(HandlerSpec("member_joined"))
+
+
+def on_action(action_id: str) -> Callable[[F], F]:
+    """A button press; ``action_id`` may end with ``*`` to match a prefix."""
+    return _mark(HandlerSpec("action", action_id))
+
+
+def on_view_submission(callback_id: str) -> Callable[[F], F]:
+    """A modal submission. Returning a dict of block_id -> message shows those errors."""
+    return _mark(HandlerSpec("view", callback_id))
+
+
+def on_shortcut(callback_id: str) -> Callable[[F], F]:
+    """A message shortcut."""
+    return _mark(HandlerSpec("shortcut", callback_id))
+
+
+def schedule(cron: str) -> Callable[[F], F]:
+    """Run on a 5-field cron (UTC) in exactly one replica, e.g. ``@schedule("0 6 * * 1")``."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    CronTrigger.from_crontab(cron)  # fail at import time, not at 6 a.m.
+    return _mark(HandlerSpec("schedule", cron))
+
+
+def on_event(topic: str) -> Callable[[F], F]:
+    """An internal (outbox) event, e.g. ``@on_event("run.finished")``; exactly once."""
+    return _mark(HandlerSpec("internal", topic))
+
+
+def require(
+    *,
+    users: Sequence[str] = (),
+    groups: Sequence[str] = (),
+    admins: bool = False,
+    channel_members: Sequence[str] = (),
+) -> Callable[[F], F]:
+    """Restrict a handler to listed users, members of user groups or channels, or admins."""
+
+    def decorate(fn: F) -> F:
+        setattr(
+            fn,
+            REQ_ATTR,
+            Requirement(tuple(users), tuple(groups), admins, tuple(channel_members)),
+        )
+        return fn
+
+    return decorate
+
+
+class Plugin:
+    """Base class of every plugin.
+
+    ``name`` is the entry-point name; ``Settings`` (a pydantic model) validates the plugin's
+    section of brandbot.toml (``[plugins.<name>]``) at start. ``setup()`` runs once after
+    injection, before any handler.
+    """
+
+    name: ClassVar[str] = ""
+    Settings: ClassVar[type[BaseModel] | None] = None
+
+    def __init__(self, services: Services, settings: BaseModel | None = None) -> None:
+        self.services = services
+        self.settings = settings
+
+    def setup(self) -> None:
+        """Optional start-up work (after settings validation)."""
+
+    @classmethod
+    def handlers(cls) -> list[tuple[str, HandlerSpec, Requirement | None]]:
+        """(method name, spec, requirement) for every decorated method, in definition order."""
+        found = []
+        for attr, value in vars(cls).items():
+            for spec in getattr(value, ATTR, []):
+                found.append((attr, spec, getattr(value, REQ_ATTR, None)))
+        for base in cls.__mro__[1:]:
+            if base is Plugin or not issubclass(base, Plugin):
+                continue
+            for attr, spec, req in base.handlers():
+                if attr not in vars(cls):
+                    found.append((attr, spec, req))
+        return found

@@ -1,0 +1,309 @@
+"""The runtime: routes platform-neutral events to plugin handlers, exactly once.
+
+A chat event with an ``event_id`` is processed in one database transaction that also records
+the id; a duplicate delivery or a retry of an event that already took effect is dropped, and a
+handler that raises leaves no mark, so the retry does the work. The chat adapters (Slack,
+console) only translate; every decision is made here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from bot.observability import (
+    EVENTS_DUPLICATE,
+    EVENTS_RECEIVED,
+    HANDLER_ERRORS,
+    HANDLER_LATENCY,
+    OUTBOX_DELIVERED,
+)
+from bot.plugin import (
+    ActionEvent,
+    CommandEvent,
+    Context,
+    Event,
+    HandlerSpec,
+    InternalEvent,
+    MemberJoinedEvent,
+    MessageChangedEvent,
+    MessageDeletedEvent,
+    MessageEvent,
+    Plugin,
+    ReactionEvent,
+    Requirement,
+    Services,
+)
+from bot.storage.models import OutboxEvent, utcnow
+from bot.storage.repositories import Outbox, ProcessedEvents
+
+log = logging.getLogger("brandbot.runtime")
+
+APOLOGY = "Sorry, something went wrong on my side (error id {error_id}). It has been logged."
+
+
+class Outcome(Enum):
+    HANDLED = "handled"
+    DUPLICATE = "duplicate"
+    UNHANDLED = "unhandled"
+    DENIED = "denied"
+
+
+@dataclass(frozen=True)
+class Bound:
+    plugin: Plugin
+    method: str
+    spec: HandlerSpec
+    requirement: Requirement | None
+
+    @property
+    def name(self) -> str:
+        return f"{type(self.plugin).__name__}.{self.method}"
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        fn: Callable[..., Any] = getattr(self.plugin, self.method)
+        return fn
+
+    @property
+    def doc(self) -> str:
+        return (self.spec.help or (self.fn.__doc__ or "")).strip()
+
+
+@dataclass
+class Result:
+    outcome: Outcome
+    value: Any = None
+    handlers: int = 0
+
+
+class NotAllowed(Exception):
+    """The user may not call this handler; the message says who may."""
+
+
+def event_kind(event: Event) -> str:
+    return {
+        CommandEvent: "command",
+        ReactionEvent: "reaction",
+        MessageEvent: "message",
+        MessageChangedEvent: "message_changed",
+        MessageDeletedEvent: "message_deleted",
+        MemberJoinedEvent: "member_joined",
+    }.get(type(event), "action")
+
+
+class Runtime:
+    """Holds the plugins and their handler index; ``handle()`` runs one event."""
+
+    def __init__(self, services: Services, plugins: list[Plugin]) -> None:
+        self.services = services
+        self.plugins = plugins
+        self.handlers: list[Bound] = []
+        commands: dict[str, Bound] = {}
+        for plugin in plugins:
+            for method, spec, req in type(plugin).handlers():
+                bound = Bound(plugin, method, spec, req)
+                if spec.kind == "command":
+                    if spec.key in commands:
+                        other = commands[spec.key].name
+                        raise ValueError(f"{spec.key} is declared by both {other} and {bound.name}")
+                    commands[spec.key] = bound
+                self.handlers.append(bound)
+        self.commands = commands
+        services.help_entries = self.help_entries
+
+    # ---- matching -----------------------------------------------------------------------
+
+    def command_names(self) -> list[str]:
+        """Top-level slash commands (``/brandbot``, ``/draft``), as the chat app declares them."""
+        return sorted({key.split()[0] for key in self.commands})
+
+    def match_command(self, event: CommandEvent) -> tuple[Bound | None, str]:
+        """The handler for the longest matching ``/command sub`` key and the remaining text."""
+        words = event.text.split()
+        for n in range(len(words), -1, -1):
+            key = " ".join([event.command, *words[:n]])
+            if key in self.commands:
+                return self.commands[key], " ".join(words[n:])
+        return None, event.text
+
+    def _matches(self, bound: Bound, event: Event | InternalEvent) -> bool:
+        spec = bound.spec
+        if isinstance(event, InternalEvent):
+            return spec.kind == "internal" and fnmatch.fnmatchcase(event.topic, spec.key)
+        if isinstance(event, ReactionEvent):
+            return (
+                spec.kind == "reaction"
+                and spec.added == event.added
+                and (not spec.key or spec.key == event.reaction)
+            )
+        if isinstance(event, MessageEvent):
+            return spec.kind == "message" and (
+                spec.pattern is None or spec.pattern.search(event.text) is not None
+            )
+        if isinstance(event, MessageChangedEvent):
+            return spec.kind == "message_changed"
+        if isinstance(event, MessageDeletedEvent):
+            return spec.kind == "message_deleted"
+        if isinstance(event, MemberJoinedEvent):
+            return spec.kind == "member_joined"
+        if isinstance(event, ActionEvent):
+            kind = {"button": "action", "view": "view", "shortcut": "shortcut"}[event.kind]
+            if spec.kind != kind:
+                return False
+            return fnmatch.fnmatchcase(event.action_id, spec.key)
+        return False
+
+    def match(self, event: Event | InternalEvent) -> list[Bound]:
+        if isinstance(event, CommandEvent):
+            bound, _ = self.match_command(event)
+            return [bound] if bound else []
+        return [b for b in self.handlers if self._matches(b, event)]
+
+    # ---- permissions --------------------------------------------------------------------
+
+    def is_admin(self, user_id: str) -> bool:
+        return user_id in self.services.settings.admins
+
+    def check_allowed(self, bound: Bound, user_id: str) -> None:
+        req = bound.requirement
+        if req is None:
+            return
+        if req.admins and self.is_admin(user_id):
+            return
+        if user_id in req.users:
+            return
+        chat = self.services.chat
+        for group in req.groups:
+            if user_id in chat.usergroup_members(group):
+                return
+        for channel in req.channel_members:
+            if user_id in chat.channel_members(channel):
+                return
+        who = []
+        if req.admins:
+            who.append("admins")
+        if req.users or req.groups or req.channel_members:
+            who.append("the people it is configured for")
+        raise NotAllowed(f"Sorry, only {' and '.join(who) or 'some people'} may do that.")
+
+    # ---- running ------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> Result:
+        """Run the handlers of one chat event, exactly once per ``event_id``.
+
+        Raises what a handler raised (after rolling back), or NotAllowed.
+        """
+        kind = event_kind(event)
+        EVENTS_RECEIVED.labels(kind).inc()
+        bounds = self.match(event)
+        text = event.text if isinstance(event, CommandEvent) else None
+        if isinstance(event, CommandEvent) and bounds:
+            _, text = self.match_command(event)
+        if not bounds:
+            return Result(Outcome.UNHANDLED)
+        for bound in bounds:
+            self.check_allowed(bound, event.user_id)
+        value: Any = None
+        with self.services.db.session() as session:
+            if event.event_id and not ProcessedEvents(session).claim(event.event_id, kind):
+                EVENTS_DUPLICATE.labels(kind).inc()
+                return Result(Outcome.DUPLICATE)
+            for bound in bounds:
+                call_event: Event = event
+                if text is not None and isinstance(event, CommandEvent):
+                    call_event = CommandEvent(**{**event.__dict__, "text": text})
+                ctx = Context(self.services, session, call_event)
+                value = self._call(bound, call_event, ctx)
+        return Result(Outcome.HANDLED, value, len(bounds))
+
+    def _call(self, bound: Bound, event: Event | InternalEvent, ctx: Context) -> Any:
+        start = time.perf_counter()
+        try:
+            return bound.fn(event, ctx)
+        except Exception:
+            HANDLER_ERRORS.labels(bound.name).inc()
+            raise
+        finally:
+            HANDLER_LATENCY.labels(bound.name).observe(time.perf_counter() - start)
+
+    def handle_reporting(self, event: Event, reply: Callable[[str], None]) -> Result:
+        """``handle`` for commands and button presses: errors become a short apology with an
+        error id (logged under that id), refusals are explained; nothing propagates."""
+        try:
+            result = self.handle(event)
+        except NotAllowed as exc:
+            reply(str(exc))
+            return Result(Outcome.DENIED)
+        except Exception:
+            error_id = uuid.uuid4().hex[:8]
+            log.exception(
+                "handler failed",
+                extra={"error_id": error_id, "user_id": event.user_id,
+                       "channel_id": event.channel_id},
+            )  # fmt: skip
+            reply(APOLOGY.format(error_id=error_id))
+            return Result(Outcome.HANDLED, None)
+        if result.outcome is Outcome.UNHANDLED and isinstance(event, CommandEvent):
+            reply(f"Unknown command {event.command} {event.text}".strip() + ". Try /brandbot help.")
+        return result
+
+    # ---- internal events (outbox) and schedules ------------------------------------------
+
+    def deliver_outbox(self, limit: int = 50) -> int:
+        """Deliver pending outbox events, each in its own transaction with its handlers."""
+        delivered = 0
+        db = self.services.db
+        with db.session() as session:
+            ids = [e.id for e in Outbox(session).claim_pending(limit)]
+        for event_id in ids:
+            try:
+                with db.session() as session:
+                    row = session.get(OutboxEvent, event_id, with_for_update=_skip_locked(db))
+                    if row is None or row.delivered_at is not None:
+                        continue
+                    event = InternalEvent(row.topic, dict(row.payload), f"outbox:{row.id}")
+                    for bound in self.match(event):
+                        self._call(bound, event, Context(self.services, session, event))
+                    row.delivered_at = utcnow()
+                    row.attempts += 1
+                    OUTBOX_DELIVERED.labels(row.topic).inc()
+                    delivered += 1
+            except Exception as exc:
+                error_id = uuid.uuid4().hex[:8]
+                log.exception("outbox event %s failed", event_id, extra={"error_id": error_id})
+                with db.session() as session:
+                    row = session.get(OutboxEvent, event_id)
+                    if row is not None:
+                        row.attempts += 1
+                        row.last_error = f"{type(exc).__name__} (error id {error_id})"
+        return delivered
+
+    def scheduled(self) -> list[Bound]:
+        return [b for b in self.handlers if b.spec.kind == "schedule"]
+
+    def run_scheduled(self, bound: Bound) -> None:
+        with self.services.db.session() as session:
+            self._call(bound, InternalEvent("schedule", {}, ""), Context(self.services, session))
+
+    def help_entries(self, user_id: str | None = None) -> list[tuple[str, str]]:
+        """(how to call it, what it does) for every command, from the handlers' docstrings."""
+        entries = []
+        for key, bound in sorted(self.commands.items()):
+            req = bound.requirement
+            hidden = req is not None and req.admins and user_id is not None
+            if hidden and not self.is_admin(user_id or "") and user_id not in req.users:  # type: ignore[union-attr]
+                continue
+            first = bound.doc.splitlines()[0] if bound.doc else ""
+            entries.append((key, first))
+        return entries
+
+
+def _skip_locked(db: Any) -> Any:
+    return {"skip_locked": True} if db.dialect == "postgresql" else None

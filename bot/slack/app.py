@@ -1,0 +1,168 @@
+"""The bolt app: every Slack request type routed to the runtime.
+
+Bolt runs with ``process_before_response=True`` so that an Events API handler that fails
+answers 500 and Slack retries it (the runtime has left no mark). Commands, buttons and
+shortcuts are acknowledged first and handled on a worker thread, so the ack never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.plugin import ActionEvent, ChatAPI, CommandEvent, Event
+from bot.runtime import NotAllowed, Outcome, Runtime
+from bot.slack import events as translate
+
+log = logging.getLogger("brandbot.slack")
+ANY = re.compile(".*")
+
+
+class SlackBridge:
+    """Owns the bolt app and the worker threads that run plugin handlers."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        chat: ChatAPI,
+        *,
+        bot_token: str,
+        api_url: str,
+        signing_secret: str | None,
+        workers: int = 16,
+    ) -> None:
+        self.runtime = runtime
+        self.chat = chat
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="brandbot-handler")
+        self._tasks: set[asyncio.Future[Any]] = set()
+        client = AsyncWebClient(
+            token=bot_token,
+            base_url=api_url,
+            retry_handlers=[
+                AsyncRateLimitErrorRetryHandler(max_retry_count=5),
+                AsyncConnectionErrorRetryHandler(),
+            ],
+        )
+        self.app = AsyncApp(
+            client=client,
+            signing_secret=signing_secret or "",
+            request_verification_enabled=signing_secret is not None,
+            process_before_response=True,
+            logger=logging.getLogger("slack_bolt"),
+        )
+        self.app.event(ANY)(self._on_event)
+        self.app.command(ANY)(self._on_command)
+        self.app.action(ANY)(self._on_action)
+        self.app.view_submission(ANY)(self._on_view)
+        self.app.shortcut(ANY)(self._on_shortcut)
+        self.app.view_closed(ANY)(self._ack_only)
+        self.app.options(ANY)(self._ack_only)
+
+    # ---- helpers ----------------------------------------------------------------------
+
+    def _background(self, fn: Callable[[], Any]) -> None:
+        future = asyncio.get_running_loop().run_in_executor(self.pool, fn)
+        self._tasks.add(future)
+        future.add_done_callback(self._tasks.discard)
+
+    def _reply_to(self, event: Event) -> Callable[[str], None]:
+        def reply(text: str) -> None:
+            url = getattr(event, "response_url", None)
+            if url:
+                self.chat.respond(url, text)
+            elif event.channel_id:
+                self.chat.ephemeral(event.channel_id, event.user_id, text)
+
+        return reply
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for background handlers (tests, shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    # ---- listeners --------------------------------------------------------------------
+
+    async def _ack_only(self, ack: Any) -> None:
+        await ack()
+
+    async def _on_event(self, body: dict[str, Any]) -> None:
+        event = translate.from_event(body)
+        if event is None:
+            kind = (body.get("event") or {}).get("type")
+            log.debug("event %s not for plugins", kind, extra={"event_id": body.get("event_id")})
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self.pool, self.runtime.handle, event)
+        except NotAllowed:
+            return
+        except Exception:
+            error_id = uuid.uuid4().hex[:8]
+            log.exception(
+                "event handler failed; Slack will retry",
+                extra={"error_id": error_id, "event_id": event.event_id,
+                       "channel_id": event.channel_id, "user_id": event.user_id},
+            )  # fmt: skip
+            raise
+        if result.outcome is Outcome.DUPLICATE:
+            log.info("duplicate event dropped", extra={"event_id": event.event_id})
+
+    async def _on_command(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        event = translate.from_command(body)
+        if event is None:
+            log.warning("malformed slash command payload")
+            return
+        self._background(lambda: self._run_command(event))
+
+    def _run_command(self, event: CommandEvent) -> None:
+        self.runtime.handle_reporting(event, self._reply_to(event))
+
+    async def _on_action(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        event = translate.from_block_action(body)
+        if event is None:
+            log.warning("malformed block_actions payload")
+            return
+        self._background(lambda: self.runtime.handle_reporting(event, self._reply_to(event)))
+
+    async def _on_shortcut(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        event = translate.from_shortcut(body)
+        if event is None:
+            log.warning("malformed shortcut payload")
+            return
+        self._background(lambda: self.runtime.handle_reporting(event, self._reply_to(event)))
+
+    async def _on_view(self, ack: Any, body: dict[str, Any]) -> None:
+        event = translate.from_view_submission(body)
+        if event is None:
+            await ack()
+            return
+        loop = asyncio.get_running_loop()
+        errors = await loop.run_in_executor(self.pool, self._run_view, event)
+        if errors:
+            await ack(response_action="errors", errors=errors)
+        else:
+            await ack()
+
+    def _run_view(self, event: ActionEvent) -> dict[str, str] | None:
+        messages: list[str] = []
+        result = self.runtime.handle_reporting(event, messages.append)
+        if messages:
+            block = next(iter(event.values), "error").split(".")[0]
+            return {block: messages[0][:150]}
+        value = result.value
+        return value if isinstance(value, dict) and value else None

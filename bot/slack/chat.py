@@ -1,0 +1,202 @@
+"""``ChatAPI`` over Slack's Web API (slack_sdk), with rate-limit and connection retries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+)
+from slack_sdk.webhook import WebhookClient
+
+from bot.plugin import Button, ChatError, ChatMessage
+
+# Slack's limits: 40,000 characters in a message's text, 3,000 in a section block.
+TEXT_LIMIT = 39_000
+SECTION_LIMIT = 3_000
+
+
+def retry_handlers() -> list[Any]:
+    return [RateLimitErrorRetryHandler(max_retry_count=5), ConnectionErrorRetryHandler()]
+
+
+def clip(text: str, limit: int = TEXT_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def blocks_for(text: str, buttons: Sequence[Button]) -> list[dict[str, Any]] | None:
+    """A section with the text and an actions block with the buttons (None without buttons)."""
+    if not buttons:
+        return None
+    elements = []
+    for button in buttons[:25]:
+        element: dict[str, Any] = {
+            "type": "button",
+            "text": {"type": "plain_text", "text": clip(button.text, 75)},
+            "action_id": button.action_id,
+            "value": button.value[:2000],
+        }
+        if button.style in ("primary", "danger"):
+            element["style"] = button.style
+        elements.append(element)
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": clip(text, SECTION_LIMIT)}},
+        {"type": "actions", "elements": elements},
+    ]
+
+
+def _message(channel: str, raw: dict[str, Any]) -> ChatMessage:
+    return ChatMessage(
+        channel_id=channel,
+        ts=str(raw.get("ts", "")),
+        user_id=raw.get("user"),
+        text=str(raw.get("text") or ""),
+        thread_ts=raw.get("thread_ts"),
+        bot_id=raw.get("bot_id"),
+        has_files=bool(raw.get("files")),
+    )
+
+
+class SlackChat:
+    """What plugins call to talk in Slack. Errors become ``ChatError(code)``."""
+
+    def __init__(self, token: str, base_url: str, *, timeout: int = 30) -> None:
+        self.client = WebClient(
+            token=token, base_url=base_url, timeout=timeout, retry_handlers=retry_handlers()
+        )
+
+    def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self.client.api_call(method, json=kwargs)
+        except SlackApiError as exc:
+            code = str(exc.response.get("error", "unknown_error"))
+            raise ChatError(code, f"Slack {method} failed: {code}") from None
+        data: dict[str, Any] = response.data if isinstance(response.data, dict) else {}
+        return data
+
+    def post(
+        self,
+        channel: str,
+        text: str,
+        *,
+        thread_ts: str | None = None,
+        buttons: Sequence[Button] = (),
+        blocks: list[dict[str, Any]] | None = None,
+    ) -> str:
+        data = self._call(
+            "chat.postMessage",
+            channel=channel,
+            text=clip(text),
+            thread_ts=thread_ts,
+            blocks=blocks or blocks_for(text, buttons),
+        )
+        return str(data.get("ts", ""))
+
+    def ephemeral(
+        self, channel: str, user: str, text: str, *, buttons: Sequence[Button] = ()
+    ) -> None:
+        self._call(
+            "chat.postEphemeral",
+            channel=channel,
+            user=user,
+            text=clip(text),
+            blocks=blocks_for(text, buttons),
+        )
+
+    def respond(
+        self,
+        response_url: str,
+        text: str,
+        *,
+        buttons: Sequence[Button] = (),
+        replace_original: bool = False,
+        in_channel: bool = False,
+    ) -> None:
+        webhook = WebhookClient(response_url, retry_handlers=retry_handlers())
+        response = webhook.send(
+            text=clip(text),
+            blocks=blocks_for(text, buttons),
+            replace_original=replace_original,
+            response_type="in_channel" if in_channel else "ephemeral",
+        )
+        if response.status_code >= 400:
+            raise ChatError("response_url_failed", f"response_url answered {response.status_code}")
+
+    def update(self, channel: str, ts: str, text: str, *, buttons: Sequence[Button] = ()) -> None:
+        self._call(
+            "chat.update", channel=channel, ts=ts, text=clip(text), blocks=blocks_for(text, buttons)
+        )
+
+    def upload_file(
+        self,
+        channel: str,
+        content: bytes,
+        filename: str,
+        *,
+        title: str | None = None,
+        comment: str | None = None,
+        thread_ts: str | None = None,
+    ) -> None:
+        try:
+            self.client.files_upload_v2(
+                channel=channel,
+                content=content,
+                filename=filename,
+                title=title or filename,
+                initial_comment=comment,
+                thread_ts=thread_ts,
+            )
+        except SlackApiError as exc:
+            code = str(exc.response.get("error", "unknown_error"))
+            raise ChatError(code, f"Slack file upload failed: {code}") from None
+
+    def open_modal(self, trigger_id: str, view: dict[str, Any]) -> None:
+        self._call("views.open", trigger_id=trigger_id, view=view)
+
+    def fetch_message(self, channel: str, ts: str) -> ChatMessage | None:
+        """The message and its thread replies; None if it is gone or unreadable."""
+        try:
+            data = self._call(
+                "conversations.history",
+                channel=channel, latest=ts, oldest=ts, inclusive=True, limit=1,
+            )  # fmt: skip
+        except ChatError as exc:
+            if exc.code in {"channel_not_found", "not_in_channel", "missing_scope",
+                            "access_denied", "message_not_found"}:  # fmt: skip
+                return None
+            raise
+        found = [m for m in data.get("messages", []) if m.get("ts") == ts]
+        if not found:
+            return None
+        message = _message(channel, found[0])
+        if found[0].get("reply_count"):
+            replies = self._call("conversations.replies", channel=channel, ts=ts, limit=200)
+            message = ChatMessage(
+                **{
+                    **message.__dict__,
+                    "replies": tuple(
+                        _message(channel, r)
+                        for r in replies.get("messages", [])
+                        if r.get("ts") != ts
+                    ),
+                }
+            )
+        return message
+
+    def channel_members(self, channel: str) -> list[str]:
+        try:
+            data = self._call("conversations.members", channel=channel, limit=1000)
+        except ChatError:
+            return []
+        return [str(m) for m in data.get("members", [])]
+
+    def usergroup_members(self, group: str) -> list[str]:
+        try:
+            data = self._call("usergroups.users.list", usergroup=group)
+        except ChatError:
+            return []
+        return [str(u) for u in data.get("users", [])]

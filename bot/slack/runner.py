@@ -1,0 +1,128 @@
+"""Running the bot against Slack: the HTTP Events API (one port, uvicorn, a real listen
+backlog) or Socket Mode (with the same health and metrics port when one is given)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import uvicorn
+
+from bot.bootstrap import Bot, OutboxPump, SchedulerLeader, build_bot
+from bot.settings import Settings
+from bot.slack.app import SlackBridge
+from bot.slack.chat import SlackChat
+from bot.storage.db import Database
+from bot.web import Readiness, build_web_app
+
+log = logging.getLogger("brandbot.slack")
+BACKLOG = 2048
+
+
+class SlackRuntime:
+    """Everything a Slack-connected bot process runs."""
+
+    def __init__(self, settings: Settings, db: Database, *, inference: Any = None) -> None:
+        if settings.slack_bot_token is None:
+            raise ValueError("SLACK_BOT_TOKEN is not set")
+        token = settings.slack_bot_token.get_secret_value()
+        self.settings = settings
+        self.chat = SlackChat(token, settings.slack_api_url)
+        self.bot: Bot = build_bot(settings, db, self.chat, inference=inference)
+        secret = settings.slack_signing_secret
+        self.bridge = SlackBridge(
+            self.bot.runtime,
+            self.chat,
+            bot_token=token,
+            api_url=settings.slack_api_url,
+            signing_secret=secret.get_secret_value() if secret else None,
+        )
+        self.slack_status = "not checked yet"
+        self.readiness = Readiness(
+            {
+                "database": self._check_db,
+                "slack": lambda: None if self.slack_status == "ok" else self.slack_status,
+                "inference": self._check_inference,
+            }
+        )
+        self.web = build_web_app(
+            self.bridge, secret.get_secret_value() if secret else None, self.readiness
+        )
+        self.pump = OutboxPump(self.bot.runtime)
+        self.leader = SchedulerLeader(self.bot.runtime, db)
+
+    def _check_db(self) -> str | None:
+        self.bot.db.check_connection()
+        return None
+
+    def _check_inference(self) -> str | None:
+        client = self.bot.services.inference
+        if client is None:
+            return "not configured"
+        return None if client.health() else "model server unreachable"
+
+    def check_slack(self) -> None:
+        try:
+            self.chat.client.auth_test()
+            self.slack_status = "ok"
+        except Exception as exc:
+            self.slack_status = f"auth.test failed: {exc}"[:200]
+            log.warning("Slack auth.test failed: %s", exc)
+
+    def start_background(self) -> None:
+        self.check_slack()
+        self.pump.start()
+        if self.leader.start():
+            log.info("this replica runs the schedule")
+
+    def stop(self) -> None:
+        self.pump.stop()
+        self.leader.stop()
+        self.bridge.pool.shutdown(wait=False)
+
+    def uvicorn_server(self, host: str, port: int) -> uvicorn.Server:
+        config = uvicorn.Config(
+            self.web,
+            host=host,
+            port=port,
+            backlog=BACKLOG,
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=30,
+        )
+        return uvicorn.Server(config)
+
+    def run_http(self, host: str, port: int) -> None:
+        self.start_background()
+        log.info("serving Slack over HTTP on %s:%s/slack/events", host, port)
+        try:
+            self.uvicorn_server(host, port).run()
+        finally:
+            self.stop()
+
+    def run_socket_mode(self, host: str, port: int | None) -> None:
+        from slack_bolt.adapter.socket_mode.websockets import AsyncSocketModeHandler
+        from slack_sdk.web.async_client import AsyncWebClient
+
+        if self.settings.slack_app_token is None:
+            raise ValueError("SLACK_APP_TOKEN is not set")
+        app_token = self.settings.slack_app_token.get_secret_value()
+        self.start_background()
+
+        async def main() -> None:
+            handler = AsyncSocketModeHandler(
+                self.bridge.app,
+                app_token,
+                web_client=AsyncWebClient(base_url=self.settings.slack_api_url),
+            )
+            tasks = [asyncio.ensure_future(handler.start_async())]  # type: ignore[no-untyped-call]
+            if port is not None:
+                tasks.append(asyncio.ensure_future(self.uvicorn_server(host, port).serve()))
+            log.info("connected to Slack over Socket Mode")
+            await asyncio.gather(*tasks)
+
+        try:
+            asyncio.run(main())
+        finally:
+            self.stop()

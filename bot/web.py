@@ -1,0 +1,136 @@
+"""The bot's one HTTP port: ``/slack/events`` (events, commands, interactivity), ``/healthz``,
+``/readyz`` and ``/metrics``. Served by uvicorn with a real listen backlog.
+
+Slack requests are verified here first (a bad or stale signature is 401 and counted), then
+parsed (a malformed body is logged and answered 200, so Slack does not retry it forever), then
+handed to bolt. Whatever bolt does not handle is still answered 200.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.signature import SignatureVerifier
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from bot.observability import ACK_LATENCY, BAD_SIGNATURES, MALFORMED_REQUESTS, RETRIES_RECEIVED
+from bot.slack.app import SlackBridge
+
+log = logging.getLogger("brandbot.web")
+
+
+@dataclass
+class Readiness:
+    """Named checks for ``/readyz``; each returns None when fine or a reason when not."""
+
+    checks: dict[str, Callable[[], str | None]] = field(default_factory=dict)
+
+    def run(self) -> dict[str, str]:
+        results = {}
+        for name, check in self.checks.items():
+            try:
+                problem = check()
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+            results[name] = problem or "ok"
+        return results
+
+
+def parse_slack_body(body: str, content_type: str) -> dict[str, Any] | None:
+    """The request's payload as a dict, or None when it cannot be understood."""
+    try:
+        if "application/json" in content_type:
+            data = json.loads(body)
+            return data if isinstance(data, dict) else None
+        form = {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+        if "payload" in form:
+            data = json.loads(form["payload"])
+            return data if isinstance(data, dict) else None
+        return form or None
+    except (ValueError, TypeError):
+        return None
+
+
+def request_kind(payload: dict[str, Any]) -> str:
+    if "command" in payload:
+        return "command"
+    return str(payload.get("type", "unknown"))
+
+
+def build_web_app(
+    bridge: SlackBridge | None, signing_secret: str | None, readiness: Readiness
+) -> Starlette:
+    verifier = SignatureVerifier(signing_secret) if signing_secret else None
+
+    async def slack_events(request: Request) -> Response:
+        start = time.perf_counter()
+        raw = await request.body()
+        headers = request.headers
+        if bridge is None or verifier is None:
+            return PlainTextResponse("Slack over HTTP is not configured", status_code=404)
+        if not verifier.is_valid(
+            raw,
+            headers.get("x-slack-request-timestamp", ""),
+            headers.get("x-slack-signature", ""),
+        ):
+            BAD_SIGNATURES.inc()
+            log.warning("refused a request with a bad or stale signature")
+            return PlainTextResponse("invalid signature", status_code=401)
+        if headers.get("x-slack-retry-num"):
+            RETRIES_RECEIVED.inc()
+        body = raw.decode("utf-8", errors="replace")
+        payload = parse_slack_body(body, headers.get("content-type", ""))
+        if payload is None:
+            MALFORMED_REQUESTS.inc()
+            log.warning("malformed Slack request body ignored")
+            return PlainTextResponse("", status_code=200)
+        kind = request_kind(payload)
+        bolt_response = await bridge.app.async_dispatch(
+            AsyncBoltRequest(body=body, headers={k: [v] for k, v in headers.items()})
+        )
+        status = bolt_response.status
+        if status == 404:
+            log.info("unhandled Slack request %s answered 200", kind)
+            status = 200
+        response = Response(
+            content=bolt_response.body,
+            status_code=status,
+            headers={
+                k: v[0] for k, v in bolt_response.headers.items() if v and k != "content-length"
+            },
+        )
+        ACK_LATENCY.labels(kind).observe(time.perf_counter() - start)
+        return response
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        import asyncio
+
+        results = await asyncio.get_running_loop().run_in_executor(None, readiness.run)
+        ready = all(v == "ok" or v.startswith("not configured") for v in results.values())
+        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/slack/events", slack_events, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ]
+    )
