@@ -191,3 +191,37 @@ def test_example_file_round_trip_through_cli(cli_sqlite: CliRunner, tmp_path: Pa
     out = tmp_path / "out.jsonl"
     cli_sqlite("export", "-d", "c", "-o", str(out))
     assert cli_sqlite("import", str(out), "-d", "c", "--json").json()["duplicate"] == 5
+
+
+def test_run_opens_the_console_with_scripted_input(cli: CliRunner) -> None:
+    script = "\n".join(
+        [
+            "// a comment",
+            "/brandbot help",
+            "#support-tickets",
+            "@tom",
+            "my parcel never came",
+            ":truck: 37",
+            "press 99",
+            "/nosuch thing",
+            "quit",
+        ]
+    )
+    result = cli("run", stdin=script + "\n")
+    assert result.code == 0, result.err
+    out = result.out
+    assert "console chat on T0KETTLE" in out
+    assert "/brandbot help" in out and "Show this list of commands." in out
+    assert "you are now @tom" in out
+    assert "#support-tickets @tom: my parcel never came" in out
+    assert "@tom reacted :truck: on 37" in out
+    assert "there is no choice 99" in out
+    assert "Unknown command /nosuch thing" in out
+    assert out.rstrip().endswith("bye")
+
+
+def test_run_with_slack_token_but_no_mode_explains(cli_sqlite: CliRunner) -> None:
+    result = cli_sqlite("run", extra_env={"SLACK_BOT_TOKEN": "xoxb-1"})
+    assert result.code == 2
+    assert "SLACK_APP_TOKEN" in result.err and "--http" in result.err
+    assert "xoxb-1" not in result.err
