@@ -79,11 +79,9 @@ def build_web_app(
         headers = request.headers
         if bridge is None or verifier is None:
             return PlainTextResponse("Slack over HTTP is not configured", status_code=404)
-        if not verifier.is_valid(
-            raw,
-            headers.get("x-slack-request-timestamp", ""),
-            headers.get("x-slack-signature", ""),
-        ):
+        timestamp = headers.get("x-slack-request-timestamp", "")
+        signature = headers.get("x-slack-signature", "")
+        if not (timestamp.isdigit() and signature and verifier.is_valid(raw, timestamp, signature)):
             BAD_SIGNATURES.inc()
             log.warning("refused a request with a bad or stale signature")
             return PlainTextResponse("invalid signature", status_code=401)

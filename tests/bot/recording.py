@@ -26,7 +26,9 @@ class RecordingChat:
         self._rec("post", channel=channel, text=text, thread_ts=thread_ts, buttons=list(buttons))
         return f"{len(self.calls)}.000100"
 
-    def ephemeral(self, channel: str, user: str, text: str, *, buttons: Sequence[Button] = ()) -> None:
+    def ephemeral(
+        self, channel: str, user: str, text: str, *, buttons: Sequence[Button] = ()
+    ) -> None:
         self._rec("ephemeral", channel=channel, user=user, text=text)
 
     def respond(self, response_url: str, text: str, *, buttons: Sequence[Button] = (),

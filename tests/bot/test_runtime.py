@@ -29,7 +29,8 @@ from bot.plugin import (
     require,
     schedule,
 )
-from bot.plugin_loader import PluginEntry, PluginError, instantiate, select as select_plugins
+from bot.plugin_loader import PluginEntry, PluginError, instantiate
+from bot.plugin_loader import select as select_plugins
 from bot.runtime import APOLOGY, NotAllowed, Outcome, Runtime
 from bot.settings import Settings
 from bot.storage import Database
@@ -51,7 +52,9 @@ class Sample(Plugin):
     def hello(self, event: CommandEvent, ctx: Context) -> None:
         """Say hello. Usage: /hello [name]"""
         assert isinstance(self.settings, Sample.Settings)
-        ctx.respond(f"{self.settings.greeting} {event.text}".strip(), buttons=[Button("Again", "again")])
+        ctx.respond(
+            f"{self.settings.greeting} {event.text}".strip(), buttons=[Button("Again", "again")]
+        )
 
     @command("/hello admin")
     @require(admins=True)
@@ -157,7 +160,9 @@ def test_requirements_refuse_with_a_reason(setup: Any) -> None:
     assert chat.of("respond")[-1]["text"] == "chose a"
 
 
-def test_failing_command_apologises_with_an_error_id(setup: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_failing_command_apologises_with_an_error_id(
+    setup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     runtime, _, _ = setup
     replies: list[str] = []
     runtime.handle_reporting(cmd("", command_name="/boom"), replies.append)
@@ -194,18 +199,31 @@ def test_reaction_removed_and_message_regex(setup: Any) -> None:
     runtime, chat, db = setup
     runtime.handle(react("Ev3", added=False))
     assert count(db, AuditEntry, action="unapprove") == 1
-    msg = MessageEvent(user_id="U0USER", channel_id="C0CHAN", event_id="Ev4", text="ping me", ts="5.5")
+    msg = MessageEvent(
+        user_id="U0USER", channel_id="C0CHAN", event_id="Ev4", text="ping me", ts="5.5"
+    )
     assert runtime.handle(msg).outcome is Outcome.HANDLED
-    assert chat.of("post")[-1] == {"channel": "C0CHAN", "text": "pong", "thread_ts": "5.5", "buttons": []}
-    other = MessageEvent(user_id="U0USER", channel_id="C0CHAN", event_id="Ev5", text="hello", ts="6.6")
+    assert chat.of("post")[-1] == {
+        "channel": "C0CHAN",
+        "text": "pong",
+        "thread_ts": "5.5",
+        "buttons": [],
+    }
+    other = MessageEvent(
+        user_id="U0USER", channel_id="C0CHAN", event_id="Ev5", text="hello", ts="6.6"
+    )
     assert runtime.handle(other).outcome is Outcome.UNHANDLED
 
 
 def test_view_submission_errors_are_returned(setup: Any) -> None:
     runtime, _, _ = setup
-    view = ActionEvent(user_id="U0USER", kind="view", action_id="edit_draft", values={"text.value": "x"})
+    view = ActionEvent(
+        user_id="U0USER", kind="view", action_id="edit_draft", values={"text.value": "x"}
+    )
     assert runtime.handle(view).value == {"text": "too short"}
-    ok = ActionEvent(user_id="U0USER", kind="view", action_id="edit_draft", values={"text.value": "long enough"})
+    ok = ActionEvent(
+        user_id="U0USER", kind="view", action_id="edit_draft", values={"text.value": "long enough"}
+    )
     assert runtime.handle(ok).value is None
 
 
@@ -237,7 +255,9 @@ def test_help_is_generated_from_docstrings(setup: Any) -> None:
 def test_invalid_plugin_settings_are_reported_at_start(setup: Any) -> None:
     runtime, _, _ = setup
     with pytest.raises(PluginError) as info:
-        instantiate([PluginEntry("sample", Sample)], {"sample": {"times": "many"}}, runtime.services)
+        instantiate(
+            [PluginEntry("sample", Sample)], {"sample": {"times": "many"}}, runtime.services
+        )
     assert "[plugins.sample] times" in str(info.value)
     with pytest.raises(PluginError, match="unknown plugins: nope"):
         select_plugins([PluginEntry("sample", Sample)], {"disabled": ["nope"]})
@@ -245,5 +265,5 @@ def test_invalid_plugin_settings_are_reported_at_start(setup: Any) -> None:
 
 
 def test_schedule_rejects_a_bad_cron_at_import() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"cron|field|wrong number"):
         schedule("every day")

@@ -1,0 +1,77 @@
+"""Running the real Slack bridge (bolt) behind the real web app on uvicorn, in a thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import uvicorn
+
+from bot.jobs import JobQueue
+from bot.plugin import Services
+from bot.plugin_loader import PluginEntry, instantiate
+from bot.runtime import Runtime
+from bot.settings import Settings
+from bot.slack.app import SlackBridge
+from bot.slack.chat import SlackChat
+from bot.storage import Database
+from bot.testkit.slack import FakeSlack
+from bot.web import Readiness, build_web_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Served:
+    url: str
+    runtime: Runtime
+    bridge: SlackBridge
+    chat: SlackChat
+
+    @property
+    def events_url(self) -> str:
+        return f"{self.url}/slack/events"
+
+
+@contextmanager
+def serve_bot(
+    db: Database,
+    fake: FakeSlack,
+    secret: str,
+    plugins: list[PluginEntry],
+    config: dict[str, object] | None = None,
+    admins: list[str] | None = None,
+) -> Iterator[Served]:
+    settings = Settings(slack_api_url=fake.api_url, admins=admins or [])
+    chat = SlackChat(fake.bot_token, fake.api_url)
+    services = Services(settings=settings, db=db, chat=chat, jobs=JobQueue())
+    runtime = Runtime(services, instantiate(plugins, config or {}, services))
+    bridge = SlackBridge(
+        runtime, chat, bot_token=fake.bot_token, api_url=fake.api_url, signing_secret=secret
+    )
+    readiness = Readiness({"database": lambda: db.check_connection() or None})
+    app = build_web_app(bridge, secret, readiness)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield Served(f"http://127.0.0.1:{port}", runtime, bridge, chat)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        bridge.pool.shutdown(wait=True)
