@@ -15,7 +15,7 @@ from sqlalchemy import Connection, text
 
 from bot.jobs import JobQueue
 from bot.plugin import ChatAPI, Services
-from bot.plugin_loader import load_plugins
+from bot.plugin_loader import PluginEntry, instantiate, load_plugins
 from bot.runtime import Runtime
 from bot.settings import Settings
 from bot.storage.db import Database
@@ -41,12 +41,19 @@ def build_bot(
     *,
     jobs: JobQueue | None = None,
     inference: Any = None,
+    plugins: list[PluginEntry] | None = None,
 ) -> Bot:
+    """``plugins`` replaces entry-point discovery (tests, embedding); settings still apply."""
     services = Services(
         settings=settings, db=db, chat=chat, jobs=jobs or JobQueue(), inference=inference
     )
-    plugins = load_plugins(services)
-    return Bot(settings, db, services, Runtime(services, plugins))
+    if plugins is None:
+        loaded = load_plugins(services)
+    else:
+        loaded = instantiate(plugins, settings.plugins, services)
+        for plugin in loaded:
+            plugin.setup()
+    return Bot(settings, db, services, Runtime(services, loaded))
 
 
 class OutboxPump:

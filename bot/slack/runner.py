@@ -10,6 +10,7 @@ from typing import Any
 import uvicorn
 
 from bot.bootstrap import Bot, OutboxPump, SchedulerLeader, build_bot
+from bot.plugin_loader import PluginEntry
 from bot.settings import Settings
 from bot.slack.app import SlackBridge
 from bot.slack.chat import SlackChat
@@ -23,13 +24,22 @@ BACKLOG = 2048
 class SlackRuntime:
     """Everything a Slack-connected bot process runs."""
 
-    def __init__(self, settings: Settings, db: Database, *, inference: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        *,
+        inference: Any = None,
+        plugins: list[PluginEntry] | None = None,
+    ) -> None:
         if settings.slack_bot_token is None:
             raise ValueError("SLACK_BOT_TOKEN is not set")
         token = settings.slack_bot_token.get_secret_value()
         self.settings = settings
         self.chat = SlackChat(token, settings.slack_api_url)
-        self.bot: Bot = build_bot(settings, db, self.chat, inference=inference)
+        self.bot: Bot = build_bot(settings, db, self.chat, inference=inference, plugins=plugins)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
         secret = settings.slack_signing_secret
         self.bridge = SlackBridge(
             self.bot.runtime,
@@ -111,18 +121,29 @@ class SlackRuntime:
         self.start_background()
 
         async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stopping = asyncio.Event()
             handler = AsyncSocketModeHandler(
                 self.bridge.app,
                 app_token,
                 web_client=AsyncWebClient(base_url=self.settings.slack_api_url),
             )
-            tasks = [asyncio.ensure_future(handler.start_async())]  # type: ignore[no-untyped-call]
-            if port is not None:
-                tasks.append(asyncio.ensure_future(self.uvicorn_server(host, port).serve()))
+            server = self.uvicorn_server(host, port) if port is not None else None
+            web = asyncio.ensure_future(server.serve()) if server else None
+            await handler.connect_async()  # type: ignore[no-untyped-call]
             log.info("connected to Slack over Socket Mode")
-            await asyncio.gather(*tasks)
+            await self._stopping.wait()
+            await handler.close_async()  # type: ignore[no-untyped-call]
+            if server is not None and web is not None:
+                server.should_exit = True
+                await web
 
         try:
             asyncio.run(main())
         finally:
             self.stop()
+
+    def stop_socket_mode(self) -> None:
+        """Ask a running ``run_socket_mode`` (in another thread) to disconnect and return."""
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
