@@ -15,3 +15,12 @@ def test_import_bench_smoke() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "re-import" in proc.stdout
     assert "added 0" in proc.stdout
+
+
+def test_bot_ack_bench_smoke_runs_the_real_http_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bot_bench.py"), "--smoke"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "every request acked under 3 s: yes" in proc.stdout
