@@ -81,11 +81,16 @@ def start(kind: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     else:
         cmd = [sys.executable, str(Path(__file__)), "--serve-bare", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The server's log goes to a file: an unread pipe would fill up and stall the server.
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the server process owns it
+        prefix=f"brandbot-bench-{kind}-", suffix=".log", delete=False
+    )
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{kind} server exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            tail = Path(log.name).read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{kind} server exited: {tail}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return proc

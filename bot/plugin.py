@@ -136,6 +136,7 @@ class ChatMessage:
     bot_id: str | None = None
     has_files: bool = False
     replies: tuple[ChatMessage, ...] = ()
+    parent: ChatMessage | None = None
 
 
 class ChatError(Exception):
@@ -201,6 +202,10 @@ class ChatAPI(Protocol):
     def channel_members(self, channel: str) -> list[str]: ...
 
     def usergroup_members(self, group: str) -> list[str]: ...
+
+    def bot_user_id(self) -> str:
+        """The bot's own user id (to recognise its joins and its messages)."""
+        ...
 
 
 @dataclass

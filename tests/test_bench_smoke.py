@@ -24,3 +24,13 @@ def test_bot_ack_bench_smoke_runs_the_real_http_command() -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "every request acked under 3 s: yes" in proc.stdout
+
+
+def test_collect_bench_smoke_on_postgres(postgres_server: object) -> None:
+    """Needs the PostgreSQL binaries (the fixture fails in CI without them)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "collect_bench.py"), "--smoke"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "exactly the expected examples: yes" in proc.stdout

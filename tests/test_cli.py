@@ -225,3 +225,21 @@ def test_run_with_slack_token_but_no_mode_explains(cli_sqlite: CliRunner) -> Non
     assert result.code == 2
     assert "SLACK_APP_TOKEN" in result.err and "--http" in result.err
     assert "xoxb-1" not in result.err
+
+
+def test_forget_examples_and_stats_through_the_cli(cli: CliRunner, tmp_path: Path) -> None:
+    assert cli("run", "--setup-only").code == 0
+    listed = cli("examples", "list", "-d", "kk_copy", "--limit", "3", "--json").json()
+    assert len(listed["examples"]) == 3 and listed["examples"][0]["brief"]
+    first = listed["examples"][0]["id"]
+    assert cli("examples", "brief", str(first), "Announce the new tins").code == 0
+    again = cli("examples", "list", "-d", "kk_copy", "--limit", "1", "--json").json()
+    assert again["examples"][0]["brief"] == "Announce the new tins"
+    assert cli("examples", "brief", "999999", "x").code == 2
+    stats = cli("datasets", "show", "kk_tickets", "--json").json()["counts"]
+    assert stats["by_source"] == {"import": 400}
+    assert stats["label_balance"] == 1.0 and stats["missing_labels"] == []
+    assert stats["new_since_last_training"] == 400
+    gone = cli("forget", "--user", "U0NOBODY1", "--json").json()
+    assert gone == {"user": "U0NOBODY1", "examples": 0, "drafts": 0, "predictions": 0,
+                    "adapters_flagged": 0}  # fmt: skip

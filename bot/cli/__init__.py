@@ -10,7 +10,9 @@ from bot.cli.common import CliError
 from bot.cli.data import export_examples, import_examples
 from bot.cli.datasets import app as datasets_app
 from bot.cli.db import app as db_app
+from bot.cli.people import examples_app, forget
 from bot.cli.run import run
+from bot.cli.serve import serve
 from bot.datasets import DatasetError
 from bot.settings import SettingsError
 from bot.storage.db import DatabaseUnavailable
@@ -34,6 +36,9 @@ app.add_typer(datasets_app, name="datasets")
 app.command("import")(import_examples)
 app.command("export")(export_examples)
 app.command("run")(run)
+app.command("serve")(serve)
+app.command("forget")(forget)
+app.add_typer(examples_app, name="examples")
 
 KNOWN_ERRORS = (
     CliError,

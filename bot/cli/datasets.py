@@ -15,6 +15,7 @@ from bot.cli.common import (
     print_json,
     split_list,
 )
+from bot.collection import dataset_stats
 from bot.datasets import check_consistency, check_name, parse_fields, parse_spec
 from bot.storage.models import Dataset
 from bot.storage.repositories import Adapters, Datasets, Examples, Runs
@@ -264,7 +265,7 @@ def show(
     with database().session() as session:
         dataset = Datasets(session).get(name)
         data = dataset_dict(dataset)
-        data["counts"] = Examples(session).counts(dataset.id)
+        data["counts"] = dataset_stats(session, dataset)
         active = Adapters(session).active(dataset.id)
         data["active_adapter"] = active.name if active else None
         run = Runs(session).latest(dataset.id)
@@ -293,7 +294,20 @@ def show(
         f"{counts['by_split'].get('heldout', 0)} held out), "
         f"{counts['by_status'].get('withdrawn', 0)} withdrawn"
     )
+    console.print(f"new since the last training: {counts['new_since_last_training']}")
+    if counts["by_source"]:
+        console.print(
+            "by source: " + ", ".join(f"{k} {v}" for k, v in sorted(counts["by_source"].items()))
+        )
     if counts["by_label"]:
         console.print(
             "by label: " + ", ".join(f"{k} {v}" for k, v in sorted(counts["by_label"].items()))
+            + f" (balance {counts['label_balance']})"
+        )  # fmt: skip
+    if counts["missing_labels"]:
+        console.print("labels with no examples: " + ", ".join(counts["missing_labels"]))
+    if counts["top_approvers"]:
+        console.print(
+            "top approvers: "
+            + ", ".join(f"{a['user']} ({a['approvals']})" for a in counts["top_approvers"])
         )

@@ -126,14 +126,22 @@ class ConsoleChat:
             for m in self.ws.messages
             if m.thread_ts == ts and m.channel_id == channel and not m.deleted
         )
+        parent = None
+        if message.thread_ts and message.thread_ts != ts:
+            root = self.ws.by_ts(channel, message.thread_ts)
+            if root is not None:
+                parent = ChatMessage(channel, root.ts, root.user_id, root.text)
         return ChatMessage(
             channel, ts, message.user_id, message.text, message.thread_ts,
-            bot_id="B0BRANDBOT" if message.bot else None, replies=replies,
+            bot_id="B0BRANDBOT" if message.bot else None, replies=replies, parent=parent,
         )  # fmt: skip
 
     def channel_members(self, channel: str) -> list[str]:
         members = self.ws.channels.get(channel, {}).get("members")
         return list(members) if members else list(self.ws.users)
+
+    def bot_user_id(self) -> str:
+        return self.ws.bot_user_id
 
     def usergroup_members(self, group: str) -> list[str]:
         return []

@@ -68,6 +68,7 @@ class SlackChat:
         self.client = WebClient(
             token=token, base_url=base_url, timeout=timeout, retry_handlers=retry_handlers()
         )
+        self._bot_user_id: str | None = None
 
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         try:
@@ -158,34 +159,49 @@ class SlackChat:
         self._call("views.open", trigger_id=trigger_id, view=view)
 
     def fetch_message(self, channel: str, ts: str) -> ChatMessage | None:
-        """The message and its thread replies; None if it is gone or unreadable."""
+        """The message (a thread reply too), with its replies and its thread parent; None if
+        it is gone or the bot cannot read it."""
+        unreadable = {"channel_not_found", "not_in_channel", "missing_scope", "access_denied",
+                      "message_not_found", "is_archived"}  # fmt: skip
         try:
-            data = self._call(
-                "conversations.history",
-                channel=channel, latest=ts, oldest=ts, inclusive=True, limit=1,
-            )  # fmt: skip
+            data = self._call("conversations.replies", channel=channel, ts=ts, limit=200)
+            messages = list(data.get("messages", []))
         except ChatError as exc:
-            if exc.code in {"channel_not_found", "not_in_channel", "missing_scope",
-                            "access_denied", "message_not_found"}:  # fmt: skip
+            if exc.code in unreadable:
                 return None
-            raise
-        found = [m for m in data.get("messages", []) if m.get("ts") == ts]
-        if not found:
+            if exc.code != "thread_not_found":
+                raise
+            messages = []
+        if not any(m.get("ts") == ts for m in messages):
+            try:
+                data = self._call(
+                    "conversations.history",
+                    channel=channel, latest=ts, oldest=ts, inclusive=True, limit=1,
+                )  # fmt: skip
+            except ChatError as exc:
+                if exc.code in unreadable:
+                    return None
+                raise
+            messages = list(data.get("messages", []))
+        found = next((m for m in messages if m.get("ts") == ts), None)
+        if found is None:
             return None
-        message = _message(channel, found[0])
-        if found[0].get("reply_count"):
-            replies = self._call("conversations.replies", channel=channel, ts=ts, limit=200)
-            message = ChatMessage(
-                **{
-                    **message.__dict__,
-                    "replies": tuple(
-                        _message(channel, r)
-                        for r in replies.get("messages", [])
-                        if r.get("ts") != ts
-                    ),
-                }
-            )
-        return message
+        thread_ts = found.get("thread_ts")
+        parent_raw = next(
+            (m for m in messages if thread_ts and thread_ts != ts and m.get("ts") == thread_ts),
+            None,
+        )
+        replies = tuple(
+            _message(channel, m) for m in messages if m.get("ts") != ts and m.get("thread_ts") == ts
+        )
+        message = _message(channel, found)
+        return ChatMessage(
+            **{
+                **message.__dict__,
+                "replies": replies,
+                "parent": _message(channel, parent_raw) if parent_raw else None,
+            }
+        )
 
     def channel_members(self, channel: str) -> list[str]:
         try:
@@ -193,6 +209,11 @@ class SlackChat:
         except ChatError:
             return []
         return [str(m) for m in data.get("members", [])]
+
+    def bot_user_id(self) -> str:
+        if self._bot_user_id is None:
+            self._bot_user_id = str(self._call("auth.test").get("user_id", ""))
+        return self._bot_user_id
 
     def usergroup_members(self, group: str) -> list[str]:
         try:

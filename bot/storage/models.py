@@ -128,6 +128,46 @@ class Example(Base):
     dataset: Mapped[Dataset] = relationship(back_populates="examples", lazy="raise")
 
 
+class Approval(Base):
+    """One person's approve or reject reaction on an example's message.
+
+    An example stays active while it has at least one; the last one removed withdraws it.
+    """
+
+    __tablename__ = "approvals"
+
+    example_id: Mapped[int] = mapped_column(
+        ForeignKey("examples.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    emoji: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # approve | reject | label
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class NearDupKey(Base):
+    """Locality-sensitive band keys of an example's text, to find near-duplicates by lookup."""
+
+    __tablename__ = "near_dup_keys"
+    __table_args__ = (Index("ix_near_dup_keys_lookup", "dataset_id", "band_key"),)
+
+    example_id: Mapped[int] = mapped_column(
+        ForeignKey("examples.id", ondelete="CASCADE"), primary_key=True
+    )
+    band_key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(BigId)
+
+
+class ChannelNotice(Base):
+    """The consent notice the bot posts once when it joins a dataset channel."""
+
+    __tablename__ = "channel_notices"
+
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    posted_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    message_ts: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
 class TrainingRun(Base):
     """A training run: queued, claimed by one worker, finished with metrics or an error."""
 
@@ -303,11 +343,14 @@ __all__ = [
     "TASKS",
     "Adapter",
     "AdapterVersion",
+    "Approval",
     "AuditEntry",
     "Base",
+    "ChannelNotice",
     "Dataset",
     "Draft",
     "Example",
+    "NearDupKey",
     "OptOut",
     "OutboxEvent",
     "Prediction",

@@ -51,5 +51,8 @@ class RecordingChat:
     def channel_members(self, channel: str) -> list[str]:
         return self.members.get(channel, [])
 
+    def bot_user_id(self) -> str:
+        return "U0BOT"
+
     def usergroup_members(self, group: str) -> list[str]:
         return self.groups.get(group, [])

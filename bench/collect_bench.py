@@ -1,0 +1,147 @@
+"""Collect benchmark: 1,000 signed reaction events (10% of them duplicates or Slack retries)
+through `brandbot run --http` into PostgreSQL, with the messages fetched from a local fake
+Slack Web API. Checks that exactly the expected examples exist and reports events per second.
+
+    python bench/collect_bench.py            # 1,000 events, PostgreSQL (the test kit starts it)
+    python bench/collect_bench.py --smoke    # 100 events (CI)
+    python bench/collect_bench.py --sqlite   # the embedded default instead
+
+Aim (issue "Collect"): 500 events per second on this 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import func, select
+
+from bot.storage import Database
+from bot.storage.models import Example
+from bot.testkit import payloads
+from bot.testkit.postgres import PostgresCluster
+from bot.testkit.signing import sign
+from bot.testkit.slack import FakeSlack
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bot_bench import SECRET, free_port, start
+
+CHANNEL, APPROVER, AUTHOR = "C0BENCHCPY", "U0APPROVE1", "U0AUTHOR01"
+WORDS = [
+    "tea",
+    "leaf",
+    "kettle",
+    "chai",
+    "steep",
+    "brew",
+    "autumn",
+    "ginger",
+    "honey",
+    "smoke",
+    "bergamot",
+    "jasmine",
+    "mint",
+]
+
+
+async def send_all(url: str, bodies: list[str], concurrency: int) -> list[int]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    statuses: list[int] = []
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                headers = {"Content-Type": "application/json", **sign(SECRET, body)}
+                if '"retry"' in body:
+                    headers["X-Slack-Retry-Num"] = "1"
+                r = await client.post(url, content=body, headers=headers)
+                statuses.append(r.status_code)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return statuses
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--sqlite", action="store_true", help="use SQLite instead of PostgreSQL")
+    args = parser.parse_args()
+    total = 100 if args.smoke else args.events
+    unique = total - total // 10
+    rng = random.Random(7)
+    cluster = None if args.sqlite else PostgresCluster().start()
+    try:
+        with FakeSlack() as fake, tempfile.TemporaryDirectory(prefix="brandbot-bench-") as tmp:
+            fake.add_user(APPROVER, "approver")
+            fake.add_user(AUTHOR, "author")
+            fake.add_channel(CHANNEL, "copy", members=[fake.bot_user_id, APPROVER, AUTHOR])
+            bodies = []
+            for i in range(unique):
+                text = f"Post {i}: " + " ".join(rng.choices(WORDS, k=24))
+                ts = fake.add_message(CHANNEL, text, user=AUTHOR, ts=f"1700000000.{i:06d}")
+                event = payloads.reaction_added(APPROVER, "white_check_mark", CHANNEL, ts)
+                bodies.append(json.dumps(payloads.event_callback(event, event_id=f"EvB{i:06d}")))
+            for i in rng.sample(range(unique), total - unique):  # duplicates and retries
+                body = json.loads(bodies[i])
+                body["retry"] = True
+                bodies.append(json.dumps(body))
+            rng.shuffle(bodies)
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("BRANDBOT_", "SLACK_"))}
+            env.update(
+                SLACK_BOT_TOKEN=fake.bot_token, SLACK_SIGNING_SECRET=SECRET,
+                SLACK_API_URL=fake.api_url, BRANDBOT_DATA_DIR=str(Path(tmp) / "data"),
+                BRANDBOT_CONFIG=str(Path(tmp) / "none.toml"),
+            )  # fmt: skip
+            db_url = cluster.create_database() if cluster else f"sqlite:///{tmp}/data/brandbot.db"
+            env["BRANDBOT_DATABASE_URL"] = db_url
+            brandbot = str(Path(sys.executable).parent / "brandbot")
+            subprocess.run(
+                [brandbot, "datasets", "create", "bench", "--task", "draft",
+                 "--channels", CHANNEL, "--approvers", APPROVER],
+                env={**env, "SLACK_BOT_TOKEN": ""}, check=True, capture_output=True,
+            )  # fmt: skip
+            port = free_port()
+            server = start("ours", port, env)
+            url = f"http://127.0.0.1:{port}/slack/events"
+            try:
+                started = time.perf_counter()
+                statuses = asyncio.run(send_all(url, bodies, args.concurrency))
+                elapsed = time.perf_counter() - started
+            finally:
+                server.terminate()
+                server.wait(timeout=10)
+            db = Database(db_url)
+            with db.session() as s:
+                examples = s.scalar(select(func.count()).select_from(Example)) or 0
+            db.dispose()
+    finally:
+        if cluster:
+            cluster.stop()
+    rate = total / elapsed
+    database = "SQLite" if args.sqlite else "PostgreSQL"
+    print(f"collect benchmark: {total} reaction events ({total - unique} duplicates/retries)")
+    print(f"  {database}, {args.concurrency} concurrent senders")
+    print(f"  {elapsed:.2f} s, {rate:.0f} events/s (aim: 500/s)")
+    print(f"  HTTP 200: {statuses.count(200)}/{total}; examples: {examples} (expected {unique})")
+    ok = examples == unique and statuses.count(200) == total
+    print(f"  exactly the expected examples: {'yes' if ok else 'NO'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""``/brandbot datasets``: datasets managed from Slack, with every field the CLI has."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from bot.collection import dataset_stats
+from bot.datasets import DatasetError, check_consistency, parse_fields, parse_spec
+from bot.plugin import CommandEvent, Context, Plugin, command
+from bot.storage.repositories import DatasetExists, Datasets, UnknownDataset
+
+LIST_FIELDS = {
+    "channels", "approve_emoji", "reject_emoji", "labels", "approvers", "approver_groups",
+    "banned_words", "required_words", "ticket_channels",
+}  # fmt: skip
+INT_FIELDS = {"max_length", "min_new_examples"}
+USAGE = (
+    "`/brandbot datasets` lists them; `/brandbot datasets NAME` shows one; admins: "
+    "`/brandbot datasets create NAME draft|classify` and "
+    "`/brandbot datasets update NAME field=value ...` (lists comma-separated, "
+    'label_emoji=emoji:label,..., quote values with spaces: system_prompt="Be kind.")'
+)
+
+
+def parse_assignments(words: list[str]) -> dict[str, Any]:
+    """``["labels=a,b", "max_length=280"]`` -> typed field values; raises DatasetError."""
+    raw: dict[str, Any] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise DatasetError(f"expected field=value, got {word!r}")
+        if key in LIST_FIELDS:
+            raw[key] = [v.strip() for v in value.split(",") if v.strip()]
+        elif key in INT_FIELDS:
+            if not value.strip().isdigit():
+                raise DatasetError(f"{key}: expected a number, got {value!r}")
+            raw[key] = int(value)
+        elif key == "label_emoji":
+            pairs = [p.split(":") if ":" in p else p.split("=") for p in value.split(",") if p]
+            if any(len(p) != 2 for p in pairs):
+                raise DatasetError("label_emoji: expected emoji:label pairs")
+            raw[key] = {e.strip(): lbl.strip() for e, lbl in pairs}
+        elif key == "schedule":
+            raw["schedule_cron"] = value
+        elif key == "timezone":
+            raw["schedule_timezone"] = value
+        else:
+            raw[key] = value
+    return raw
+
+
+class AdminPlugin(Plugin):
+    """Dataset administration in Slack."""
+
+    @command("/brandbot datasets")
+    def datasets(self, event: CommandEvent, ctx: Context) -> None:
+        """List datasets, show one (`/brandbot datasets NAME`), or create and update them."""
+        try:
+            words = shlex.split(event.text)
+        except ValueError as exc:
+            ctx.respond(f"I couldn't read that: {exc}. {USAGE}")
+            return
+        repo = Datasets(ctx.session)
+        try:
+            if not words:
+                self._list(ctx, repo)
+            elif words[0] in ("create", "update"):
+                if event.user_id not in ctx.services.settings.admins:
+                    ctx.respond("Sorry, only admins may change datasets.")
+                    return
+                if words[0] == "create":
+                    self._create(ctx, repo, words[1:])
+                else:
+                    self._update(ctx, repo, words[1:])
+            else:
+                self._show(ctx, repo, words[0])
+        except (DatasetError, UnknownDataset, DatasetExists) as exc:
+            ctx.respond(f"{exc}")
+
+    def _list(self, ctx: Context, repo: Datasets) -> None:
+        lines = ["*Datasets*"]
+        for dataset in repo.list():
+            stats = dataset_stats(ctx.session, dataset)
+            lines.append(
+                f"• `{dataset.name}` ({dataset.task}): {stats['by_status'].get('active', 0)} "
+                f"examples, {stats['new_since_last_training']} new since the last training"
+            )
+        if len(lines) == 1:
+            lines.append("none yet. " + USAGE)
+        ctx.respond("\n".join(lines))
+
+    def _show(self, ctx: Context, repo: Datasets, name: str) -> None:
+        dataset = repo.get(name)
+        s = dataset_stats(ctx.session, dataset)
+        split = s["by_split"]
+        lines = [
+            f"*{dataset.name}* ({dataset.task}) in "
+            + (", ".join(f"<#{c}>" for c in dataset.channels) or "no channels yet"),
+            f"examples: {s['by_status'].get('active', 0)} active "
+            f"({split.get('train', 0)} train, {split.get('heldout', 0)} held out), "
+            f"{s['by_status'].get('withdrawn', 0)} withdrawn; "
+            f"{s['new_since_last_training']} new since the last training",
+            "by source: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(s["by_source"].items())) or "-"),
+        ]
+        if dataset.task == "classify":
+            lines.append(
+                "by label: "
+                + (", ".join(f"{k} {v}" for k, v in sorted(s["by_label"].items())) or "-")
+                + f" (balance {s['label_balance']})"
+            )
+            if s["missing_labels"]:
+                lines.append("no examples yet: " + ", ".join(s["missing_labels"]))
+        if s["top_approvers"]:
+            lines.append(
+                "top approvers: "
+                + ", ".join(f"<@{a['user']}> {a['approvals']}" for a in s["top_approvers"])
+            )
+        ctx.respond("\n".join(lines))
+
+    def _create(self, ctx: Context, repo: Datasets, words: list[str]) -> None:
+        if len(words) < 2:
+            ctx.respond(USAGE)
+            return
+        spec = parse_spec({"name": words[0], "task": words[1], **parse_assignments(words[2:])})
+        repo.create(**spec.model_dump(exclude_none=True))
+        ctx.respond(f"Created dataset `{spec.name}` ({spec.task}).")
+
+    def _update(self, ctx: Context, repo: Datasets, words: list[str]) -> None:
+        if len(words) < 2:
+            ctx.respond(USAGE)
+            return
+        dataset = repo.get(words[0])
+        fields = parse_fields(parse_assignments(words[1:])).model_dump(exclude_none=True)
+        check_consistency(
+            dataset.task,
+            fields.get("labels", dataset.labels),
+            fields.get("label_emoji", dataset.label_emoji),
+        )
+        repo.update(dataset, **fields)
+        ctx.respond(f"Updated `{dataset.name}`: {', '.join(sorted(fields))}.")

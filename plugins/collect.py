@@ -1,0 +1,355 @@
+"""Collect: approved messages and tagged tickets become clean, audited training examples.
+
+Reactions by a dataset's approvers in its channels add examples (approve emoji), negative
+examples (reject emoji) or labelled tickets (label emoji); removing the last one, deleting the
+message or editing it updates the example. People can opt out, and admins can erase a person.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from bot.collection import Collector, forget_user, purge_ticket_text
+from bot.plugin import (
+    CommandEvent,
+    Context,
+    InternalEvent,
+    MemberJoinedEvent,
+    MessageChangedEvent,
+    MessageDeletedEvent,
+    Plugin,
+    ReactionEvent,
+    command,
+    on_event,
+    on_member_joined,
+    on_message_changed,
+    on_message_deleted,
+    on_reaction,
+    require,
+    schedule,
+)
+from bot.storage.models import ChannelNotice, Dataset, Example, OptOut, utcnow
+from bot.storage.repositories import Audit
+
+log = logging.getLogger("brandbot.collect")
+LINK = re.compile(r"archives/([CGD][A-Z0-9]+)/p(\d{10})(\d{6})")
+NOTICE = (
+    "Hi, I'm brandbot. In this channel I learn from messages that approvers mark with "
+    "{emoji}: their text (with emails, phone numbers, card numbers and tokens removed) becomes "
+    "training data for the team's writing model. Nothing else is collected. To keep your "
+    "messages out, run `/brandbot optout`; admins can erase a person's data on request."
+)
+BRIEF_PROMPT = (
+    "Write the one-line request (a brief, at most 15 words) that a marketing lead would have "
+    "given a copywriter to get this post. Answer with the brief only.\n\nPost: {text}"
+)
+
+
+class CollectSettings(BaseModel):
+    collect_bot_messages: bool = False
+    ticket_retention_days: int | None = Field(default=365, ge=1)
+    notify: Literal["ephemeral", "thread"] = "ephemeral"
+
+
+class CollectPlugin(Plugin):
+    """Turns reactions into training examples."""
+
+    Settings = CollectSettings
+
+    @property
+    def cfg(self) -> CollectSettings:
+        assert isinstance(self.settings, CollectSettings)
+        return self.settings
+
+    # ---- reactions ----------------------------------------------------------------------
+
+    def _is_approver(self, ctx: Context, dataset: Dataset, user: str) -> bool:
+        if user in dataset.approvers:
+            return True
+        for group in dataset.approver_groups:
+            if user in ctx.chat.usergroup_members(group):
+                return True
+        if not dataset.approvers and not dataset.approver_groups:
+            return user in ctx.services.settings.admins
+        return False
+
+    @staticmethod
+    def _role(dataset: Dataset, emoji: str, channel: str) -> tuple[str, str | None] | None:
+        if dataset.task == "classify" and emoji in dataset.label_emoji:
+            return "label", dataset.label_emoji[emoji]
+        if channel not in dataset.channels:
+            return None
+        if emoji in dataset.approve_emoji and dataset.task == "draft":
+            return "approve", None
+        if emoji in dataset.reject_emoji:
+            return "reject", None
+        return None
+
+    def _tell(self, ctx: Context, event: ReactionEvent, text: str) -> None:
+        if self.cfg.notify == "thread":
+            ctx.chat.post(event.channel_id or "", text, thread_ts=event.message_ts)
+        else:
+            ctx.chat.ephemeral(event.channel_id or "", event.user_id, text)
+
+    @on_reaction()
+    def reaction_added(self, event: ReactionEvent, ctx: Context) -> None:
+        """React with a dataset's approve emoji (or a label emoji on a ticket) to add it."""
+        channel = event.channel_id or ""
+        collector = Collector(ctx.session)
+        matches = []
+        for dataset in collector.datasets_for_channel(channel):
+            role = self._role(dataset, event.reaction, channel)
+            if role is not None:
+                matches.append((dataset, *role))
+        if not matches:
+            return
+        allowed = [m for m in matches if self._is_approver(ctx, m[0], event.user_id)]
+        if not allowed:
+            names = ", ".join(m[0].name for m in matches)
+            self._tell(ctx, event, f"Only the approvers of {names} can add examples with that.")
+            return
+        if collector.opted_out(event.user_id):
+            self._tell(ctx, event, "You opted out, so your reactions are not collected.")
+            return
+        message = ctx.chat.fetch_message(channel, event.message_ts)
+        if message is None:
+            self._tell(ctx, event, "I can't read that message (is it deleted, or am I not in "
+                                   "this channel?), so nothing was added.")  # fmt: skip
+            return
+        if collector.opted_out(message.user_id):
+            self._tell(ctx, event, "Its author opted out of collection, so nothing was added.")
+            return
+        if message.bot_id and not self.cfg.collect_bot_messages:
+            self._tell(ctx, event, "Bot messages are not collected.")
+            return
+        if not message.text.strip() and message.has_files:
+            self._tell(ctx, event, "A message with only files has no text to learn from.")
+            return
+        draft_brief = self._draft_brief(ctx, channel, event.message_ts)
+        for dataset, kind, label in allowed:
+            outcome = collector.approve(
+                dataset, message, approver=event.user_id, emoji=event.reaction, kind=kind,
+                workspace=event.team_id or "", label=label,
+                prompt=draft_brief, prompt_source="draft" if draft_brief else None,
+            )  # fmt: skip
+            if outcome.status == "refused" or outcome.status == "duplicate":
+                self._tell(ctx, event, f"Not added to {dataset.name}: {outcome.reason}.")
+            elif outcome.status in ("added", "reactivated"):
+                if outcome.needs_brief:
+                    ctx.publish("example.needs_brief", {"example_id": outcome.example_id})
+                self._tell(ctx, event, collector.summary_line(dataset))
+
+    @staticmethod
+    def _draft_brief(ctx: Context, channel: str, ts: str) -> str | None:
+        from bot.storage.models import Draft
+
+        return ctx.session.scalar(
+            select(Draft.brief).where(Draft.channel_id == channel, Draft.message_ts == ts)
+        )
+
+    @on_reaction(removed=True)
+    def reaction_removed(self, event: ReactionEvent, ctx: Context) -> None:
+        channel = event.channel_id or ""
+        collector = Collector(ctx.session)
+        for dataset in collector.datasets_for_channel(channel):
+            if self._role(dataset, event.reaction, channel) is not None:
+                collector.unapprove(
+                    dataset, channel, event.message_ts, event.user_id, event.reaction
+                )
+
+    @on_message_changed()
+    def message_changed(self, event: MessageChangedEvent, ctx: Context) -> None:
+        Collector(ctx.session).message_changed(
+            event.channel_id or "", event.ts, event.text, event.user_id or None
+        )
+
+    @on_message_deleted()
+    def message_deleted(self, event: MessageDeletedEvent, ctx: Context) -> None:
+        Collector(ctx.session).message_deleted(event.channel_id or "", event.ts, event.user_id)
+
+    # ---- consent --------------------------------------------------------------------------
+
+    @on_member_joined()
+    def joined(self, event: MemberJoinedEvent, ctx: Context) -> None:
+        channel = event.channel_id or ""
+        if event.user_id != ctx.chat.bot_user_id():
+            return
+        datasets = Collector(ctx.session).datasets_for_channel(channel)
+        if not datasets:
+            return
+        dialect = ctx.session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        inserted = ctx.session.execute(
+            insert(ChannelNotice)
+            .values(channel_id=channel, posted_at=utcnow())
+            .on_conflict_do_nothing()
+            .returning(ChannelNotice.channel_id)
+        ).scalar()
+        if inserted is None:
+            return
+        emoji = sorted({e for d in datasets for e in [*d.approve_emoji, *d.label_emoji]})
+        ts = ctx.chat.post(channel, NOTICE.format(emoji=" ".join(f":{e}:" for e in emoji)))
+        notice = ctx.session.get(ChannelNotice, channel)
+        if notice is not None:
+            notice.message_ts = ts
+
+    @command("/brandbot optout")
+    def optout(self, event: CommandEvent, ctx: Context) -> None:
+        """Stop collecting your messages and reactions (`/brandbot optin` undoes it)."""
+        if ctx.session.get(OptOut, event.user_id) is None:
+            ctx.session.add(OptOut(user_id=event.user_id))
+            Audit(ctx.session).record("user.optout", actor=event.user_id)
+        ctx.respond("Done: your messages and reactions will not be collected from now on. "
+                    "Ask an admin to erase what was collected before.")  # fmt: skip
+
+    @command("/brandbot optin")
+    def optin(self, event: CommandEvent, ctx: Context) -> None:
+        """Allow collecting your messages again."""
+        row = ctx.session.get(OptOut, event.user_id)
+        if row is not None:
+            ctx.session.delete(row)
+            Audit(ctx.session).record("user.optin", actor=event.user_id)
+        ctx.respond("Done: your approved messages can be collected again.")
+
+    @command("/brandbot forget")
+    @require(admins=True)
+    def forget(self, event: CommandEvent, ctx: Context) -> None:
+        """Erase a person's examples, drafts and ticket text: `/brandbot forget @user`."""
+        match = re.search(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>|\b([UW][A-Z0-9]{2,})\b", event.text)
+        if not match:
+            ctx.respond("Usage: `/brandbot forget @person`")
+            return
+        user = match.group(1) or match.group(2)
+        counts = forget_user(ctx.session, user, event.user_id)
+        ctx.respond(
+            f"Erased <@{user}>: {counts['examples']} examples, {counts['drafts']} drafts, "
+            f"{counts['predictions']} ticket texts; {counts['adapters_flagged']} adapters "
+            "flagged for retraining."
+        )
+
+    # ---- labels and briefs -------------------------------------------------------------
+
+    @command("/brandbot label")
+    def label(self, event: CommandEvent, ctx: Context) -> None:
+        """Label a ticket: `/brandbot label <message link> <label>`."""
+        match = LINK.search(event.text)
+        parts = event.text.split()
+        if not match or len(parts) < 2:
+            ctx.respond("Usage: `/brandbot label <message link> <label>`")
+            return
+        channel, ts = match.group(1), f"{match.group(2)}.{match.group(3)}"
+        wanted = parts[-1]
+        collector = Collector(ctx.session)
+        datasets = [
+            d for d in collector.datasets_for_channel(channel)
+            if d.task == "classify" and wanted in d.labels
+        ]  # fmt: skip
+        if not datasets:
+            known = sorted({lbl for d in collector.datasets_for_channel(channel)
+                            for lbl in d.labels})  # fmt: skip
+            ctx.respond(f"`{wanted}` is not a label here. Labels: {', '.join(known) or 'none'}.")
+            return
+        if not any(self._is_approver(ctx, d, event.user_id) for d in datasets):
+            ctx.respond("Only approvers can label tickets.")
+            return
+        message = ctx.chat.fetch_message(channel, ts)
+        if message is None:
+            ctx.respond("I can't read that message, so nothing was labelled.")
+            return
+        for dataset in datasets:
+            outcome = collector.approve(
+                dataset, message, approver=event.user_id, emoji=f"label:{wanted}",
+                kind="label", workspace=event.team_id or "", label=wanted,
+            )  # fmt: skip
+            if outcome.status == "refused":
+                ctx.respond(f"Not added to {dataset.name}: {outcome.reason}.")
+            else:
+                ctx.respond(f"Labelled `{wanted}`. {collector.summary_line(dataset)}")
+
+    @command("/brandbot brief")
+    def brief(self, event: CommandEvent, ctx: Context) -> None:
+        """Show or change an example's brief: `/brandbot brief ID [new brief]`."""
+        parts = event.text.split(maxsplit=1)
+        if not parts or not parts[0].isdigit():
+            ctx.respond("Usage: `/brandbot brief EXAMPLE_ID [new brief]`")
+            return
+        example = ctx.session.get(Example, int(parts[0]))
+        if example is None or example.task != "draft":
+            ctx.respond(f"There is no copy example {parts[0]}.")
+            return
+        if len(parts) == 1:
+            ctx.respond(f"Brief of example {example.id}: {example.prompt or '(none yet)'}")
+            return
+        dataset = ctx.session.get(Dataset, example.dataset_id)
+        if dataset is None or not self._is_approver(ctx, dataset, event.user_id):
+            ctx.respond("Only approvers can change briefs.")
+            return
+        set_brief(ctx, example, parts[1], event.user_id)
+        ctx.respond(f"Brief of example {example.id} is now: {example.prompt}")
+
+    @on_event("example.needs_brief")
+    def needs_brief(self, event: InternalEvent, ctx: Context) -> None:
+        """Queue a one-line brief written by the base model (never inside the event handler)."""
+        example_id = int(event.payload["example_id"])
+        if ctx.services.inference is None:
+            log.debug("no inference client: example %s keeps no brief for now", example_id)
+            return
+        ctx.jobs.submit(write_brief, ctx.services, example_id, name="collect.write_brief")
+
+    # ---- retention ----------------------------------------------------------------------
+
+    @schedule("17 3 * * *")
+    def retention(self, event: InternalEvent, ctx: Context) -> None:
+        days = self.cfg.ticket_retention_days
+        if days:
+            purge_ticket_text(ctx.session, utcnow() - dt.timedelta(days=days))
+
+
+def set_brief(ctx: Context, example: Example, text: str, actor: str | None) -> None:
+    from trainer.cleaning import content_hash, normalize_text
+
+    example.prompt = normalize_text(text)[:2000]
+    example.prompt_source = "edited"
+    example.content_hash = content_hash(example.task, example.prompt, example.text, example.label)
+    Audit(ctx.session).record(
+        "example.brief", actor=actor, dataset_id=example.dataset_id, example_id=example.id,
+        content_hash=example.content_hash,
+    )  # fmt: skip
+
+
+def write_brief(services: object, example_id: int) -> None:
+    """The queued job: ask the base model for a one-line brief and store it."""
+    from bot.plugin import Services
+    from trainer.cleaning import content_hash, normalize_text
+
+    assert isinstance(services, Services)
+    with services.db.session() as session:
+        example = session.get(Example, example_id)
+        if example is None or example.prompt:
+            return
+        text = example.text
+    result = services.inference.chat(
+        [{"role": "user", "content": BRIEF_PROMPT.format(text=text)}],
+        max_tokens=40,
+        temperature=0.0,
+    )
+    brief = normalize_text(str(result.text).splitlines()[0] if result.text else "")[:300]
+    if not brief:
+        return
+    with services.db.session() as session:
+        example = session.get(Example, example_id)
+        if example is None or example.prompt:
+            return
+        example.prompt, example.prompt_source = brief, "generated"
+        example.content_hash = content_hash(example.task, brief, example.text, example.label)
+        Audit(session).record(
+            "example.brief", dataset_id=example.dataset_id, example_id=example.id,
+            content_hash=example.content_hash, source="generated",
+        )  # fmt: skip

@@ -1,0 +1,339 @@
+"""Collect, end to end: signed Slack events into the real app, examples checked in the database
+(SQLite and PostgreSQL), messages fetched from the fake Web API."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bot.collection import purge_ticket_text
+from bot.importer import import_candidates, parse_chat_record
+from bot.plugin_loader import PluginEntry
+from bot.storage import Database
+from bot.storage.models import Approval, AuditEntry, ChannelNotice, Example, OutboxEvent, utcnow
+from bot.storage.repositories import Datasets
+from bot.testkit import payloads
+from bot.testkit.payloads import signed_post
+from bot.testkit.slack import FakeSlack
+from plugins.admin import AdminPlugin
+from plugins.collect import CollectPlugin, write_brief
+from plugins.help import HelpPlugin
+from tests.bot.slack_harness import Served, serve_bot
+
+COPY, TICKETS, ELSEWHERE = "C0BRANDCPY", "C0SUPPORT1", "C0RANDOM01"
+MAYA, JONAS, PRIYA, TOM = "U0MAYA0001", "U0JONAS001", "U0PRIYA001", "U0TOM00001"
+PLUGINS = [PluginEntry("collect", CollectPlugin), PluginEntry("admin", AdminPlugin),
+           PluginEntry("help", HelpPlugin)]  # fmt: skip
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    database.upgrade()
+    with database.session() as s:
+        Datasets(s).create(
+            "kk_copy", "draft", channels=[COPY], approvers=[MAYA, JONAS], max_length=280,
+            approve_emoji=["white_check_mark"], reject_emoji=["x"],
+        )  # fmt: skip
+        Datasets(s).create(
+            "kk_tickets", "classify", channels=[TICKETS], ticket_channels=[TICKETS],
+            labels=["billing", "refund"], label_emoji={"credit_card": "billing", "money": "refund"},
+            approvers=[TOM],
+        )  # fmt: skip
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def bot(db: Database, fake_slack: FakeSlack, slack_signing_secret: str) -> Iterator[Served]:
+    for uid, name in [(MAYA, "maya"), (JONAS, "jonas"), (PRIYA, "priya"), (TOM, "tom")]:
+        fake_slack.add_user(uid, name)
+    everyone = [fake_slack.bot_user_id, MAYA, JONAS, PRIYA, TOM]
+    for cid, name in [(COPY, "brand-copy"), (TICKETS, "support"), (ELSEWHERE, "random")]:
+        fake_slack.add_channel(cid, name, members=everyone)
+    with serve_bot(db, fake_slack, slack_signing_secret, PLUGINS, admins=[MAYA]) as served:
+        yield served
+
+
+class Env:
+    def __init__(self, bot: Served, fake: FakeSlack, secret: str, db: Database) -> None:
+        self.bot, self.fake, self.secret, self.db = bot, fake, secret, db
+
+    def event(self, event: dict[str, Any], event_id: str | None = None) -> int:
+        body = payloads.event_callback(event, event_id=event_id)
+        return signed_post(self.bot.events_url, self.secret, body).status_code
+
+    def react(self, user: str, emoji: str, channel: str, ts: str, removed: bool = False) -> int:
+        make = payloads.reaction_removed if removed else payloads.reaction_added
+        return self.event(make(user, emoji, channel, ts))
+
+    def command(self, text: str, user: str = MAYA, channel: str = COPY) -> str:
+        rid = f"r{time.monotonic_ns()}"
+        body = payloads.slash_command("/brandbot", text, user, channel, self.fake.response_url(rid))
+        assert signed_post(self.bot.events_url, self.secret, body).status_code == 200
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if self.fake.responses(rid):
+                return str(self.fake.responses(rid)[0]["text"])
+            time.sleep(0.02)
+        raise AssertionError("no response")
+
+    def ephemerals(self) -> list[str]:
+        return [str(c.args.get("text")) for c in self.fake.calls_for("chat.postEphemeral")]
+
+    def examples(self, **where: Any) -> list[Example]:
+        with self.db.session() as s:
+            stmt = select(Example).order_by(Example.id)
+            for k, v in where.items():
+                stmt = stmt.where(getattr(Example, k) == v)
+            return list(s.scalars(stmt))
+
+
+@pytest.fixture
+def env(bot: Served, fake_slack: FakeSlack, slack_signing_secret: str, db: Database) -> Env:
+    return Env(bot, fake_slack, slack_signing_secret, db)
+
+
+POST = "Our autumn chai lands Thursday: cardamom, clove and a knob of ginger over strong Assam."
+
+
+def test_approval_creates_a_clean_example_with_provenance(env: Env) -> None:
+    ts = env.fake.add_message(COPY, POST + " Questions to hello@kettle.example.com", user=PRIYA)
+    assert env.react(MAYA, "white_check_mark", COPY, ts) == 200
+    (ex,) = env.examples()
+    assert (ex.channel_id, ex.message_ts, ex.author_id, ex.approver_id) == (COPY, ts, PRIYA, MAYA)
+    assert ex.workspace_id == env.fake.team_id and ex.source == "reaction"
+    assert ex.kind == "positive" and ex.status == "active" and ex.split in ("train", "heldout")
+    assert "hello@kettle.example.com" not in ex.text and "[EMAIL]" in ex.text
+    assert "Added to kk_copy: 1 example, 1 new since the last training." in env.ephemerals()
+    with env.db.session() as s:
+        audit = s.scalars(select(AuditEntry).where(AuditEntry.action == "example.add")).one()
+        assert audit.example_id == ex.id and audit.content_hash == ex.content_hash
+        assert "chai" not in json.dumps(audit.details)
+        topics = [e.topic for e in s.scalars(select(OutboxEvent))]
+    assert topics == ["example.needs_brief"]  # no brief yet: a job writes one
+
+
+def test_brief_from_thread_parent_and_the_queued_brief_writer(env: Env) -> None:
+    parent = env.fake.add_message(
+        COPY, "Brief: announce the chai, warm spices, out Thursday", user=MAYA
+    )
+    reply = env.fake.add_message(COPY, POST, user=PRIYA, thread_ts=parent)
+    env.react(JONAS, "white_check_mark", COPY, reply)
+    (ex,) = env.examples()
+    assert ex.prompt == "Brief: announce the chai, warm spices, out Thursday"
+    assert ex.prompt_source == "thread"
+    other = env.fake.add_message(
+        COPY,
+        "Earl Grey is back on the shelf, bright with bergamot and a little cornflower blue.",
+        user=PRIYA,
+    )
+    env.react(JONAS, "white_check_mark", COPY, other)
+    pending = env.examples(message_ts=other)[0]
+    assert pending.prompt is None
+
+    class Model:  # an injected inference client that answers like a model would
+        def chat(self, messages: list[dict[str, str]], **kw: Any) -> Any:
+            assert "Earl Grey" in messages[0]["content"]
+            return type("R", (), {"text": "Say Earl Grey is back in stock\nextra line"})()
+
+    services = env.bot.runtime.services
+    services.inference = Model()
+    write_brief(services, pending.id)
+    done = env.examples(message_ts=other)[0]
+    assert (done.prompt, done.prompt_source) == ("Say Earl Grey is back in stock", "generated")
+
+
+def test_reject_records_a_negative_and_strangers_have_no_effect(env: Env) -> None:
+    ts = env.fake.add_message(
+        COPY, "HUGE SALE, hurry guys, cheapest tea ever, buy now or regret it!", user=PRIYA
+    )
+    env.react(MAYA, "x", COPY, ts)
+    assert [e.kind for e in env.examples()] == ["negative"]
+    ts2 = env.fake.add_message(COPY, POST.replace("Thursday", "Friday"), user=PRIYA)
+    env.react(PRIYA, "white_check_mark", COPY, ts2)  # not an approver
+    elsewhere = env.fake.add_message(ELSEWHERE, POST, user=PRIYA)
+    env.react(MAYA, "white_check_mark", ELSEWHERE, elsewhere)  # not a dataset channel
+    env.react(MAYA, "tada", COPY, ts2)  # not a dataset emoji
+    assert len(env.examples()) == 1
+    assert any("Only the approvers of kk_copy" in t for t in env.ephemerals())
+
+
+def test_unreadable_bot_and_file_only_messages_are_explained(env: Env) -> None:
+    env.react(MAYA, "white_check_mark", COPY, "1600000000.000001")  # no such message
+    bot_ts = env.fake.add_message(
+        COPY, "A message from an integration bot about tea.", bot_id="B0OTHER01"
+    )
+    env.react(MAYA, "white_check_mark", COPY, bot_ts)
+    files = env.fake.add_message(COPY, "", user=PRIYA, files=[{"name": "tea.png"}])
+    env.react(MAYA, "white_check_mark", COPY, files)
+    long = env.fake.add_message(COPY, "word " * 80, user=PRIYA)
+    env.react(MAYA, "white_check_mark", COPY, long)
+    assert env.examples() == []
+    said = " | ".join(env.ephemerals())
+    assert "can't read that message" in said and "Bot messages are not collected" in said
+    assert "only files" in said and "the limit is 280" in said
+
+
+def test_removing_reactions_edits_and_deletes(env: Env) -> None:
+    ts = env.fake.add_message(COPY, POST, user=PRIYA)
+    env.react(MAYA, "white_check_mark", COPY, ts)
+    env.react(JONAS, "white_check_mark", COPY, ts)
+    env.react(MAYA, "white_check_mark", COPY, ts, removed=True)
+    assert env.examples()[0].status == "active"  # Jonas still approves
+    env.react(JONAS, "white_check_mark", COPY, ts, removed=True)
+    assert env.examples()[0].status == "withdrawn"
+    env.react(JONAS, "white_check_mark", COPY, ts)
+    (ex,) = env.examples()
+    assert ex.status == "active"
+    split, old_hash = ex.split, ex.content_hash
+    env.event(
+        payloads.message_changed(COPY, ts, POST.replace("Thursday", "on Friday"), PRIYA, POST)
+    )
+    (edited,) = env.examples()
+    assert "on Friday" in edited.text and edited.content_hash != old_hash and edited.split == split
+    env.event(payloads.message_deleted(COPY, ts))
+    assert env.examples()[0].status == "withdrawn"
+    with env.db.session() as s:
+        actions = [a.action for a in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+        texts = json.dumps([a.details for a in s.scalars(select(AuditEntry))])
+    assert actions.count("example.withdraw") == 2 and "example.edit" in actions
+    assert "Friday" not in texts and "chai" not in texts
+
+
+def test_duplicates_and_near_duplicates_are_not_added_twice(env: Env) -> None:
+    a = env.fake.add_message(COPY, POST, user=PRIYA)
+    b = env.fake.add_message(COPY, POST, user=PRIYA)
+    c = env.fake.add_message(
+        COPY, POST.replace("a knob of ginger", "a good knob of ginger"), user=PRIYA
+    )
+    for ts in (a, b, c):
+        env.react(MAYA, "white_check_mark", COPY, ts)
+    assert len(env.examples()) == 1
+    said = [t for t in env.ephemerals() if "Not added to kk_copy" in t]
+    assert len(said) == 2 and "near-identical" in said[1]
+    different = env.fake.add_message(
+        COPY,
+        "Tasting evenings are back at the Bristol shop, first Friday of every month.",
+        user=PRIYA,
+    )
+    env.react(MAYA, "white_check_mark", COPY, different)
+    assert len(env.examples()) == 2
+
+
+def test_ticket_labels_by_emoji_and_by_command(env: Env) -> None:
+    ts = env.fake.add_message(
+        TICKETS, "I was charged twice for order KK-48213, please sort it", user=PRIYA
+    )
+    env.react(TOM, "credit_card", TICKETS, ts)
+    (ex,) = env.examples()
+    assert (ex.task, ex.label, ex.text) == (
+        "classify",
+        "billing",
+        "I was charged twice for order KK-48213, please sort it",
+    )
+    ts2 = env.fake.add_message(TICKETS, "I'd like my money back for the broken teapot", user=PRIYA)
+    link = f"https://kk.slack.com/archives/{TICKETS}/p{ts2.replace('.', '')}"
+    answer = env.command(f"label {link} refund", user=TOM, channel=TICKETS)
+    assert answer.startswith("Labelled `refund`.")
+    assert env.examples(message_ts=ts2)[0].label == "refund"
+    bad = env.command(f"label {link} shipping", user=TOM, channel=TICKETS)
+    assert "not a label here" in bad and "billing, refund" in bad
+    env.react(TOM, "credit_card", TICKETS, ts, removed=True)
+    assert env.examples(message_ts=ts)[0].status == "withdrawn"
+
+
+def test_held_out_text_never_enters_train(env: Env) -> None:
+    text = "Where is my parcel? It has been two weeks since order KK-11111."
+    with env.db.session() as s:
+        ds = Datasets(s).get("kk_tickets")
+        record = {
+            "messages": [
+                {"role": "user", "content": text},
+                {"role": "assistant", "content": "billing"},
+            ],
+            "label": "billing",
+        }
+        import_candidates(s, ds, [parse_chat_record(record, "classify", 1)])
+        s.execute(Example.__table__.update().values(split="heldout"))
+    ts = env.fake.add_message(TICKETS, text, user=PRIYA)
+    env.react(TOM, "money", TICKETS, ts)
+    slack_example = env.examples(message_ts=ts)[0]
+    assert slack_example.label == "refund" and slack_example.split == "heldout"
+
+
+def test_opt_out_and_erasure(env: Env) -> None:
+    assert "will not be collected" in env.command("optout", user=PRIYA)
+    ts = env.fake.add_message(COPY, POST, user=PRIYA)
+    env.react(MAYA, "white_check_mark", COPY, ts)
+    assert env.examples() == []
+    assert any("opted out" in t for t in env.ephemerals())
+    env.command("optin", user=PRIYA)
+    env.react(MAYA, "white_check_mark", COPY, ts)
+    assert len(env.examples()) == 1
+    assert "only admins" in env.command(f"forget <@{PRIYA}>", user=JONAS)
+    answer = env.command(f"forget <@{PRIYA}|priya>", user=MAYA)
+    assert answer.startswith(f"Erased <@{PRIYA}>: 1 examples")
+    assert env.examples() == []
+    with env.db.session() as s:
+        assert s.scalars(select(Approval)).all() == []
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "user.forget")).one()
+        assert entry.details["subject"] == PRIYA and entry.details["examples"] == 1
+
+
+def test_consent_notice_is_posted_once_when_the_bot_joins(env: Env) -> None:
+    join = payloads.member_joined_channel(env.fake.bot_user_id, COPY)
+    assert env.event(join) == 200
+    assert env.event(payloads.member_joined_channel(env.fake.bot_user_id, COPY)) == 200
+    env.event(payloads.member_joined_channel(MAYA, COPY))
+    notices = [
+        c for c in env.fake.calls_for("chat.postMessage") if "optout" in str(c.args.get("text"))
+    ]
+    assert len(notices) == 1 and notices[0].args["channel"] == COPY
+    with env.db.session() as s:
+        assert s.get(ChannelNotice, COPY) is not None
+
+
+def test_datasets_in_slack(env: Env) -> None:
+    ts = env.fake.add_message(COPY, POST, user=PRIYA)
+    env.react(MAYA, "white_check_mark", COPY, ts)
+    listing = env.command("datasets")
+    assert "`kk_copy` (draft): 1 examples" in listing and "`kk_tickets`" in listing
+    shown = env.command("datasets kk_copy")
+    assert "by source: reaction 1" in shown and f"<@{MAYA}> 1" in shown
+    assert "only admins" in env.command("datasets create kk_new draft", user=JONAS)
+    assert "Created dataset `kk_new`" in env.command("datasets create kk_new draft")
+    updated = env.command(
+        'datasets update kk_new channels=C0NEW00001 max_length=200 banned_words=cheap,hurry system_prompt="Be warm."'
+    )
+    assert updated.startswith("Updated `kk_new`")
+    with env.db.session() as s:
+        ds = Datasets(s).get("kk_new")
+        assert (ds.channels, ds.max_length, ds.banned_words, ds.system_prompt) == (
+            ["C0NEW00001"],
+            200,
+            ["cheap", "hurry"],
+            "Be warm.",
+        )
+    assert "must match" in env.command("datasets create Bad! draft")
+    assert "unknown dataset 'nope'" in env.command("datasets nope")
+    assert "schedule_cron" in env.command("datasets update kk_new schedule=never")
+
+
+def test_retention_purges_old_ticket_text(env: Env) -> None:
+    ts = env.fake.add_message(
+        TICKETS, "Refund please, the tin arrived dented and the lid won't shut", user=PRIYA
+    )
+    env.react(TOM, "money", TICKETS, ts)
+    with env.db.session() as s:
+        assert purge_ticket_text(s, utcnow().replace(year=2000)) == {
+            "examples": 0,
+            "predictions": 0,
+        }
+        assert purge_ticket_text(s, utcnow().replace(year=2100))["examples"] == 1
+    assert env.examples() == []
