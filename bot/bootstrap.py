@@ -51,8 +51,6 @@ def build_bot(
         loaded = load_plugins(services)
     else:
         loaded = instantiate(plugins, settings.plugins, services)
-        for plugin in loaded:
-            plugin.setup()
     return Bot(settings, db, services, Runtime(services, loaded))
 
 

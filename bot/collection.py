@@ -119,20 +119,28 @@ class Collector:
         return split_for(identity)
 
     def _near_duplicate(self, dataset: Dataset, text: str, exclude: int | None) -> int | None:
+        """An active example of the dataset whose text is nearly the same, if any.
+
+        Candidates share at least two LSH band keys (one shared band is mostly chance at the
+        similarities that matter); their texts are then compared exactly, in one query.
+        """
         from trainer.near_dup import is_near_duplicate
 
         keys = near_dup_keys(text)
-        candidates = self.session.scalars(
+        shared = (
             select(NearDupKey.example_id)
             .where(NearDupKey.dataset_id == dataset.id, NearDupKey.band_key.in_(keys))
-            .distinct()
-        ).all()
-        for example_id in candidates:
-            if example_id == exclude:
-                continue
-            other = self.session.get(Example, example_id)
-            if other and other.status == "active" and is_near_duplicate(other.text, text):
-                return example_id
+            .group_by(NearDupKey.example_id)
+            .having(func.count() >= 2)
+        )
+        rows = self.session.execute(
+            select(Example.id, Example.text).where(
+                Example.id.in_(shared), Example.status == "active"
+            )
+        )
+        for example_id, other in rows:
+            if example_id != exclude and is_near_duplicate(other, text):
+                return int(example_id)
         return None
 
     def _store_keys(self, example: Example) -> None:

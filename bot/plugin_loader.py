@@ -77,13 +77,12 @@ def instantiate(
         plugins.append(plugin)
     if problems:
         raise PluginError("invalid plugin settings:\n  " + "\n  ".join(problems))
+    for plugin in plugins:
+        plugin.setup()
     return plugins
 
 
 def load_plugins(services: Services) -> list[Plugin]:
     config = services.settings.plugins
     entries = select(discover(), config)
-    plugins = instantiate(entries, config, services)
-    for plugin in plugins:
-        plugin.setup()
-    return plugins
+    return instantiate(entries, config, services)

@@ -53,7 +53,12 @@ BRIEF_PROMPT = (
 
 
 class CollectSettings(BaseModel):
+    """``[plugins.collect]`` in brandbot.toml."""
+
     collect_bot_messages: bool = False
+    keep_pii: list[Literal["email", "phone", "card", "iban", "slack_token", "api_key",
+                           "url_credentials"]] = []  # fmt: skip
+    extra_pii_patterns: dict[str, str] = {}
     ticket_retention_days: int | None = Field(default=365, ge=1)
     notify: Literal["ephemeral", "thread"] = "ephemeral"
 
@@ -67,6 +72,21 @@ class CollectPlugin(Plugin):
     def cfg(self) -> CollectSettings:
         assert isinstance(self.settings, CollectSettings)
         return self.settings
+
+    def setup(self) -> None:
+        from trainer.pii import CustomPattern, ScrubConfig, scrub
+
+        kinds = {"email", "phone", "card", "iban", "slack_token", "api_key", "url_credentials"}
+        on = {k: k not in self.cfg.keep_pii for k in kinds}
+        custom = tuple(
+            CustomPattern(kind=name, pattern=pattern, placeholder=f"[{name.upper()}]")
+            for name, pattern in self.cfg.extra_pii_patterns.items()
+        )
+        config = ScrubConfig(**on, custom=custom)
+        self.scrubber = lambda text: scrub(text, config).text
+
+    def collector(self, ctx: Context) -> Collector:
+        return Collector(ctx.session, scrubber=self.scrubber)
 
     # ---- reactions ----------------------------------------------------------------------
 
@@ -102,7 +122,7 @@ class CollectPlugin(Plugin):
     def reaction_added(self, event: ReactionEvent, ctx: Context) -> None:
         """React with a dataset's approve emoji (or a label emoji on a ticket) to add it."""
         channel = event.channel_id or ""
-        collector = Collector(ctx.session)
+        collector = self.collector(ctx)
         matches = []
         for dataset in collector.datasets_for_channel(channel):
             role = self._role(dataset, event.reaction, channel)
@@ -157,7 +177,7 @@ class CollectPlugin(Plugin):
     @on_reaction(removed=True)
     def reaction_removed(self, event: ReactionEvent, ctx: Context) -> None:
         channel = event.channel_id or ""
-        collector = Collector(ctx.session)
+        collector = self.collector(ctx)
         for dataset in collector.datasets_for_channel(channel):
             if self._role(dataset, event.reaction, channel) is not None:
                 collector.unapprove(
@@ -166,7 +186,7 @@ class CollectPlugin(Plugin):
 
     @on_message_changed()
     def message_changed(self, event: MessageChangedEvent, ctx: Context) -> None:
-        Collector(ctx.session).message_changed(
+        self.collector(ctx).message_changed(
             event.channel_id or "", event.ts, event.text, event.user_id or None
         )
 
@@ -246,7 +266,7 @@ class CollectPlugin(Plugin):
             return
         channel, ts = match.group(1), f"{match.group(2)}.{match.group(3)}"
         wanted = parts[-1]
-        collector = Collector(ctx.session)
+        collector = self.collector(ctx)
         datasets = [
             d for d in collector.datasets_for_channel(channel)
             if d.task == "classify" and wanted in d.labels

@@ -60,7 +60,13 @@ class Database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
         else:
-            kwargs.update(pool_pre_ping=True, connect_args={"connect_timeout": 5})
+            # Enough connections for the handler threads, the outbox pump and the scheduler lock.
+            kwargs.update(
+                pool_pre_ping=True,
+                pool_size=20,
+                max_overflow=20,
+                connect_args={"connect_timeout": 5},
+            )
         self.engine: Engine = create_engine(url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)

@@ -337,3 +337,44 @@ def test_retention_purges_old_ticket_text(env: Env) -> None:
         }
         assert purge_ticket_text(s, utcnow().replace(year=2100))["examples"] == 1
     assert env.examples() == []
+
+
+def test_pii_scrubbing_is_configurable(
+    db: Database, fake_slack: FakeSlack, slack_signing_secret: str
+) -> None:
+    fake_slack.add_user(MAYA, "maya")
+    fake_slack.add_channel(COPY, "brand-copy", members=[fake_slack.bot_user_id, MAYA, PRIYA])
+    config = {"collect": {"keep_pii": ["email"], "extra_pii_patterns": {"order": r"KK-\d{5}"}}}
+    with serve_bot(db, fake_slack, slack_signing_secret, PLUGINS, config) as served:
+        env = Env(served, fake_slack, slack_signing_secret, db)
+        ts = fake_slack.add_message(
+            COPY,
+            "Order KK-48213 ships today; write to hello@kettle.example.com or call +44 7700 900123.",
+            user=PRIYA,
+        )
+        env.react(MAYA, "white_check_mark", COPY, ts)
+        (ex,) = env.examples()
+    assert "hello@kettle.example.com" in ex.text  # kept on purpose
+    assert "KK-48213" not in ex.text and "[ORDER]" in ex.text
+    assert "7700 900123" not in ex.text
+
+
+def test_forgetting_a_person_flags_adapters_trained_on_them(env: Env) -> None:
+    from bot.collection import forget_user
+    from bot.storage.models import Adapter, TrainingRun
+    from bot.storage.repositories import Adapters
+
+    ts = env.fake.add_message(COPY, POST, user=PRIYA)
+    env.react(MAYA, "white_check_mark", COPY, ts)
+    (ex,) = env.examples()
+    with env.db.session() as s:
+        ds = Datasets(s).get("kk_copy")
+        run = TrainingRun(dataset_id=ds.id, status="succeeded", example_ids=[ex.id])
+        s.add(run)
+        s.flush()
+        Adapters(s).create(ds, "/adapters/kk_copy-v1", run_id=run.id)
+    with env.db.session() as s:
+        counts = forget_user(s, PRIYA, actor=MAYA)
+    assert counts["examples"] == 1 and counts["adapters_flagged"] == 1
+    with env.db.session() as s:
+        assert s.scalars(select(Adapter)).one().needs_retrain is True
