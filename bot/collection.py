@@ -210,6 +210,64 @@ class Collector:
         needs_brief = dataset.task == "draft" and prompt is None and kind == "approve"
         return Outcome(dataset.name, "added", example.id, needs_brief=needs_brief)
 
+    def add_feedback(
+        self,
+        dataset: Dataset,
+        *,
+        text: str,
+        source: str,
+        approver: str,
+        workspace: str,
+        channel: str | None,
+        ts: str | None,
+        author: str | None,
+        prompt: str | None = None,
+        label: str | None = None,
+    ) -> Outcome:
+        """An example from the product's own feedback: a posted draft (with its /draft brief)
+        or a confirmed or corrected ticket label."""
+        if self.opted_out(author):
+            return Outcome(dataset.name, "refused", reason="the author opted out")
+        if channel and ts:
+            existing = self.example_for(dataset, channel, ts)
+            if existing is not None:
+                if label is not None and existing.label != label:
+                    existing.label = label
+                    existing.content_hash = content_hash(
+                        dataset.task, existing.prompt, existing.text, label
+                    )
+                existing.status = "active"
+                return Outcome(dataset.name, "updated", existing.id)
+        cleaned, refused = self.clean(text, dataset)
+        if refused:
+            return Outcome(dataset.name, "refused", reason=refused)
+        prompt = normalize_text(self.scrub(prompt)) if prompt else None
+        digest = content_hash(dataset.task, prompt, cleaned, label)
+        same = self.session.scalar(
+            select(Example.id).where(
+                Example.dataset_id == dataset.id, Example.content_hash == digest
+            )
+        )
+        if same is not None:
+            return Outcome(dataset.name, "duplicate", same, "the same text is already an example")
+        tkey = text_key(cleaned)
+        identity = slack_message_key(workspace, channel, ts) if channel and ts else digest
+        example = Example(
+            dataset_id=dataset.id, task=dataset.task, prompt=prompt,
+            prompt_source=source if prompt else None, text=cleaned, label=label,
+            kind="positive", status="active", content_hash=digest, text_key=tkey,
+            source=source, split=self._split(dataset, tkey, identity), workspace_id=workspace,
+            channel_id=channel, message_ts=ts, author_id=author, approver_id=approver,
+        )  # fmt: skip
+        self.session.add(example)
+        self.session.flush()
+        self._store_keys(example)
+        self.audit.record(
+            "example.add", actor=approver, dataset_id=dataset.id, example_id=example.id,
+            content_hash=digest, source=source, split=example.split,
+        )  # fmt: skip
+        return Outcome(dataset.name, "added", example.id)
+
     def _reapprove(
         self,
         dataset: Dataset,

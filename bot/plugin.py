@@ -207,6 +207,10 @@ class ChatAPI(Protocol):
         """The bot's own user id (to recognise its joins and its messages)."""
         ...
 
+    def is_private(self, channel: str) -> bool:
+        """Whether the channel is private (unknown channels count as private)."""
+        ...
+
 
 @dataclass
 class Services:

@@ -140,6 +140,9 @@ class ConsoleChat:
         members = self.ws.channels.get(channel, {}).get("members")
         return list(members) if members else list(self.ws.users)
 
+    def is_private(self, channel: str) -> bool:
+        return bool(self.ws.channels.get(channel, {}).get("is_private", False))
+
     def bot_user_id(self) -> str:
         return self.ws.bot_user_id
 

@@ -56,6 +56,10 @@ def run_console(
         if cid and uid:
             ws.add(cid, uid, message["text"])
     chat = ConsoleChat(ws, out, settings.data_dir / "console-uploads")
+    if inference is None:
+        from bot.inference import LazyInference
+
+        inference = LazyInference(settings)
     bot = build_bot(settings, db, chat, inference=inference)
     pump = OutboxPump(bot.runtime)
     pump.start()

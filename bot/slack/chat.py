@@ -210,6 +210,13 @@ class SlackChat:
             return []
         return [str(m) for m in data.get("members", [])]
 
+    def is_private(self, channel: str) -> bool:
+        try:
+            info = self._call("conversations.info", channel=channel).get("channel", {})
+        except ChatError:
+            return True
+        return bool(info.get("is_private", False))
+
     def bot_user_id(self) -> str:
         if self._bot_user_id is None:
             self._bot_user_id = str(self._call("auth.test").get("user_id", ""))

@@ -37,6 +37,10 @@ class SlackRuntime:
         token = settings.slack_bot_token.get_secret_value()
         self.settings = settings
         self.chat = SlackChat(token, settings.slack_api_url)
+        if inference is None:
+            from bot.inference import LazyInference
+
+            inference = LazyInference(settings)
         self.bot: Bot = build_bot(settings, db, self.chat, inference=inference, plugins=plugins)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None

@@ -51,6 +51,9 @@ class RecordingChat:
     def channel_members(self, channel: str) -> list[str]:
         return self.members.get(channel, [])
 
+    def is_private(self, channel: str) -> bool:
+        return False
+
     def bot_user_id(self) -> str:
         return "U0BOT"
 

@@ -50,10 +50,11 @@ def serve_bot(
     plugins: list[PluginEntry],
     config: dict[str, object] | None = None,
     admins: list[str] | None = None,
+    inference: object = None,
 ) -> Iterator[Served]:
     settings = Settings(slack_api_url=fake.api_url, admins=admins or [])
     chat = SlackChat(fake.bot_token, fake.api_url)
-    services = Services(settings=settings, db=db, chat=chat, jobs=JobQueue())
+    services = Services(settings=settings, db=db, chat=chat, jobs=JobQueue(), inference=inference)
     runtime = Runtime(services, instantiate(plugins, config or {}, services))
     bridge = SlackBridge(
         runtime, chat, bot_token=fake.bot_token, api_url=fake.api_url, signing_secret=secret

@@ -1,0 +1,78 @@
+"""The bot's inference client: HTTP to vLLM or `brandbot serve` when BRANDBOT_INFERENCE_URL is
+set, else the local engine in process, created on first use (so commands that never generate
+never load a model)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from bot.settings import Settings
+from serving.client import (
+    ChatResult,
+    Classification,
+    InferenceClient,
+    ModelInfo,
+    make_client,
+)
+
+
+class LazyInference(InferenceClient):
+    """An ``InferenceClient`` that builds the real one on the first call."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: InferenceClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> InferenceClient:
+        with self._lock:
+            if self._client is None:
+                self._client = self._build()
+            return self._client
+
+    def _build(self) -> InferenceClient:
+        settings = self.settings
+        key = settings.inference_api_key.get_secret_value() if settings.inference_api_key else None
+
+        def engine() -> Any:
+            from serving.base_model import resolve_base_model
+            from serving.engine import LocalEngine
+
+            base = resolve_base_model(settings.base_model, settings.models_dir)
+            return LocalEngine(base.path, served_name=settings.served_model_name)
+
+        return make_client(
+            settings.inference_url, key, engine, served_model_name=settings.served_model_name
+        )
+
+    def chat(self, messages: Sequence[Any], **kw: Any) -> ChatResult:
+        return self.client.chat(messages, **kw)
+
+    def stream_chat(self, messages: Sequence[Any], **kw: Any) -> Iterator[str]:
+        return self.client.stream_chat(messages, **kw)
+
+    def classify(
+        self, messages: Sequence[Any], labels: Sequence[str], *, model: str | None = None
+    ) -> Classification:
+        return self.client.classify(messages, labels, model=model)
+
+    def models(self) -> list[ModelInfo]:
+        return self.client.models()
+
+    def load_adapter(self, name: str, path: str) -> None:
+        self.client.load_adapter(name, path)
+
+    def unload_adapter(self, name: str) -> None:
+        self.client.unload_adapter(name)
+
+    def health(self) -> bool:
+        if self._client is None and not self.settings.inference_url:
+            return True  # the in-process engine loads on first use
+        return self.client.health()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()

@@ -1,0 +1,219 @@
+"""Ticket classification: every new top-level human message in a classify dataset's ticket
+channels is classified (constrained to the label set) and answered in its thread with the label,
+the confidence and buttons to confirm or pick another; below the confidence threshold it asks
+instead of asserting. ``/classify <text>`` does the same on demand. Confirmations and
+corrections become labelled examples.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from bot.collection import Collector
+from bot.plugin import (
+    ActionEvent,
+    Button,
+    CommandEvent,
+    Context,
+    InternalEvent,
+    MessageEvent,
+    Plugin,
+    Services,
+    command,
+    on_action,
+    on_event,
+    on_message,
+)
+from bot.storage.models import Dataset, Prediction, utcnow
+from bot.storage.repositories import Adapters
+from serving.client import InferenceUnavailable
+
+log = logging.getLogger("brandbot.classify")
+MAX_TICKET = 8000
+
+
+class ClassifySettings(BaseModel):
+    confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+def ticket_messages(dataset: Dataset, text: str) -> list[dict[str, str]]:
+    out = []
+    if dataset.system_prompt:
+        out.append({"role": "system", "content": dataset.system_prompt})
+    out.append({"role": "user", "content": text})
+    return out
+
+
+def verdict(prediction: Prediction, threshold: float) -> str:
+    pct = f"{prediction.confidence:.0%}"
+    if prediction.confidence >= threshold:
+        return f"Label: *{prediction.label}* ({pct} sure)."
+    return f"I'm not sure about this one: maybe *{prediction.label}* ({pct}). Which label is it?"
+
+
+def label_buttons(prediction: Prediction, labels: list[str]) -> list[Button]:
+    buttons = [Button(f"✓ {prediction.label}", "classify_confirm", str(prediction.id), "primary")]
+    buttons += [
+        Button(label, "classify_pick", f"{prediction.id}:{label}")
+        for label in labels
+        if label != prediction.label
+    ]
+    return buttons
+
+
+class ClassifyPlugin(Plugin):
+    """Classifies support tickets."""
+
+    Settings = ClassifySettings
+
+    @property
+    def cfg(self) -> ClassifySettings:
+        assert isinstance(self.settings, ClassifySettings)
+        return self.settings
+
+    @on_message()
+    def ticket(self, event: MessageEvent, ctx: Context) -> None:
+        if event.thread_ts or event.bot_id or event.subtype or not event.text.strip():
+            return  # replies, bots and system messages are not tickets
+        if event.user_id == ctx.chat.bot_user_id():
+            return
+        for dataset in ctx.session.scalars(select(Dataset).where(Dataset.task == "classify")):
+            if event.channel_id not in dataset.ticket_channels or not dataset.labels:
+                continue
+            exists = ctx.session.scalar(
+                select(Prediction.id).where(
+                    Prediction.dataset_id == dataset.id,
+                    Prediction.channel_id == event.channel_id,
+                    Prediction.message_ts == event.ts,
+                )
+            )
+            if exists is not None:
+                continue
+            prediction = Prediction(
+                dataset_id=dataset.id, channel_id=event.channel_id, message_ts=event.ts,
+                author_id=event.user_id, text=event.text[:MAX_TICKET], label="", confidence=0.0,
+                status="queued",
+            )  # fmt: skip
+            ctx.session.add(prediction)
+            ctx.session.flush()
+            ctx.publish("ticket.classify", {"prediction_id": prediction.id})
+
+    @on_event("ticket.classify")
+    def queue(self, event: InternalEvent, ctx: Context) -> None:
+        """Classification runs on the job queue, after the ticket's transaction committed."""
+        ctx.jobs.submit(self.classify_ticket, ctx.services, int(event.payload["prediction_id"]),
+                        name="classify.ticket")  # fmt: skip
+
+    def _classify(self, services: Services, dataset: Dataset, text: str) -> tuple[Any, str | None]:
+        with services.db.session() as session:
+            adapter = Adapters(session).active(dataset.id)
+            model = adapter.name if adapter else None
+        result = services.inference.classify(
+            ticket_messages(dataset, text), dataset.labels, model=model
+        )
+        return result, model
+
+    def classify_ticket(self, services: Services, prediction_id: int) -> None:
+        with services.db.session() as session:
+            prediction = session.get(Prediction, prediction_id)
+            dataset = session.get(Dataset, prediction.dataset_id) if prediction else None
+            if prediction is None or dataset is None or prediction.status != "queued":
+                return
+            session.expunge_all()
+        try:
+            result, model = self._classify(services, dataset, prediction.text or "")
+        except InferenceUnavailable as exc:
+            log.warning("ticket %s not classified: %s", prediction_id, exc)
+            return
+        with services.db.session() as session:
+            row = session.get(Prediction, prediction_id)
+            if row is None or row.status != "queued":
+                return
+            row.label, row.confidence, row.scores = result.label, result.confidence, result.scores
+            row.adapter_name, row.status = model, "pending"
+            text = verdict(row, self.cfg.confidence_threshold)
+            buttons = label_buttons(row, dataset.labels)
+            channel, ts = row.channel_id or "", row.message_ts
+        services.chat.post(channel, text, thread_ts=ts, buttons=buttons)
+
+    @command("/classify")
+    def classify_now(self, event: CommandEvent, ctx: Context) -> None:
+        """Classify a ticket: `/classify <ticket text>`."""
+        text = event.text.strip()
+        if not text:
+            ctx.respond("Usage: `/classify <ticket text>`")
+            return
+        if len(text) > MAX_TICKET:
+            ctx.respond(f"That is {len(text)} characters; I classify up to {MAX_TICKET}.")
+            return
+        datasets = [
+            d for d in ctx.session.scalars(select(Dataset).where(Dataset.task == "classify"))
+            if d.labels
+        ]  # fmt: skip
+        here = [d for d in datasets if event.channel_id in d.ticket_channels]
+        if not datasets:
+            ctx.respond("There is no classify dataset with labels yet.")
+            return
+        dataset = (here or datasets)[0]
+        try:
+            result, model = self._classify(ctx.services, dataset, text)
+        except InferenceUnavailable as exc:
+            ctx.respond(f"The model server is unreachable right now ({exc}). Try again soon.")
+            return
+        prediction = Prediction(
+            dataset_id=dataset.id, author_id=event.user_id, text=text, label=result.label,
+            confidence=result.confidence, scores=result.scores, adapter_name=model,
+            status="pending",
+        )  # fmt: skip
+        ctx.session.add(prediction)
+        ctx.session.flush()
+        note = "" if model else " (base model: no tuned adapter yet)"
+        ctx.respond(
+            verdict(prediction, self.cfg.confidence_threshold) + note,
+            buttons=label_buttons(prediction, dataset.labels),
+        )
+
+    def _resolve(
+        self, ctx: Context, event: ActionEvent, prediction_id: str, label: str | None
+    ) -> None:
+        prediction = (
+            ctx.session.get(Prediction, int(prediction_id)) if prediction_id.isdigit() else None
+        )
+        dataset = ctx.session.get(Dataset, prediction.dataset_id) if prediction else None
+        if prediction is None or dataset is None:
+            ctx.respond("That prediction is gone.")
+            return
+        if prediction.status in ("confirmed", "corrected"):
+            final = prediction.corrected_label or prediction.label
+            ctx.respond(f"Already recorded as *{final}*.", replace_original=True)
+            return
+        if label is not None and label not in dataset.labels:
+            ctx.respond(f"`{label}` is not one of the labels.")
+            return
+        corrected = label is not None and label != prediction.label
+        final = label or prediction.label
+        prediction.status = "corrected" if corrected else "confirmed"
+        prediction.corrected_label = final if corrected else None
+        prediction.resolved_by, prediction.resolved_at = event.user_id, utcnow()
+        if prediction.text:
+            Collector(ctx.session).add_feedback(
+                dataset, text=prediction.text, source="correction", approver=event.user_id,
+                workspace=event.team_id or "", channel=prediction.channel_id,
+                ts=prediction.message_ts, author=prediction.author_id, label=final,
+            )  # fmt: skip
+        verb = f"Corrected to *{final}*" if corrected else f"Confirmed *{final}*"
+        ctx.respond(f"{verb} by <@{event.user_id}>. Thanks, it's training data now.",
+                    replace_original=True)  # fmt: skip
+
+    @on_action("classify_confirm")
+    def confirm(self, event: ActionEvent, ctx: Context) -> None:
+        self._resolve(ctx, event, event.value, None)
+
+    @on_action("classify_pick")
+    def pick(self, event: ActionEvent, ctx: Context) -> None:
+        prediction_id, _, label = event.value.partition(":")
+        self._resolve(ctx, event, prediction_id, label)
