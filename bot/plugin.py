@@ -182,6 +182,10 @@ class ChatAPI(Protocol):
         self, channel: str, ts: str, text: str, *, buttons: Sequence[Button] = ()
     ) -> None: ...
 
+    def progress(self, response_url: str, text: str) -> None:
+        """Show work in progress (a draft streaming in) in place of the placeholder."""
+        ...
+
     def upload_file(
         self,
         channel: str,
@@ -233,6 +237,9 @@ class Context:
     event: Event | InternalEvent | None = None
     error_id: str | None = None
     _published: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    _after_commit: list[tuple[Callable[..., Any], tuple[Any, ...], str | None]] = field(
+        default_factory=list
+    )
 
     @property
     def chat(self) -> ChatAPI:
@@ -265,6 +272,13 @@ class Context:
             self.chat.ephemeral(event.channel_id, event.user_id, text, buttons=buttons)
         else:
             raise ValueError("this event has nobody to respond to")
+
+    def submit_after_commit(
+        self, fn: Callable[..., Any], *args: Any, name: str | None = None
+    ) -> None:
+        """Queue slow work once this handler's transaction has committed, so the job sees
+        the rows the handler wrote (submitting inside the transaction races the commit)."""
+        self._after_commit.append((fn, args, name))
 
     def publish(self, topic: str, payload: dict[str, Any]) -> None:
         """Write an outbox event in this handler's transaction."""

@@ -211,6 +211,7 @@ class Runtime:
         for bound in bounds:
             self.check_allowed(bound, event.user_id)
         value: Any = None
+        contexts: list[Context] = []
         with self.services.db.session() as session:
             if event.event_id and not ProcessedEvents(session).claim(event.event_id, kind):
                 EVENTS_DUPLICATE.labels(kind).inc()
@@ -220,8 +221,15 @@ class Runtime:
                 if text is not None and isinstance(event, CommandEvent):
                     call_event = CommandEvent(**{**event.__dict__, "text": text})
                 ctx = Context(self.services, session, call_event)
+                contexts.append(ctx)
                 value = self._call(bound, call_event, ctx)
+        self._run_after_commit(contexts)
         return Result(Outcome.HANDLED, value, len(bounds))
+
+    def _run_after_commit(self, contexts: list[Context]) -> None:
+        for ctx in contexts:
+            for fn, args, name in ctx._after_commit:
+                self.services.jobs.submit(fn, *args, name=name)
 
     def _call(self, bound: Bound, event: Event | InternalEvent, ctx: Context) -> Any:
         start = time.perf_counter()
@@ -269,12 +277,16 @@ class Runtime:
                     if row is None or row.delivered_at is not None:
                         continue
                     event = InternalEvent(row.topic, dict(row.payload), f"outbox:{row.id}")
+                    contexts = []
                     for bound in self.match(event):
-                        self._call(bound, event, Context(self.services, session, event))
+                        ctx = Context(self.services, session, event)
+                        contexts.append(ctx)
+                        self._call(bound, event, ctx)
                     row.delivered_at = utcnow()
                     row.attempts += 1
                     OUTBOX_DELIVERED.labels(row.topic).inc()
                     delivered += 1
+                self._run_after_commit(contexts)
             except Exception as exc:
                 error_id = uuid.uuid4().hex[:8]
                 log.exception("outbox event %s failed", event_id, extra={"error_id": error_id})
@@ -290,7 +302,9 @@ class Runtime:
 
     def run_scheduled(self, bound: Bound) -> None:
         with self.services.db.session() as session:
-            self._call(bound, InternalEvent("schedule", {}, ""), Context(self.services, session))
+            ctx = Context(self.services, session)
+            self._call(bound, InternalEvent("schedule", {}, ""), ctx)
+        self._run_after_commit([ctx])
 
     def help_entries(self, user_id: str | None = None) -> list[tuple[str, str]]:
         """(how to call it, what it does) for every command, from the handlers' docstrings."""

@@ -105,7 +105,8 @@ class ClassifyPlugin(Plugin):
     @on_event("ticket.classify")
     def queue(self, event: InternalEvent, ctx: Context) -> None:
         """Classification runs on the job queue, after the ticket's transaction committed."""
-        ctx.jobs.submit(self.classify_ticket, ctx.services, int(event.payload["prediction_id"]),
+        prediction_id = int(event.payload["prediction_id"])
+        ctx.submit_after_commit(self.classify_ticket, ctx.services, prediction_id,
                         name="classify.ticket")  # fmt: skip
 
     def _classify(self, services: Services, dataset: Dataset, text: str) -> tuple[Any, str | None]:

@@ -321,7 +321,7 @@ class CollectPlugin(Plugin):
         if ctx.services.inference is None:
             log.debug("no inference client: example %s keeps no brief for now", example_id)
             return
-        ctx.jobs.submit(write_brief, ctx.services, example_id, name="collect.write_brief")
+        ctx.submit_after_commit(write_brief, ctx.services, example_id, name="collect.write_brief")
 
     # ---- retention ----------------------------------------------------------------------
 

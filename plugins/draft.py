@@ -42,7 +42,7 @@ USAGE = "Usage: `/draft [-d dataset] [-n 1-3] brief`, e.g. `/draft announce the 
 
 
 class DraftSettings(BaseModel):
-    max_tokens: int = Field(default=160, ge=16, le=2048)
+    max_tokens: int = Field(default=120, ge=16, le=2048)
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
     retries_for_rules: int = Field(default=2, ge=0, le=5)
     stream_every_s: float = Field(default=1.0, gt=0)
@@ -144,7 +144,7 @@ class DraftPlugin(Plugin):
         ctx.session.add(draft)
         ctx.session.flush()
         ctx.respond(f"Drafting for `{dataset.name}`… (“{request.brief[:100]}”)")
-        ctx.jobs.submit(
+        ctx.submit_after_commit(
             self.generate, ctx.services, draft.id, request.variants, event.response_url,
             name="draft.generate",
         )  # fmt: skip
@@ -185,7 +185,8 @@ class DraftPlugin(Plugin):
                 required_words=dataset.required_words,
             )  # fmt: skip
             flag = f"\n:warning: breaks brand rules: {'; '.join(problems)}" if problems else ""
-            lines.append(f"*{i}.* {text}{flag}")
+            shown = text or "_(the model returned nothing: press Edit to write it, or Regenerate)_"
+            lines.append(f"*{i}.* {shown}{flag}")
             label = f" {i}" if len(texts) > 1 else ""
             buttons += [
                 Button(f"Post{label} to channel", "draft_post", f"{draft_id}:{i - 1}", "primary"),
@@ -208,19 +209,21 @@ class DraftPlugin(Plugin):
     ) -> str:
         """One variant, streamed into the placeholder; regenerated while it breaks the rules."""
         text = ""
+        max_tokens = self.cfg.max_tokens
+        if dataset.max_length:  # about four characters a token: stop soon after the limit
+            max_tokens = min(max_tokens, dataset.max_length // 3 + 8)
         for _attempt in range(self.cfg.retries_for_rules + 1):
             text, last = "", time.monotonic()
             for delta in services.inference.stream_chat(
                 messages_for(dataset, brief), model=model,
-                max_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature,
+                max_tokens=max_tokens, temperature=self.cfg.temperature,
             ):  # fmt: skip
                 text += delta
                 if response_url and time.monotonic() - last > self.cfg.stream_every_s:
-                    services.chat.respond(response_url, f"Drafting {index + 1}… {text}",
-                                          replace_original=True)  # fmt: skip
+                    services.chat.progress(response_url, f"Drafting {index + 1}… {text}")
                     last = time.monotonic()
             text = text.strip()
-            if not rule_violations(
+            if text and not rule_violations(
                 text, max_length=dataset.max_length, banned_words=dataset.banned_words,
                 required_words=dataset.required_words,
             ):  # fmt: skip
@@ -265,7 +268,10 @@ class DraftPlugin(Plugin):
         if index >= len(draft.variants):
             ctx.respond("That draft is gone.")
             return
-        self._publish(ctx, draft, draft.variants[index], event.user_id, event.team_id)
+        if not draft.variants[index]:
+            ctx.respond("That draft is empty; press Edit to write it, or Regenerate.")
+            return
+        self._publish(ctx, draft, draft.variants[index], event.user_id, event.team_id, index)
 
     @staticmethod
     def _say(ctx: Context, draft: Draft, user: str, text: str) -> None:
@@ -275,7 +281,9 @@ class DraftPlugin(Plugin):
         elif draft.channel_id:
             ctx.chat.ephemeral(draft.channel_id, user, text)
 
-    def _publish(self, ctx: Context, draft: Draft, final: str, user: str, team: str | None) -> None:
+    def _publish(
+        self, ctx: Context, draft: Draft, final: str, user: str, team: str | None, index: int
+    ) -> None:
         if draft.status == "posted":
             self._say(ctx, draft, user, "This draft was already posted.")
             return
@@ -285,9 +293,7 @@ class DraftPlugin(Plugin):
         dataset = ctx.session.get(Dataset, draft.dataset_id)
         channel = draft.channel_id or (dataset.channels[0] if dataset and dataset.channels else "")
         ts = ctx.chat.post(channel, final)
-        generated = draft.text or final
-        if final in draft.variants:
-            generated = final
+        generated = draft.variants[index] if index < len(draft.variants) else (draft.text or "")
         draft.status, draft.final_text, draft.posted_by = "posted", final, user
         draft.message_ts, draft.channel_id, draft.posted_at = ts, channel, utcnow()
         draft.edit_distance = edit_distance(generated, final)
@@ -306,7 +312,7 @@ class DraftPlugin(Plugin):
             return
         draft, _, index = loaded
         text = draft.variants[index] if index < len(draft.variants) else (draft.text or "")
-        ctx.chat.open_modal(event.trigger_id, edit_view(draft.id, text))
+        ctx.chat.open_modal(event.trigger_id, edit_view(draft.id, index, text))
 
     @on_view_submission("draft_edit")
     def edited(self, event: ActionEvent, ctx: Context) -> dict[str, str] | None:
@@ -316,14 +322,14 @@ class DraftPlugin(Plugin):
         loaded = self._load(ctx, event.private_metadata)
         if loaded is None:
             return {"text": "That draft is gone."}
-        draft, dataset, _ = loaded
+        draft, dataset, index = loaded
         problems = rule_violations(
             text, max_length=dataset.max_length, banned_words=dataset.banned_words,
             required_words=dataset.required_words,
         )  # fmt: skip
         if problems:
             return {"text": "Breaks brand rules: " + "; ".join(problems)}
-        self._publish(ctx, draft, text, event.user_id, event.team_id)
+        self._publish(ctx, draft, text, event.user_id, event.team_id, index)
         return None
 
     @on_action("draft_regenerate")
@@ -337,8 +343,8 @@ class DraftPlugin(Plugin):
             ctx.respond(f"This draft was already {draft.status}.", replace_original=True)
             return
         ctx.respond("Regenerating…", replace_original=True)
-        ctx.jobs.submit(self.generate, ctx.services, draft.id, max(1, variants),
-                        event.response_url, name="draft.generate")  # fmt: skip
+        ctx.submit_after_commit(self.generate, ctx.services, draft.id, max(1, variants),
+                                event.response_url, name="draft.generate")  # fmt: skip
 
     @on_action("draft_retry")
     def retry(self, event: ActionEvent, ctx: Context) -> None:
@@ -356,11 +362,11 @@ class DraftPlugin(Plugin):
         ctx.respond(f"Draft {draft.status}.", replace_original=True)
 
 
-def edit_view(draft_id: int, text: str) -> dict[str, Any]:
+def edit_view(draft_id: int, index: int, text: str) -> dict[str, Any]:
     return {
         "type": "modal",
         "callback_id": "draft_edit",
-        "private_metadata": str(draft_id),
+        "private_metadata": f"{draft_id}:{index}",
         "title": {"type": "plain_text", "text": "Edit the draft"},
         "submit": {"type": "plain_text", "text": "Post"},
         "close": {"type": "plain_text", "text": "Cancel"},

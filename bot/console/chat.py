@@ -23,8 +23,17 @@ class Choice:
 
 
 class ConsoleChat:
-    def __init__(self, workspace: Workspace, out: Callable[[str], None], upload_dir: Path) -> None:
+    def __init__(
+        self,
+        workspace: Workspace,
+        out: Callable[[str], None],
+        upload_dir: Path,
+        *,
+        interactive: bool = False,
+    ) -> None:
         self.ws = workspace
+        self.interactive = interactive
+        self._progress_shown = False
         self.out = out
         self.upload_dir = upload_dir
         self.choices: dict[int, Choice] = {}
@@ -83,9 +92,20 @@ class ConsoleChat:
         replace_original: bool = False,
         in_channel: bool = False,
     ) -> None:
+        if self._progress_shown:
+            print(flush=True)
+            self._progress_shown = False
         prefix = "(updated) " if replace_original else ""
         self.out(f"    {prefix}brandbot: {text}")
         self._offer(buttons, None, None, response_url, text)
+
+    def progress(self, response_url: str, text: str) -> None:
+        """A terminal shows the latest text on one line; a pipe gets only the final answer."""
+        if self.interactive:
+            width = 100
+            line = text if len(text) <= width else "…" + text[-(width - 1) :]
+            print("\r    " + line.replace("\n", " "), end="", flush=True)
+            self._progress_shown = True
 
     def update(self, channel: str, ts: str, text: str, *, buttons: Sequence[Button] = ()) -> None:
         message = self.ws.by_ts(channel, ts)

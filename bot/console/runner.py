@@ -55,7 +55,7 @@ def run_console(
         cid, uid = ws.channel_id(message["channel"]), ws.user_id(message["user"])
         if cid and uid:
             ws.add(cid, uid, message["text"])
-    chat = ConsoleChat(ws, out, settings.data_dir / "console-uploads")
+    chat = ConsoleChat(ws, out, settings.data_dir / "console-uploads", interactive=interactive)
     if inference is None:
         from bot.inference import LazyInference
 

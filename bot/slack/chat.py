@@ -127,6 +127,9 @@ class SlackChat:
         if response.status_code >= 400:
             raise ChatError("response_url_failed", f"response_url answered {response.status_code}")
 
+    def progress(self, response_url: str, text: str) -> None:
+        self.respond(response_url, text, replace_original=True)
+
     def update(self, channel: str, ts: str, text: str, *, buttons: Sequence[Button] = ()) -> None:
         self._call(
             "chat.update", channel=channel, ts=ts, text=clip(text), blocks=blocks_for(text, buttons)

@@ -35,6 +35,9 @@ class RecordingChat:
                 replace_original: bool = False, in_channel: bool = False) -> None:  # fmt: skip
         self._rec("respond", url=response_url, text=text, buttons=list(buttons))
 
+    def progress(self, response_url: str, text: str) -> None:
+        self._rec("progress", url=response_url, text=text)
+
     def update(self, channel: str, ts: str, text: str, *, buttons: Sequence[Button] = ()) -> None:
         self._rec("update", channel=channel, ts=ts, text=text)
 

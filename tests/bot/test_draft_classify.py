@@ -62,11 +62,11 @@ def bot(
     )
     client = LocalClient(engine)
     with serve_bot(db, fake_slack, slack_signing_secret, PLUGINS, inference=client,
-                   config={"draft": {"max_tokens": 16, "retries_for_rules": 1}}) as served:  # fmt: skip
+                   config={"draft": {"max_tokens": 16, "retries_for_rules": 2, "stream_every_s": 0.001, "temperature": 1.0}}) as served:  # fmt: skip
         yield served
 
 
-def wait(predicate: Any, timeout: float = 20.0) -> Any:
+def wait(predicate: Any, timeout: float = 90.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -135,6 +135,10 @@ def test_draft_preview_post_and_feedback(
     responses = wait(lambda: [r for r in fake_slack.responses(rid) if buttons_of(r)])
     preview = responses[-1]
     assert fake_slack.responses(rid)[0]["text"].startswith("Drafting for `kk_copy`")
+    streamed = [
+        r for r in fake_slack.responses(rid) if r["text"].startswith(("Drafting 1…", "Drafting 2…"))
+    ]
+    assert streamed and all(r["replace_original"] for r in streamed)  # the draft streams in
     assert "base model" in preview["text"]  # no adapter yet: said so
     buttons = buttons_of(preview)
     assert {"Post 1 to channel", "Post 2 to channel", "Edit 1", "Regenerate", "Discard"} <= set(
