@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Connection, text
 
+from bot.cron import cron_trigger
 from bot.jobs import JobQueue
 from bot.plugin import ChatAPI, Services
 from bot.plugin_loader import PluginEntry, instantiate, load_plugins
@@ -112,7 +112,7 @@ class SchedulerLeader:
         for bound in self.runtime.scheduled():
             self.scheduler.add_job(
                 self.runtime.run_scheduled,
-                CronTrigger.from_crontab(bound.spec.key, timezone="UTC"),
+                cron_trigger(bound.spec.key, "UTC"),
                 args=[bound],
                 id=bound.name,
                 replace_existing=True,

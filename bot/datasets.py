@@ -8,8 +8,9 @@ import re
 import zoneinfo
 from typing import Any, Literal
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bot.cron import cron_trigger
 
 NAME_RULE = r"^[a-z][a-z0-9_]{0,31}$"
 NAME_RE = re.compile(NAME_RULE)
@@ -154,7 +155,7 @@ class DatasetFields(BaseModel):
         if value is None:
             return None
         try:
-            CronTrigger.from_crontab(value)
+            cron_trigger(value)
         except ValueError as exc:
             raise ValueError(f"{value!r} is not a 5-field cron expression: {exc}") from None
         return value

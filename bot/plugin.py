@@ -371,9 +371,9 @@ def on_shortcut(callback_id: str) -> Callable[[F], F]:
 
 def schedule(cron: str) -> Callable[[F], F]:
     """Run on a 5-field cron (UTC) in exactly one replica, e.g. ``@schedule("0 6 * * 1")``."""
-    from apscheduler.triggers.cron import CronTrigger
+    from bot.cron import cron_trigger
 
-    CronTrigger.from_crontab(cron)  # fail at import time, not at 6 a.m.
+    cron_trigger(cron)  # fail at import time, not at 6 a.m.
     return _mark(HandlerSpec("schedule", cron))
 
 

@@ -6,9 +6,11 @@ import shlex
 from typing import Any
 
 from bot.collection import dataset_stats
+from bot.cron import next_fire
 from bot.datasets import DatasetError, check_consistency, parse_fields, parse_spec
-from bot.plugin import CommandEvent, Context, Plugin, command
-from bot.storage.repositories import DatasetExists, Datasets, UnknownDataset
+from bot.plugin import CommandEvent, Context, Plugin, command, require
+from bot.signals import production_signals
+from bot.storage.repositories import Adapters, DatasetExists, Datasets, Runs, UnknownDataset
 
 LIST_FIELDS = {
     "channels", "approve_emoji", "reject_emoji", "labels", "approvers", "approver_groups",
@@ -53,6 +55,59 @@ def parse_assignments(words: list[str]) -> dict[str, Any]:
 
 class AdminPlugin(Plugin):
     """Dataset administration in Slack."""
+
+    @command("/brandbot status")
+    @require(admins=True)
+    def status(self, event: CommandEvent, ctx: Context) -> None:
+        """Datasets, active adapters and their metrics, last and next training, model server."""
+        lines = ["*brandbot status*"]
+        inference = ctx.services.inference
+        healthy = inference.health() if inference is not None else None
+        server = {True: "reachable", False: "UNREACHABLE", None: "not configured"}[healthy]
+        lines.append(f"model server: {server}")
+        for dataset in Datasets(ctx.session).list():
+            adapter = Adapters(ctx.session).active(dataset.id)
+            run = Runs(ctx.session).latest(dataset.id)
+            nxt = next_fire(dataset.schedule_cron, dataset.schedule_timezone)
+            metrics = ", ".join(
+                f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in (adapter.metrics if adapter else {}).items()
+                if not isinstance(v, dict | list)
+            )
+            adapter_txt = (
+                f"`{adapter.name}` ({metrics or 'no metrics'})" if adapter else "base model"
+            )
+            run_txt = f"{run.status} {run.created_at:%Y-%m-%d %H:%M}" if run else "never"
+            signals = production_signals(ctx.session, dataset)
+            next_txt = f"{nxt:%a %d %b %H:%M %Z}" if nxt else "not scheduled"
+            lines.append(
+                f"• `{dataset.name}` ({dataset.task}): {adapter_txt}; last run {run_txt}; "
+                f"next {next_txt}"
+            )
+            if dataset.task == "draft" and signals["drafts_posted"]:
+                lines.append(f"   drafts posted {signals['drafts_posted']}, revision rate "
+                             f"{signals['draft_revision_rate']}")  # fmt: skip
+            if dataset.task == "classify" and signals["predictions_resolved"]:
+                lines.append(f"   label correction rate {signals['label_correction_rate']}")
+        ctx.respond("\n".join(lines))
+
+    @command("/brandbot retrain")
+    @require(admins=True)
+    def retrain(self, event: CommandEvent, ctx: Context) -> None:
+        """Queue a training run now: `/brandbot retrain DATASET`."""
+        name = event.text.strip()
+        if not name:
+            ctx.respond("Usage: `/brandbot retrain DATASET`")
+            return
+        try:
+            dataset = Datasets(ctx.session).get(name)
+        except UnknownDataset as exc:
+            ctx.respond(str(exc))
+            return
+        run = Runs(ctx.session).enqueue(dataset, trigger="manual", requested_by=event.user_id)
+        assert run is not None
+        ctx.respond(f"Queued training run {run.id} for `{dataset.name}`; the report will be posted "
+                    "when it finishes.")  # fmt: skip
 
     @command("/brandbot datasets")
     def datasets(self, event: CommandEvent, ctx: Context) -> None:

@@ -378,3 +378,14 @@ def test_forgetting_a_person_flags_adapters_trained_on_them(env: Env) -> None:
     assert counts["examples"] == 1 and counts["adapters_flagged"] == 1
     with env.db.session() as s:
         assert s.scalars(select(Adapter)).one().needs_retrain is True
+
+
+def test_status_and_retrain(env: Env) -> None:
+    status = env.command("status")
+    assert "model server: not configured" in status
+    assert "`kk_copy` (draft): base model; last run never; next Mon" in status
+    assert "only admins" in env.command("status", user=JONAS)
+    queued = env.command("retrain kk_copy")
+    assert queued.startswith("Queued training run") and "`kk_copy`" in queued
+    assert "unknown dataset 'nope'" in env.command("retrain nope")
+    assert "last run queued" in env.command("status")
