@@ -243,3 +243,14 @@ def test_forget_examples_and_stats_through_the_cli(cli: CliRunner, tmp_path: Pat
     gone = cli("forget", "--user", "U0NOBODY1", "--json").json()
     assert gone == {"user": "U0NOBODY1", "examples": 0, "drafts": 0, "predictions": 0,
                     "adapters_flagged": 0}  # fmt: skip
+
+
+def test_report_prints_production_signals(cli: CliRunner) -> None:
+    cli("datasets", "create", "c", "--task", "draft")
+    data = cli("report", "-d", "c", "--json").json()
+    assert (
+        data["production"]["drafts_posted"] == 0
+        and data["production"]["draft_revision_rate"] is None
+    )
+    table = cli("report", "-d", "c")
+    assert table.code == 0 and "label correction rate" in table.out

@@ -11,6 +11,7 @@ from bot.cli.data import export_examples, import_examples
 from bot.cli.datasets import app as datasets_app
 from bot.cli.db import app as db_app
 from bot.cli.people import examples_app, forget
+from bot.cli.report import report
 from bot.cli.run import run
 from bot.cli.serve import serve
 from bot.datasets import DatasetError
@@ -38,6 +39,7 @@ app.command("export")(export_examples)
 app.command("run")(run)
 app.command("serve")(serve)
 app.command("forget")(forget)
+app.command("report")(report)
 app.add_typer(examples_app, name="examples")
 
 KNOWN_ERRORS = (
