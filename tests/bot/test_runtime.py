@@ -62,6 +62,15 @@ class Sample(Plugin):
         """Admins only."""
         ctx.respond(f"admin {event.text}")
 
+    @command("/chart")
+    @require(channel_members=["C0CHAN0001"])
+    def chart(self, event: CommandEvent, ctx: Context) -> None:
+        """Upload a file (channel members only)."""
+        ctx.chat.upload_file(event.channel_id or "", b"\x89PNG fake", "chart.png", title="Chart",
+                             comment="the chart")  # fmt: skip
+        ctx.chat.open_modal(event.trigger_id or "", {"type": "modal", "callback_id": "x",
+                            "title": {"type": "plain_text", "text": "Hi"}, "blocks": []})  # fmt: skip
+
     @command("/boom")
     def boom(self, event: CommandEvent, ctx: Context) -> None:
         raise RuntimeError("kaboom xoxb-secret-token")
@@ -141,7 +150,7 @@ def test_command_routing_with_settings_and_subcommands(setup: Any) -> None:
     assert chat.of("respond")[-1]["buttons"] == [Button("Again", "again")]
     assert runtime.handle(cmd("admin x", user="U0ADMIN")).outcome is Outcome.HANDLED
     assert chat.of("respond")[-1]["text"] == "admin x"
-    assert runtime.command_names() == ["/boom", "/hello"]
+    assert runtime.command_names() == ["/boom", "/chart", "/hello"]
 
 
 def test_requirements_refuse_with_a_reason(setup: Any) -> None:

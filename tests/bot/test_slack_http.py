@@ -270,3 +270,17 @@ def test_health_readiness_and_metrics(bot: Served, slack_signing_secret: str) ->
                  "brandbot_job_queue_depth", "brandbot_bad_signatures_total"):  # fmt: skip
         assert name in text
     assert slack_signing_secret not in text and "xoxb-" not in text
+
+
+def test_file_upload_modal_and_channel_membership_requirement(
+    bot: Served, fake_slack: FakeSlack, slack_signing_secret: str
+) -> None:
+    body, rid = command(fake_slack, "", name="/chart", user="U0OUTSIDE1")
+    signed_post(bot.events_url, slack_signing_secret, body)
+    assert "only the people it is configured for" in wait_responses(fake_slack, rid)[0]["text"]
+    body, _ = command(fake_slack, "", name="/chart")  # U0USER0001 is a member of C0CHAN0001
+    signed_post(bot.events_url, slack_signing_secret, body)
+    fake_slack.wait_for("files.completeUploadExternal")
+    (uploaded,) = fake_slack.uploaded_files
+    assert uploaded.content == b"\x89PNG fake"
+    assert fake_slack.wait_for("views.open")[0].args["trigger_id"]
