@@ -1,0 +1,526 @@
+"""One inference client for the bot and the worker.
+
+Two implementations of :class:`InferenceClient`:
+
+- :class:`HttpClient` talks to any OpenAI-compatible server with vLLM's runtime LoRA API
+  (vLLM itself, or ``brandbot serve``), with timeouts, retries with backoff on connection errors
+  and 5xx answers, and :class:`InferenceUnavailable` when the server cannot be reached.
+- :class:`LocalClient` calls the in-process :class:`~serving.engine.LocalEngine`.
+
+Label confidences are computed the same way by both (DESIGN.md): each label is scored as the
+assistant's whole answer — its tokens plus the chat template's end-of-turn tokens — and the
+confidences are the softmax over those summed log-probabilities. Over HTTP the client asks
+``/tokenize`` for the exact token sequences, then ``/v1/completions`` with ``prompt_logprobs``
+for their log-probabilities: both exist in vLLM 0.33 and in ``brandbot serve``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+
+from serving.engine import EngineError, LocalEngine, SamplingParams, UnknownModel, softmax
+
+Message = dict[str, Any]
+T = TypeVar("T")
+
+
+class InferenceUnavailable(Exception):
+    """The model server cannot be reached (down, refusing, timing out, or failing with 5xx)."""
+
+
+class InferenceError(Exception):
+    """The server refused the request (4xx); ``status`` is the HTTP status (404 = unknown model)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """A finished completion. ``logprobs``: per generated token, its top alternatives."""
+
+    text: str
+    finish_reason: str
+    usage: Usage
+    logprobs: list[dict[str, float]] | None = None
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The chosen label, its confidence, and every label's confidence (they sum to 1)."""
+
+    label: str
+    confidence: float
+    scores: dict[str, float]
+    logprobs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    parent: str | None = None
+    root: str | None = None
+
+
+def classification(labels: Sequence[str], summed: Sequence[float]) -> Classification:
+    """Softmax over the labels' summed log-probabilities; ties go to the first label."""
+    probs = softmax(list(summed))
+    best = max(range(len(labels)), key=lambda i: probs[i])
+    return Classification(
+        label=labels[best],
+        confidence=probs[best],
+        scores=dict(zip(labels, probs, strict=True)),
+        logprobs=dict(zip(labels, summed, strict=True)),
+    )
+
+
+def _check_labels(labels: Sequence[str]) -> list[str]:
+    out = list(labels)
+    if not out:
+        raise ValueError("classify needs at least one label")
+    if len(set(out)) != len(out):
+        raise ValueError("the labels must be distinct")
+    return out
+
+
+class InferenceClient(ABC):
+    """What the bot and the worker need from a model server."""
+
+    @abstractmethod
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        top_logprobs: int | None = None,
+    ) -> ChatResult: ...
+
+    @abstractmethod
+    def stream_chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+    ) -> Iterator[str]:
+        """Text deltas as they are generated."""
+
+    @abstractmethod
+    def classify(
+        self, messages: Sequence[Message], labels: Sequence[str], *, model: str | None = None
+    ) -> Classification: ...
+
+    @abstractmethod
+    def models(self) -> list[ModelInfo]: ...
+
+    @abstractmethod
+    def load_adapter(self, name: str, path: str) -> None: ...
+
+    @abstractmethod
+    def unload_adapter(self, name: str) -> None: ...
+
+    @abstractmethod
+    def health(self) -> bool: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or the engine."""
+
+
+# --- in process -----------------------------------------------------------------------------
+
+
+class LocalClient(InferenceClient):
+    """The client over an in-process engine (no URL configured)."""
+
+    def __init__(self, engine: LocalEngine, *, owns_engine: bool = False) -> None:
+        self.engine = engine
+        self.owns_engine = owns_engine
+
+    def _params(
+        self, max_tokens: int, temperature: float, top_p: float, stop: Sequence[str], top: int
+    ) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=tuple(stop),
+            logprobs=top > 0,
+            top_logprobs=top,
+        )
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        top_logprobs: int | None = None,
+    ) -> ChatResult:
+        params = self._params(max_tokens, temperature, top_p, stop, top_logprobs or 0)
+        result = _local(lambda: self.engine.chat(messages, params, model).result())
+        logprobs = None
+        if result.logprobs is not None and top_logprobs:
+            logprobs = [{tok: lp for tok, _, lp in t.top} for t in result.logprobs]
+        return ChatResult(
+            text=result.text,
+            finish_reason=result.finish_reason,
+            usage=Usage(
+                result.prompt_tokens,
+                result.completion_tokens,
+                result.prompt_tokens + result.completion_tokens,
+            ),
+            logprobs=logprobs,
+        )
+
+    def stream_chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+    ) -> Iterator[str]:
+        params = self._params(max_tokens, temperature, top_p, stop, 0)
+        handle = _local(lambda: self.engine.chat(messages, params, model))
+        try:
+            yield from handle.deltas()
+        finally:
+            handle.cancel()
+
+    def classify(
+        self, messages: Sequence[Message], labels: Sequence[str], *, model: str | None = None
+    ) -> Classification:
+        names = _check_labels(labels)
+        summed = _local(lambda: self.engine.score_labels(messages, names, model))
+        return classification(names, summed)
+
+    def models(self) -> list[ModelInfo]:
+        base = ModelInfo(self.engine.served_name, None, str(self.engine.model_path))
+        adapters = [
+            ModelInfo(name, self.engine.served_name, path)
+            for name, path in self.engine.adapters.items()
+        ]
+        return [base, *adapters]
+
+    def load_adapter(self, name: str, path: str) -> None:
+        _local(lambda: self.engine.load_adapter(name, path))
+
+    def unload_adapter(self, name: str) -> None:
+        _local(lambda: self.engine.unload_adapter(name))
+
+    def health(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self.owns_engine:
+            self.engine.close()
+
+
+def _local(call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except UnknownModel as exc:
+        raise InferenceError(str(exc), 404) from exc
+    except EngineError as exc:
+        raise InferenceError(str(exc), 400) from exc
+
+
+# --- over HTTP ------------------------------------------------------------------------------
+
+
+class HttpClient(InferenceClient):
+    """An OpenAI-compatible server with vLLM's runtime LoRA API (vLLM or ``brandbot serve``).
+
+    ``url`` may end in ``/v1`` or not. Connection errors, timeouts and 5xx answers are retried
+    ``retries`` times with exponential backoff, then raise :class:`InferenceUnavailable`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        served_model_name: str | None = None,
+        timeout: float = 120.0,
+        connect_timeout: float = 5.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/").removesuffix("/v1")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            transport=transport,
+        )
+        self.retries = retries
+        self.backoff = backoff
+        self._served = served_model_name
+
+    # --- transport ---------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        reason = "no attempt"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                response = self.http.request(method, path, json=body)
+            except httpx.TransportError as exc:
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                continue
+            if response.status_code >= 500:
+                reason = f"HTTP {response.status_code}: {_message(response)}"
+                continue
+            if response.status_code >= 400:
+                raise InferenceError(_message(response), response.status_code)
+            return response
+        raise InferenceUnavailable(f"model server unreachable at {self.url}: {reason}")
+
+    def _json(self, method: str, path: str, body: Any = None) -> Any:
+        return self._request(method, path, body).json()
+
+    def _model(self, model: str | None) -> str:
+        if model:
+            return model
+        if self._served is None:
+            models = self.models()
+            self._served = next((m.id for m in models if m.parent is None), models[0].id)
+        return self._served
+
+    # --- operations --------------------------------------------------------------------------
+
+    def _chat_body(
+        self,
+        messages: Sequence[Message],
+        model: str | None,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        stop: Sequence[str],
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self._model(model),
+            "messages": list(messages),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+        }
+        if stop:
+            body["stop"] = list(stop)
+        return body
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        top_logprobs: int | None = None,
+    ) -> ChatResult:
+        body = self._chat_body(messages, model, max_tokens, temperature, top_p, stop)
+        if top_logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = top_logprobs
+        data = self._json("POST", "/v1/chat/completions", body)
+        choice = data["choices"][0]
+        usage = data.get("usage") or {}
+        logprobs = None
+        if top_logprobs and choice.get("logprobs"):
+            logprobs = [
+                {alt["token"]: float(alt["logprob"]) for alt in item.get("top_logprobs", [])}
+                for item in choice["logprobs"].get("content") or []
+            ]
+        return ChatResult(
+            text=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason") or "stop",
+            usage=Usage(
+                usage.get("prompt_tokens", 0),
+                usage.get("completion_tokens", 0),
+                usage.get("total_tokens", 0),
+            ),
+            logprobs=logprobs,
+        )
+
+    def stream_chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+    ) -> Iterator[str]:
+        body = self._chat_body(messages, model, max_tokens, temperature, top_p, stop)
+        body["stream"] = True
+        reason = "no attempt"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                with self.http.stream("POST", "/v1/chat/completions", json=body) as response:
+                    if response.status_code >= 500:
+                        response.read()
+                        reason = f"HTTP {response.status_code}: {_message(response)}"
+                        continue
+                    if response.status_code >= 400:
+                        response.read()
+                        raise InferenceError(_message(response), response.status_code)
+                    yield from _sse_deltas(response.iter_lines())
+                    return
+            except httpx.ConnectError as exc:  # only before anything was streamed
+                reason = f"{type(exc).__name__}: {exc}"
+            except httpx.TransportError as exc:
+                raise InferenceUnavailable(
+                    f"model server unreachable at {self.url}: {type(exc).__name__}: {exc}"
+                ) from exc
+        raise InferenceUnavailable(f"model server unreachable at {self.url}: {reason}")
+
+    def classify(
+        self, messages: Sequence[Message], labels: Sequence[str], *, model: str | None = None
+    ) -> Classification:
+        names = _check_labels(labels)
+        name = self._model(model)
+        prompt = self._tokenize(list(messages), add_generation_prompt=True)
+        sequences = []
+        for label in names:
+            answer = {"role": "assistant", "content": label}
+            full = self._tokenize([*messages, answer], add_generation_prompt=False)
+            if full[: len(prompt)] != prompt or len(full) == len(prompt):
+                raise InferenceError(
+                    "the chat template does not render an assistant answer after the prompt"
+                )
+            sequences.append(full)
+        data = self._json(
+            "POST",
+            "/v1/completions",
+            {
+                "model": name,
+                "prompt": sequences,
+                "max_tokens": 1,
+                "temperature": 0,
+                "prompt_logprobs": 0,
+            },
+        )
+        by_index = {c["index"]: c for c in data["choices"]}
+        summed = []
+        for i, full in enumerate(sequences):
+            entries = by_index[i]["prompt_logprobs"]
+            total = 0.0
+            for pos in range(len(prompt), len(full)):
+                total += float(entries[pos][str(full[pos])]["logprob"])
+            summed.append(total)
+        return classification(names, summed)
+
+    def _tokenize(self, messages: list[Message], *, add_generation_prompt: bool) -> list[int]:
+        data = self._json(
+            "POST",
+            "/tokenize",
+            {"messages": messages, "add_generation_prompt": add_generation_prompt},
+        )
+        return [int(t) for t in data["tokens"]]
+
+    def models(self) -> list[ModelInfo]:
+        data = self._json("GET", "/v1/models")
+        return [ModelInfo(m["id"], m.get("parent"), m.get("root")) for m in data.get("data", [])]
+
+    def load_adapter(self, name: str, path: str) -> None:
+        self._request("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+
+    def unload_adapter(self, name: str) -> None:
+        self._request("POST", "/v1/unload_lora_adapter", {"lora_name": name})
+
+    def health(self) -> bool:
+        try:
+            return self.http.get("/health", timeout=5.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _message(response: httpx.Response) -> str:
+    """The error message of an OpenAI-shaped error body, or the body text."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(data.get("message"), str):
+            return str(data["message"])
+    return json.dumps(data)[:500]
+
+
+def _sse_deltas(lines: Iterator[str]) -> Iterator[str]:
+    for line in lines:
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return
+        data = json.loads(payload)
+        if "error" in data:
+            raise InferenceError(_message_from(data), 500)
+        for choice in data.get("choices", []):
+            content = (choice.get("delta") or {}).get("content")
+            if content:
+                yield str(content)
+
+
+def _message_from(data: dict[str, Any]) -> str:
+    err = data.get("error")
+    return str(err.get("message")) if isinstance(err, dict) else str(err)
+
+
+def make_client(
+    url: str | None,
+    api_key: str | None,
+    engine_factory: Callable[[], LocalEngine],
+    *,
+    served_model_name: str | None = None,
+) -> InferenceClient:
+    """HTTP when a URL is configured (``BRANDBOT_INFERENCE_URL``), else the in-process engine.
+
+    ``engine_factory`` is only called in the second case, so an HTTP deployment never loads a
+    model.
+    """
+    if url:
+        return HttpClient(url, api_key=api_key, served_model_name=served_model_name)
+    return LocalClient(engine_factory(), owns_engine=True)

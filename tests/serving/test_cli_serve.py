@@ -1,0 +1,67 @@
+"""`brandbot serve` as the real console script on a real port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from serving.client import HttpClient
+from tests.conftest import BRANDBOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_brandbot_serve_answers_the_openai_client(tiny_model_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRANDBOT_", "SLACK_"))}
+    env |= {
+        "BRANDBOT_DATA_DIR": str(tmp_path / "data"),
+        "BRANDBOT_CONFIG": str(tmp_path / "brandbot.toml"),
+        "BRANDBOT_BASE_MODEL": str(tiny_model_dir),
+        "BRANDBOT_SERVED_MODEL_NAME": "team-base",
+        "BRANDBOT_INFERENCE_API_KEY": "k3y",
+    }
+    proc = subprocess.Popen(
+        [BRANDBOT, "serve", "--port", str(port), "--threads", "1"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "brandbot serve did not come up"
+            time.sleep(0.2)
+        oai = openai.OpenAI(base_url=f"{url}/v1", api_key="k3y", max_retries=0)
+        assert [m.id for m in oai.models.list().data] == ["team-base"]
+        out = oai.chat.completions.create(
+            model="team-base", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+        assert out.choices[0].finish_reason in {"stop", "length"}
+        ours = HttpClient(url, api_key="k3y", retries=0)
+        verdict = ours.classify([{"role": "user", "content": "refund please"}], ["billing", "bug"])
+        assert verdict.label in {"billing", "bug"}
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,147 @@
+"""The local engine on a tiny real model: batching, sampling, scoring, adapters."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from serving.engine import (
+    AdapterError,
+    LocalEngine,
+    PromptTooLong,
+    SamplingParams,
+    UnknownModel,
+    pick_device,
+    softmax,
+)
+from tests.serving.conftest import SERVED, AdapterFactory, unique_name
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0, logprobs=True, top_logprobs=3)
+
+
+def prompt(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": "word " * (i * 3) + f"Write tagline {i}."}]
+
+
+def test_pick_device_uses_fp32_on_cpu() -> None:
+    device, dtype = pick_device("cpu")
+    assert device.type == "cpu"
+    assert dtype == torch.float32
+
+
+def test_batched_generation_equals_one_at_a_time(engine: LocalEngine) -> None:
+    singles = [engine.chat(prompt(i), GREEDY).result() for i in range(5)]
+    handles = [engine.chat(prompt(i), GREEDY) for i in range(5)]
+    batched = [h.result() for h in handles]
+    for one, many in zip(singles, batched, strict=True):
+        assert one.text == many.text
+        assert one.completion_tokens == many.completion_tokens == 12
+        assert one.logprobs is not None
+        assert many.logprobs is not None
+        for a, b in zip(one.logprobs, many.logprobs, strict=True):
+            assert a.token_id == b.token_id
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+            assert len(a.top) == 3
+
+
+def test_staggered_requests_share_decode_steps(engine: LocalEngine) -> None:
+    params = SamplingParams(max_tokens=200, temperature=0.8, seed=3, ignore_eos=True)
+    engine.metrics.reset_peak()
+    handles = []
+    results = []
+
+    def arrive(i: int) -> None:
+        time.sleep(0.01 * i)
+        handles.append(engine.chat(prompt(i), params))
+
+    threads = [threading.Thread(target=arrive, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results = [h.result(timeout=60) for h in handles]
+    assert all(r.completion_tokens == 200 for r in results)
+    assert engine.metrics.max_batch_seen >= 4
+
+
+def test_streaming_deltas_make_the_text(engine: LocalEngine) -> None:
+    handle = engine.chat(prompt(1), SamplingParams(max_tokens=20, temperature=1.0, seed=7))
+    deltas = list(handle.deltas())
+    assert "".join(deltas) == handle.result().text
+    assert len(deltas) >= 1
+
+
+def test_same_seed_same_sample(engine: LocalEngine) -> None:
+    params = SamplingParams(max_tokens=15, temperature=1.0, top_p=0.9, seed=11)
+    a = engine.chat(prompt(2), params).result().text
+    b = engine.chat(prompt(2), params).result().text
+    assert a == b
+
+
+def test_stop_string_cuts_the_text(engine: LocalEngine) -> None:
+    free = engine.chat(prompt(3), SamplingParams(max_tokens=30, temperature=0)).result()
+    assert len(free.text) > 2
+    stop = free.text[2:4]
+    cut = engine.chat(prompt(3), SamplingParams(max_tokens=30, temperature=0, stop=(stop,)))
+    result = cut.result()
+    assert result.finish_reason == "stop"
+    assert result.text == free.text[: free.text.find(stop)]
+
+
+def test_label_scores_match_a_full_forward_pass(engine: LocalEngine, tiny_model_dir: Path) -> None:
+    messages = prompt(1)
+    labels = ["bill", "billing", "tech support"]
+    scores = engine.score_labels(messages, labels)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    prefix, continuations = engine.label_continuations(messages, labels)
+    eot = engine.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for score, cont in zip(scores, continuations, strict=True):
+        assert eot in cont  # the end of turn is part of the answer
+        with torch.no_grad():
+            logits = model(torch.tensor([prefix + cont])).logits[0]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        expected = sum(logprobs[len(prefix) + j - 1, t].item() for j, t in enumerate(cont))
+        assert score == pytest.approx(expected, abs=1e-3)
+    assert scores[0] != pytest.approx(scores[1])  # bill vs billing
+    assert sum(softmax(scores)) == pytest.approx(1.0)
+
+
+def test_prompt_too_long_and_unknown_model(engine: LocalEngine) -> None:
+    with pytest.raises(PromptTooLong, match="maximum context length is 512"):
+        engine.generate([5] * 600, GREEDY)
+    with pytest.raises(UnknownModel, match=SERVED):
+        engine.chat(prompt(1), GREEDY, model="nope-v1")
+
+
+def test_adapters_resident_together_and_batched(
+    engine: LocalEngine, make_adapter: AdapterFactory
+) -> None:
+    first, second = unique_name(), unique_name()
+    engine.load_adapter(first, make_adapter(seed=21))
+    engine.load_adapter(second, make_adapter(seed=22))
+    try:
+        with pytest.raises(AdapterError, match="already loaded"):
+            engine.load_adapter(first, engine.adapters[first])
+        alone = {
+            m: engine.chat(prompt(1), GREEDY, model=m).result() for m in (SERVED, first, second)
+        }
+        handles = {m: engine.chat(prompt(1), GREEDY, model=m) for m in (SERVED, first, second)}
+        mixed = {m: h.result() for m, h in handles.items()}
+        for m in alone:
+            assert alone[m].text == mixed[m].text
+        lp = {m: alone[m].logprobs[0].logprob for m in alone}  # type: ignore[index]
+        assert len({round(v, 4) for v in lp.values()}) == 3  # three different models
+    finally:
+        engine.unload_adapter(first)
+        engine.unload_adapter(second)
+    assert first not in engine.model_names
+    with pytest.raises(AdapterError, match="not loaded"):
+        engine.unload_adapter(first)
+    # a name can come back after an unload (a rollback reloads the previous version)
+    engine.load_adapter(first, make_adapter(seed=21))
+    engine.unload_adapter(first)

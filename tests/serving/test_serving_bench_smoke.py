@@ -1,0 +1,17 @@
+"""The serving benchmark's --smoke mode runs (tiny model), so the benchmark cannot rot."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_serving_bench_smoke() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "serving_bench.py"), "--smoke"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "vs generate" in proc.stdout
+    assert "label scoring, 10 labels" in proc.stdout
