@@ -97,6 +97,17 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("BRANDBOT_ADMINS", "admins"),
         description="Slack user ids allowed to run admin commands (a JSON list in the env).",
     )
+    max_lora_rank: int = Field(
+        default=16,
+        validation_alias=AliasChoices("BRANDBOT_MAX_LORA_RANK", "max_lora_rank"),
+        description="The inference server's --max-lora-rank; adapters above it are refused.",
+    )
+    training: dict[str, Any] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices("training"),
+        description="brandbot.toml [training] overrides of the trainer's defaults; "
+        "[training.draft] / [training.classify] apply to one task.",
+    )
     plugins: dict[str, Any] = Field(
         default_factory=dict,
         validation_alias=AliasChoices("plugins"),

@@ -254,3 +254,26 @@ def test_report_prints_production_signals(cli: CliRunner) -> None:
     )
     table = cli("report", "-d", "c")
     assert table.code == 0 and "label correction rate" in table.out
+
+
+def test_train_adapters_and_rollback_through_the_cli(
+    cli_sqlite: CliRunner, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    (tmp_path / "brandbot.toml").write_text(
+        f'base_model = "{tiny_model_dir}"\n'
+        "[training]\nepochs = 1\ncheckpoint_every = 0\nmax_length = 192\n"
+    )
+    assert cli_sqlite("run", "--setup-only").code == 0
+    trained = cli_sqlite("train", "-d", "kk_tickets", "--json")
+    assert trained.code == 0, trained.err
+    summary = trained.json()
+    assert summary["status"] == "succeeded" and summary["adapter"].startswith("kk_tickets-v")
+    listed = cli_sqlite("adapters", "list", "-d", "kk_tickets", "--json").json()["adapters"]
+    assert [a["name"] for a in listed] == [summary["adapter"]]
+    assert listed[0]["status"] in ("active", "rejected") and listed[0]["decision"]
+    back = cli_sqlite("adapters", "rollback", "-d", "kk_tickets")
+    if listed[0]["status"] == "active":
+        assert back.code == 0 and "base model" in back.out
+    else:
+        assert back.code == 2 and "no active adapter" in back.err
+    assert cli_sqlite("adapters", "promote", "nope-v9").code == 2

@@ -14,6 +14,7 @@ from bot.cli.people import examples_app, forget
 from bot.cli.report import report
 from bot.cli.run import run
 from bot.cli.serve import serve
+from bot.cli.training import adapters_app, train, worker
 from bot.datasets import DatasetError
 from bot.settings import SettingsError
 from bot.storage.db import DatabaseUnavailable
@@ -40,6 +41,9 @@ app.command("run")(run)
 app.command("serve")(serve)
 app.command("forget")(forget)
 app.command("report")(report)
+app.command("worker")(worker)
+app.command("train")(train)
+app.add_typer(adapters_app, name="adapters")
 app.add_typer(examples_app, name="examples")
 
 KNOWN_ERRORS = (

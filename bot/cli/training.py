@@ -1,0 +1,135 @@
+"""``brandbot worker``, ``brandbot train`` and ``brandbot adapters``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from sqlalchemy import select
+
+from bot.cli.common import (
+    CliError,
+    DatasetOption,
+    JsonOption,
+    console,
+    database,
+    print_json,
+    settings,
+)
+from bot.storage.models import Adapter, Dataset
+from bot.storage.repositories import Datasets, Runs
+
+adapters_app = typer.Typer(help="Trained adapters: list, promote, roll back.", no_args_is_help=True)
+
+
+def _client() -> Any:
+    from bot.inference import LazyInference
+
+    return LazyInference(settings())
+
+
+def worker(
+    once: bool = typer.Option(False, "--once", help="Run at most one queued run, then exit."),
+    poll: float = typer.Option(5.0, "--poll", help="Seconds between looks at the queue."),
+) -> None:
+    """Claim queued training runs and run them (one worker per run; several may run)."""
+    from bot.worker import Worker
+
+    w = Worker(settings(), database(), _client())
+    if once:
+        w.requeue_stale()
+        summary = w.run_once()
+        console.print(summary.reason if summary else "no queued run")
+        return
+    console.print("worker: waiting for queued runs (Ctrl-C to stop)")
+    try:
+        w.serve(poll)
+    except KeyboardInterrupt:
+        w.stop()
+
+
+def train(dataset: str = DatasetOption, as_json: bool = JsonOption) -> None:
+    """Train the dataset now, in this process, with a progress bar: train, evaluate base vs
+    current vs new on the held-out examples, and promote the new adapter only if it wins."""
+    from bot.worker import Worker
+
+    with database().session() as session:
+        ds = Datasets(session).get(dataset)
+        run = Runs(session).enqueue(ds, trigger="manual", requested_by="cli")
+        assert run is not None
+        run_id = run.id
+    with Progress(
+        TextColumn("[bold]training[/] {task.description}"), BarColumn(),
+        TextColumn("step {task.completed}/{task.total}  loss {task.fields[loss]}"),
+        TimeRemainingColumn(), console=console, disable=as_json,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(dataset, total=None, loss="-")
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total, loss=f"{loss:.3f}")
+
+        summary = Worker(settings(), database(), _client(), progress=progress).run_now(run_id)
+    if as_json:
+        print_json(summary.__dict__)
+        return
+    if summary.status == "failed":
+        raise CliError(f"run {run_id} failed: {summary.reason}")
+    console.print(f"run {run_id}: {summary.adapter}: {summary.reason}")
+
+
+@adapters_app.command("list")
+def list_adapters(
+    dataset: str | None = typer.Option(None, "-d", "--dataset", help="Only this dataset."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Every adapter with its status, metrics and the promotion decision."""
+    with database().session() as session:
+        stmt = select(Adapter, Dataset.name).join(Dataset).order_by(Adapter.version)
+        if dataset:
+            stmt = stmt.where(Dataset.id == Datasets(session).get(dataset).id)
+        rows: list[dict[str, Any]] = [
+            {"name": a.name, "dataset": d, "version": a.version, "status": a.status,
+             "metrics": a.metrics, "decision": a.decision, "path": a.path,
+             "needs_retrain": a.needs_retrain, "created_at": a.created_at.isoformat()}
+            for a, d in session.execute(stmt)
+        ]  # fmt: skip
+    if as_json:
+        print_json({"adapters": rows})
+        return
+    table = Table("adapter", "status", "decision")
+    for r in rows:
+        table.add_row(r["name"], r["status"], (r["decision"] or "-")[:120])
+    console.print(table if rows else "no adapters yet: `brandbot train -d NAME`")
+
+
+@adapters_app.command("promote")
+def promote_adapter(name: str = typer.Argument(..., help="e.g. kk_copy-v3")) -> None:
+    """Deploy an adapter and make it its dataset's active one (lint, load, canary first)."""
+    from bot.registry import promote
+
+    with database().session() as session:
+        adapter = session.scalar(select(Adapter).where(Adapter.name == name))
+        if adapter is None:
+            raise CliError(f"unknown adapter {name!r} (see `brandbot adapters list`)")
+        result = promote(session, settings(), _client(), adapter, actor="cli")
+    if not result.ok:
+        raise CliError(f"not promoted: {result.reason}")
+    console.print(result.reason)
+
+
+@adapters_app.command("rollback")
+def rollback_adapter(
+    dataset: str = DatasetOption,
+    to: str | None = typer.Option(None, "--to", help="The adapter to go back to."),
+) -> None:
+    """Make the previous adapter (or --to) active again; with none, the base model."""
+    from bot.registry import roll_back
+
+    with database().session() as session:
+        ds = Datasets(session).get(dataset)
+        result = roll_back(session, settings(), _client(), ds, to=to, actor="cli")
+    if not result.ok:
+        raise CliError(result.reason)
+    console.print(result.reason)

@@ -1,0 +1,358 @@
+"""The training worker: claims queued runs from the database (one worker per run, with
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL), trains with the trainer library, evaluates base vs
+current vs new adapter on the same held-out examples, registers the adapter, promotes it only if
+it wins, and announces the result through the outbox (``run.finished`` / ``run.failed``).
+
+A run whose worker died is found again: on SQLite (one process) every ``running`` run is
+re-queued at start; on PostgreSQL a run is ``running`` only while its worker holds the run's
+advisory lock, so a run whose lock is free is re-queued. Training resumes from the run's
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, select, text
+
+from bot.registry import promote
+from bot.settings import Settings
+from bot.storage.db import Database
+from bot.storage.models import Adapter, Dataset, Example, TrainingRun, utcnow
+from bot.storage.repositories import Adapters, Audit, Outbox
+from serving.client import InferenceClient
+
+log = logging.getLogger("brandbot.worker")
+RUN_LOCK_BASE = 0x62620000  # advisory lock key = base + run id
+
+
+@dataclass
+class RunSummary:
+    run_id: int
+    status: str
+    adapter: str | None = None
+    promoted: bool = False
+    reason: str = ""
+
+
+def train_examples(session: Any, dataset: Dataset, split: str) -> tuple[list[Any], list[int]]:
+    """The dataset's active positive examples of ``split`` as trainer examples, and their ids.
+    Copy examples without a brief yet are left out (a queued job is writing it)."""
+    from trainer.data import TrainExample
+
+    rows = session.scalars(
+        select(Example)
+        .where(
+            Example.dataset_id == dataset.id,
+            Example.status == "active",
+            Example.kind == "positive",
+            Example.split == split,
+        )
+        .order_by(Example.id)
+    ).all()
+    out, ids = [], []
+    for ex in rows:
+        if dataset.task == "classify":
+            if not ex.label:
+                continue
+            out.append(TrainExample(system=dataset.system_prompt, prompt=ex.text, answer=ex.label))
+        else:
+            if not ex.prompt:
+                continue
+            out.append(TrainExample(system=dataset.system_prompt, prompt=ex.prompt, answer=ex.text))
+        ids.append(ex.id)
+    return out, ids
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        client: InferenceClient,
+        *,
+        worker_id: str | None = None,
+        config_overrides: dict[str, Any] | None = None,
+        progress: Callable[[int, int, float], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.client = client
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.config_overrides = config_overrides or {}
+        self.progress = progress
+        self._lock_conn: Connection | None = None
+        self._stop = threading.Event()
+
+    # ---- claiming ---------------------------------------------------------------------
+
+    def _pg(self) -> bool:
+        return self.db.dialect == "postgresql"
+
+    def _try_lock(self, run_id: int) -> bool:
+        if not self._pg():
+            return True
+        if self._lock_conn is None:
+            self._lock_conn = self.db.engine.connect()
+        got = self._lock_conn.execute(
+            text("SELECT pg_try_advisory_lock(:k)"), {"k": RUN_LOCK_BASE + run_id}
+        ).scalar()
+        self._lock_conn.commit()
+        return bool(got)
+
+    def _unlock(self, run_id: int) -> None:
+        if self._lock_conn is not None:
+            self._lock_conn.execute(
+                text("SELECT pg_advisory_unlock(:k)"), {"k": RUN_LOCK_BASE + run_id}
+            )
+            self._lock_conn.commit()
+
+    def requeue_stale(self) -> list[int]:
+        """Runs left ``running`` by a worker that died go back to the queue."""
+        requeued = []
+        with self.db.session() as session:
+            for run in session.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
+                if self._pg():
+                    if not self._try_lock(run.id):
+                        continue  # its worker is alive
+                    self._unlock(run.id)
+                run.status, run.worker_id = "queued", None
+                requeued.append(run.id)
+        if requeued:
+            log.warning("re-queued runs %s left running by a stopped worker", requeued)
+        return requeued
+
+    def claim(self) -> int | None:
+        """Take the oldest queued run; None when there is none."""
+        with self.db.session() as session:
+            stmt = (
+                select(TrainingRun)
+                .where(TrainingRun.status == "queued")
+                .order_by(TrainingRun.id)
+                .limit(1)
+            )
+            if self._pg():
+                stmt = stmt.with_for_update(skip_locked=True)
+            run = session.scalar(stmt)
+            if run is None:
+                return None
+            if not self._try_lock(run.id):
+                return None
+            run.status, run.worker_id, run.started_at = "running", self.worker_id, utcnow()
+            return run.id
+
+    # ---- running ----------------------------------------------------------------------
+
+    def run_now(self, run_id: int) -> RunSummary:
+        """Run a specific queued run in this process (``brandbot train``)."""
+        with self.db.session() as session:
+            run = session.get(TrainingRun, run_id)
+            if run is None or run.status != "queued" or not self._try_lock(run_id):
+                return RunSummary(run_id, "skipped", reason="the run is not queued")
+            run.status, run.worker_id, run.started_at = "running", self.worker_id, utcnow()
+        try:
+            return self.execute(run_id)
+        finally:
+            self._unlock(run_id)
+
+    def run_once(self) -> RunSummary | None:
+        run_id = self.claim()
+        if run_id is None:
+            return None
+        try:
+            return self.execute(run_id)
+        finally:
+            self._unlock(run_id)
+
+    def serve(self, poll_seconds: float = 5.0) -> None:
+        """Claim and run until ``stop()``."""
+        self.requeue_stale()
+        while not self._stop.is_set():
+            if self.run_once() is None:
+                self._stop.wait(poll_seconds)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def execute(self, run_id: int) -> RunSummary:
+        started = time.perf_counter()
+        try:
+            return self._execute(run_id, started)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            log.error("run %s failed: %s", run_id, message)
+            with self.db.session() as session:
+                run = session.get(TrainingRun, run_id)
+                if run is not None:
+                    run.status, run.finished_at = "failed", utcnow()
+                    run.error = message[:4000] + "\n" + traceback.format_exc()[-4000:]
+                    run.duration_s = time.perf_counter() - started
+                    Outbox(session).publish(
+                        "run.failed",
+                        {"run_id": run_id, "dataset_id": run.dataset_id, "error": message[:500]},
+                    )
+            return RunSummary(run_id, "failed", reason=message)
+
+    def _execute(self, run_id: int, started: float) -> RunSummary:
+        from serving.base_model import resolve_base_model
+        from trainer.config import defaults_for
+        from trainer.evaluate import BrandRules
+        from trainer.lora import train_lora
+        from trainer.promotion import decide_promotion
+
+        settings = self.settings
+        with self.db.session() as session:
+            run = session.get(TrainingRun, run_id)
+            assert run is not None
+            dataset = session.get(Dataset, run.dataset_id)
+            assert dataset is not None
+            train, train_ids = train_examples(session, dataset, "train")
+            heldout, heldout_ids = train_examples(session, dataset, "heldout")
+            current = Adapters(session).active(dataset.id)
+            current_name = current.name if current else None
+            current_path = Path(current.path) if current else None
+            overrides = {k: v for k, v in settings.training.items() if not isinstance(v, dict)}
+            overrides.update(settings.training.get(dataset.task, {}))
+            overrides.update(self.config_overrides)
+            config = defaults_for(dataset.task, **overrides)
+            base = resolve_base_model(settings.base_model, settings.models_dir)
+            checkpoints = settings.runs_dir / str(run_id) / "checkpoints"
+            if run.checkpoint_dir:
+                checkpoints = Path(run.checkpoint_dir)
+            run.checkpoint_dir = str(checkpoints)
+            run.example_ids = train_ids
+            run.hyperparams = config.model_dump(mode="json")
+            run.base_model, run.base_fingerprint = str(base.path), base.fingerprint
+            adapter_version = int(run.hyperparams.get("_version", 0)) or None
+            if adapter_version is None:
+                adapter_version = Adapters(session).next_version()
+                run.hyperparams = {**run.hyperparams, "_version": adapter_version}
+            name = f"{dataset.name}-v{adapter_version}"
+            task, labels = dataset.task, list(dataset.labels)
+            rules = BrandRules(
+                max_length=dataset.max_length,
+                banned_words=tuple(dataset.banned_words),
+                required_words=tuple(dataset.required_words),
+            )
+        out_dir = settings.adapters_dir / name
+        if out_dir.exists():  # a previous attempt finished training but not the rest
+            import shutil
+
+            shutil.rmtree(out_dir)
+        log.info("run %s: training %s on %d examples", run_id, name, len(train))
+        result = train_lora(
+            base.path, train, config, out_dir,
+            served_model_name=settings.served_model_name, base_fingerprint=base.fingerprint,
+            progress=self.progress, checkpoint_dir=checkpoints,
+        )  # fmt: skip
+        loaded = {m.id for m in self.client.models()}
+        if current_name and current_path and current_name not in loaded:
+            self.client.load_adapter(current_name, str(current_path))
+        self.client.load_adapter(name, str(out_dir))
+        scorecards = self._evaluate(
+            task, heldout, labels, rules, base.path, current_name, current_path, name, out_dir
+        )
+        base_sc, current_sc, new_sc = scorecards
+        decision = decide_promotion(current_sc, new_sc, base=base_sc)
+        metrics = {
+            "base": base_sc.summary(),
+            "current": current_sc.summary() if current_sc else None,
+            "new": new_sc.summary(),
+            "decision": decision.details,
+            "heldout_ids": heldout_ids,
+        }
+        with self.db.session() as session:
+            run = session.get(TrainingRun, run_id)
+            assert run is not None
+            dataset = session.get(Dataset, run.dataset_id)
+            assert dataset is not None
+            adapter = Adapter(
+                dataset_id=dataset.id, name=name, version=adapter_version, status="candidate",
+                run_id=run_id, path=str(out_dir), base_fingerprint=base.fingerprint,
+                metrics=new_sc.summary(), decision=decision.reason,
+            )  # fmt: skip
+            session.add(adapter)
+            session.flush()
+            promoted = False
+            reason = decision.reason
+            if decision.promote:
+                outcome = promote(session, settings, self.client, adapter, actor="worker")
+                promoted = outcome.ok
+                if not outcome.ok:
+                    reason = f"{decision.reason}; but deployment failed: {outcome.reason}"
+            if not promoted:
+                adapter.status = "rejected"
+                try:
+                    self.client.unload_adapter(name)
+                except Exception:  # the server may already have dropped it
+                    log.debug("unload of %s failed", name)
+            run.status, run.finished_at = "succeeded", utcnow()
+            run.losses = result.losses
+            run.metrics = {**metrics, "scorecards": [s.to_dict() for s in scorecards if s]}
+            run.duration_s = time.perf_counter() - started
+            run.tokens_per_s, run.peak_memory_mb = result.tokens_per_s, result.peak_memory_mb
+            Audit(session).record(
+                "run.finished", dataset_id=dataset.id, run=run_id, adapter=name, promoted=promoted
+            )
+            Outbox(session).publish(
+                "run.finished",
+                {"run_id": run_id, "dataset_id": dataset.id, "adapter": name,
+                 "promoted": promoted, "reason": reason},
+            )  # fmt: skip
+        log.info("run %s finished: %s", run_id, reason)
+        return RunSummary(run_id, "succeeded", name, promoted, reason)
+
+    def _evaluate(
+        self,
+        task: str,
+        heldout: list[Any],
+        labels: list[str],
+        rules: Any,
+        base_dir: Path,
+        current_name: str | None,
+        current_path: Path | None,
+        new_name: str,
+        new_dir: Path,
+    ) -> tuple[Any, Any, Any]:
+        from trainer.evaluate import evaluate_classify, evaluate_draft
+
+        def one(label: str, model: str | None, adapter_dir: Path | None) -> Any:
+            if task == "classify":
+                return evaluate_classify(
+                    heldout, labels, name=label, client=self.client, model=model
+                )
+            return evaluate_draft(
+                heldout, name=label, base_dir=base_dir, adapter_dir=adapter_dir,
+                client=self.client, model=model, rules=rules,
+            )  # fmt: skip
+
+        base_sc = one("base", None, None)
+        current_sc = one(current_name, current_name, current_path) if current_name else None
+        new_sc = one(new_name, new_name, new_dir)
+        return base_sc, current_sc, new_sc
+
+
+def main() -> None:
+    """``python -m bot.worker`` (or ``accelerate launch -m bot.worker``): the worker loop."""
+    from bot.inference import LazyInference
+    from bot.observability import configure_logging
+    from bot.settings import load_settings
+
+    settings = load_settings()
+    configure_logging()
+    db = Database(settings.resolved_database_url)
+    db.upgrade()
+    Worker(settings, db, LazyInference(settings)).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The training worker end to end on the tiny model: claim, train, evaluate base vs current vs
+new, register, promote only a winner, announce through the outbox; failures are recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from bot.importer import import_candidates, read_file
+from bot.samples import sample_dir
+from bot.settings import Settings
+from bot.storage import Database
+from bot.storage.models import Adapter, OutboxEvent, TrainingRun
+from bot.storage.repositories import Datasets, Runs
+from bot.worker import Worker
+from serving.client import LocalClient
+from serving.engine import LocalEngine
+
+FAST = {"epochs": 1, "min_examples": 4, "checkpoint_every": 0, "max_length": 256}
+
+
+@pytest.fixture
+def setup(db_url: str, tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[Worker, Database]]:
+    db = Database(db_url)
+    db.upgrade()
+    settings = Settings(data_dir=tmp_path / "data", base_model=str(tiny_model_dir),
+                        served_model_name="brandbot-base")  # fmt: skip
+    engine = LocalEngine(tiny_model_dir, served_name="brandbot-base")
+    worker = Worker(settings, db, LocalClient(engine), config_overrides=FAST)
+    yield worker, db
+    engine.close()
+    db.dispose()
+
+
+def test_a_queued_run_trains_evaluates_and_announces(setup: tuple[Worker, Database]) -> None:
+    worker, db = setup
+    with db.session() as s:
+        ds = Datasets(s).create("kk_tickets", "classify", system_prompt="Label the ticket.",
+                                labels=["billing", "refund_request", "shipping_delay"])  # fmt: skip
+        rows = [r for r in read_file(sample_dir() / "tickets.jsonl", "classify")
+                if getattr(r, "label", None) in ("billing", "refund_request", "shipping_delay")]  # fmt: skip
+        import_candidates(s, ds, rows[:60])
+        run = Runs(s).enqueue(ds)
+        assert run is not None
+    summary = worker.run_once()
+    assert summary is not None and summary.status == "succeeded", summary
+    assert worker.run_once() is None  # nothing left to claim
+    with db.session() as s:
+        run = s.scalars(select(TrainingRun)).one()
+        assert run.status == "succeeded" and run.example_ids and run.losses
+        assert run.tokens_per_s and run.tokens_per_s > 0 and run.peak_memory_mb
+        assert set(run.metrics) >= {"base", "new", "decision"}
+        adapter = s.scalars(select(Adapter)).one()
+        assert adapter.name == f"kk_tickets-v{adapter.version}" and adapter.decision
+        assert adapter.status in ("active", "rejected")
+        assert Path(adapter.path, "adapter_config.json").is_file()
+        events = [e.topic for e in s.scalars(select(OutboxEvent))]
+        assert "run.finished" in events
+        assert (adapter.status == "active") == ("adapter.promoted" in events)
+
+
+def test_too_few_examples_fails_the_run_with_the_number_needed(
+    setup: tuple[Worker, Database],
+) -> None:
+    worker, db = setup
+    with db.session() as s:
+        ds = Datasets(s).create("tiny", "draft")
+        Runs(s).enqueue(ds)
+    summary = worker.run_once()
+    assert summary is not None and summary.status == "failed"
+    with db.session() as s:
+        run = s.scalars(select(TrainingRun)).one()
+        assert run.status == "failed" and "needs at least" in (run.error or "")
+        assert s.scalars(select(Adapter)).all() == []
+        assert [e.topic for e in s.scalars(select(OutboxEvent))] == ["run.failed"]
+
+
+def test_a_run_left_running_by_a_dead_worker_is_requeued(setup: tuple[Worker, Database]) -> None:
+    worker, db = setup
+    with db.session() as s:
+        ds = Datasets(s).create("tiny", "draft")
+        run = Runs(s).enqueue(ds)
+        assert run is not None
+        run.status, run.worker_id = "running", "gone:1"
+    assert worker.requeue_stale() == [run.id]
+    with db.session() as s:
+        assert s.get(TrainingRun, run.id).status == "queued"
