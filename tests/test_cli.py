@@ -268,6 +268,9 @@ def test_train_adapters_and_rollback_through_the_cli(
     assert trained.code == 0, trained.err
     summary = trained.json()
     assert summary["status"] == "succeeded" and summary["adapter"].startswith("kk_tickets-v")
+    shown = cli_sqlite("report", "-d", "kk_tickets", "--json").json()
+    assert shown["run"] and any("Retraining report" in line for line in shown["report"])
+    assert Path(shown["chart"]).read_bytes().startswith(b"\x89PNG")
     listed = cli_sqlite("adapters", "list", "-d", "kk_tickets", "--json").json()["adapters"]
     assert [a["name"] for a in listed] == [summary["adapter"]]
     assert listed[0]["status"] in ("active", "rejected") and listed[0]["decision"]

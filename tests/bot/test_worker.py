@@ -88,3 +88,39 @@ def test_a_run_left_running_by_a_dead_worker_is_requeued(setup: tuple[Worker, Da
     assert worker.requeue_stale() == [run.id]
     with db.session() as s:
         assert s.get(TrainingRun, run.id).status == "queued"
+
+
+def test_the_report_is_posted_once_with_its_chart(
+    setup: tuple[Worker, Database], fake_slack: object, slack_signing_secret: str
+) -> None:
+    from bot.plugin_loader import PluginEntry
+    from bot.testkit.slack import FakeSlack
+    from plugins.report import ReportPlugin
+    from tests.bot.slack_harness import serve_bot
+
+    assert isinstance(fake_slack, FakeSlack)
+    worker, db = setup
+    fake_slack.add_channel("C0REPORTS1", "reports", members=[fake_slack.bot_user_id])
+    with db.session() as s:
+        ds = Datasets(s).create("kk_tickets", "classify", labels=["billing", "refund_request"],
+                                report_channel="C0REPORTS1")  # fmt: skip
+        rows = [r for r in read_file(sample_dir() / "tickets.jsonl", "classify")
+                if getattr(r, "label", None) in ("billing", "refund_request")]  # fmt: skip
+        import_candidates(s, ds, rows)
+        Runs(s).enqueue(ds)
+        small = Datasets(s).create("tiny", "draft", report_channel="C0REPORTS1")
+        Runs(s).enqueue(small)
+    assert worker.run_once().status == "succeeded"  # type: ignore[union-attr]
+    assert worker.run_once().status == "failed"  # type: ignore[union-attr]
+    with serve_bot(
+        db, fake_slack, slack_signing_secret, [PluginEntry("report", ReportPlugin)]
+    ) as bot:
+        assert bot.runtime.deliver_outbox() >= 2
+        assert bot.runtime.deliver_outbox() == 0  # delivered exactly once
+    posts = [c.args["text"] for c in fake_slack.calls_for("chat.postMessage")]
+    report = next(p for p in posts if "Retraining report" in p)
+    assert "macro-F1" in report and "Decision:" in report and "By label:" in report
+    assert any("failed" in p and "needs at least" in p for p in posts)
+    assert len(posts) == 2
+    (png,) = fake_slack.uploaded_files
+    assert png.content.startswith(b"\x89PNG")

@@ -1,0 +1,190 @@
+"""The retraining report: data counts, the metric table (base / current / new with the
+decision's interval), the decision and why, sample drafts beside the approved text, production
+signals, and a PNG with the loss curve and the metric history. Used by the report plugin (Slack)
+and ``brandbot report`` (terminal)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from bot.signals import production_signals
+from bot.storage.models import Adapter, Dataset, Example, TrainingRun
+
+PRIMARY = {"draft": "answer_perplexity", "classify": "macro_f1"}
+COLUMNS = {
+    "draft": [("answer_perplexity", "answer perplexity"), ("chrf", "chrF"),
+              ("rule_compliance", "rule compliance")],
+    "classify": [("macro_f1", "macro-F1"), ("accuracy", "accuracy"),
+                 ("invalid_rate", "invalid answers")],
+}  # fmt: skip
+
+
+@dataclass
+class Report:
+    title: str
+    lines: list[str]
+    chart_png: bytes | None
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def data_counts(session: Session, dataset: Dataset, run: TrainingRun) -> dict[str, Any]:
+    previous = session.scalar(
+        select(func.max(TrainingRun.started_at)).where(
+            TrainingRun.dataset_id == dataset.id,
+            TrainingRun.status == "succeeded",
+            TrainingRun.id < run.id,
+        )
+    )
+
+    def count(*where: Any) -> int:
+        stmt = select(func.count()).select_from(Example).where(Example.dataset_id == dataset.id)
+        return int(session.scalar(stmt.where(*where)) or 0)
+
+    since = [Example.created_at > previous] if previous else []
+    by_label = dict(
+        session.execute(
+            select(Example.label, func.count())
+            .where(Example.dataset_id == dataset.id, Example.status == "active",
+                   Example.label.is_not(None))
+            .group_by(Example.label)
+        ).all()
+    )  # fmt: skip
+    return {
+        "trained_on": len(run.example_ids or []),
+        "active": count(Example.status == "active"),
+        "new": count(Example.status == "active", *since),
+        "withdrawn": count(Example.status == "withdrawn", *(
+            [Example.updated_at > previous] if previous else [])),
+        "by_label": {str(k): int(v) for k, v in by_label.items()},
+    }  # fmt: skip
+
+
+def chart(run: TrainingRun, history: list[tuple[str, float]], metric: str) -> bytes:
+    """Loss per step and the primary metric of the dataset's adapters, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=110)
+    losses = list(run.losses or [])
+    left.plot(range(1, len(losses) + 1), losses, color="#2f6f4f")
+    left.set_title("training loss (answer tokens)")
+    left.set_xlabel("step")
+    if history:
+        names, values = zip(*history, strict=True)
+        right.plot(range(len(values)), values, marker="o", color="#7a4f2f")
+        right.set_xticks(range(len(values)), names, rotation=30, ha="right", fontsize=7)
+    right.set_title(f"held-out {metric.replace('_', ' ')} by adapter")
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out.getvalue()
+
+
+def build_report(session: Session, run_id: int) -> Report:
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise LookupError(f"there is no run {run_id}")
+    dataset = session.get(Dataset, run.dataset_id)
+    assert dataset is not None
+    adapter = session.scalar(select(Adapter).where(Adapter.run_id == run.id))
+    if run.status == "failed":
+        lines = [
+            f":rotating_light: Training run {run.id} for `{dataset.name}` failed: "
+            f"{(run.error or 'unknown error').splitlines()[0][:500]}",
+            "The active adapter is unchanged. Checkpoints are kept; retry with "
+            f"`/brandbot retrain {dataset.name}`.",
+        ]
+        return Report(f"{dataset.name}: run {run.id} failed", lines, None)
+    metrics = run.metrics or {}
+    counts = data_counts(session, dataset, run)
+    lines = [
+        f"*Retraining report: `{dataset.name}`, run {run.id}* "
+        f"({_fmt(run.duration_s)} s, {_fmt(run.tokens_per_s)} tokens/s)",
+        f"Data: trained on {counts['trained_on']} examples; {counts['active']} active, "
+        f"{counts['new']} new and {counts['withdrawn']} withdrawn since the last training.",
+    ]
+    if counts["by_label"]:
+        lines.append(
+            "By label: " + ", ".join(f"{k} {v}" for k, v in sorted(counts["by_label"].items()))
+        )
+    header = ["model", *[label for _, label in COLUMNS[dataset.task]]]
+    table = [" | ".join(header)]
+    for key in ("base", "current", "new"):
+        summary = metrics.get(key)
+        if not summary:
+            continue
+        row = [f"{key} ({summary.get('name', key)})"]
+        row += [_fmt(summary.get(col)) for col, _ in COLUMNS[dataset.task]]
+        table.append(" | ".join(row))
+    lines.append("```\n" + "\n".join(table) + "\n```")
+    decision = metrics.get("decision") or {}
+    interval = decision.get("interval")
+    if interval:
+        lines.append(
+            f"Difference in {decision.get('metric', PRIMARY[dataset.task]).replace('_', ' ')}: "
+            f"{_fmt(interval[0])} (90% CI {_fmt(interval[1])} to {_fmt(interval[2])})"
+        )
+    status = adapter.status if adapter else "?"
+    verdict = (
+        ":white_check_mark: promoted" if status == "active" else ":no_entry: kept the current model"
+    )
+    lines.append(f"Decision: {verdict}. {adapter.decision if adapter else ''}")
+    if dataset.task == "draft":
+        lines += _sample_drafts(session, run)
+    signals = production_signals(session, dataset)
+    if dataset.task == "draft" and signals["drafts_posted"]:
+        lines.append(
+            f"In production: {signals['drafts_posted']} drafts posted, revision rate "
+            f"{_fmt(signals['draft_revision_rate'])}, {_fmt(signals['share_posted_unedited'])} "
+            f"posted unedited, median {_fmt(signals['median_minutes_to_approved_draft'])} min "
+            "to an approved draft."
+        )
+    if dataset.task == "classify" and signals["predictions_resolved"]:
+        lines.append(
+            f"In production: label correction rate {_fmt(signals['label_correction_rate'])}."
+        )
+    metric = PRIMARY[dataset.task]
+    history = [
+        (a.name, float(a.metrics[metric]))
+        for a in session.scalars(
+            select(Adapter).where(Adapter.dataset_id == dataset.id).order_by(Adapter.version)
+        )
+        if isinstance((a.metrics or {}).get(metric), int | float)
+    ]
+    return Report(f"{dataset.name}: run {run.id}", lines, chart(run, history, metric))
+
+
+def _sample_drafts(session: Session, run: TrainingRun) -> list[str]:
+    """The new adapter's drafts for three held-out briefs (in evaluation order) beside the
+    approved text."""
+    metrics = run.metrics or {}
+    cards = {c.get("name"): c for c in metrics.get("scorecards", []) if c}
+    card = cards.get((metrics.get("new") or {}).get("name"))
+    ids = metrics.get("heldout_ids") or []
+    if not card or not card.get("drafts") or not ids:
+        return []
+    out = ["Three held-out briefs, the new adapter's draft beside the approved text:"]
+    for example_id, draft in list(zip(ids, card["drafts"], strict=False))[:3]:
+        example = session.get(Example, example_id)
+        if example is None:
+            continue
+        out.append(
+            f"• _{(example.prompt or '')[:150]}_\n   draft: {draft[:280]}\n"
+            f"   approved: {example.text[:280]}"
+        )
+    return out
