@@ -3,6 +3,7 @@ background loops every mode shares (outbox delivery, the schedule in exactly one
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, func, select, text
 
 from bot.cron import cron_trigger
 from bot.jobs import JobQueue
@@ -92,6 +93,7 @@ class SchedulerLeader:
         self.db = db
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._conn: Connection | None = None
+        self._specs: dict[str, tuple[str, str]] = {}
         self.on_leader = on_leader
 
     def try_lead(self) -> bool:
@@ -109,6 +111,14 @@ class SchedulerLeader:
         """Start scheduling if this replica leads; True if it does."""
         if not self.try_lead():
             return False
+        self.sync_dataset_schedules()
+        self.scheduler.add_job(
+            self.sync_dataset_schedules,
+            "interval",
+            minutes=1,
+            id="brandbot:sync",
+            replace_existing=True,
+        )
         for bound in self.runtime.scheduled():
             self.scheduler.add_job(
                 self.runtime.run_scheduled,
@@ -122,9 +132,73 @@ class SchedulerLeader:
             self.on_leader()
         return True
 
+    def sync_dataset_schedules(self) -> None:
+        """One cron job per dataset (its schedule and time zone), kept in step with the
+        database as admins change them."""
+        from bot.storage.models import Dataset
+
+        wanted: dict[str, tuple[str, str]] = {}
+        with self.db.session() as session:
+            for dataset in session.scalars(select(Dataset)):
+                wanted[f"dataset:{dataset.name}"] = (
+                    dataset.schedule_cron,
+                    dataset.schedule_timezone,
+                )
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("dataset:") and job.id not in wanted:
+                job.remove()
+                self._specs.pop(job.id, None)
+        for job_id, (cron, tz) in wanted.items():
+            existing = self.scheduler.get_job(job_id)
+            if existing is not None and self._specs.get(job_id) == (cron, tz):
+                continue
+            self.scheduler.add_job(
+                scheduled_run, cron_trigger(cron, tz), args=[self.db, job_id.split(":", 1)[1]],
+                id=job_id, replace_existing=True, misfire_grace_time=3600,
+            )  # fmt: skip
+            self._specs[job_id] = (cron, tz)
+
     def stop(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         if self._conn is not None:
+            # Pooled connections stay open: release the session-level lock explicitly.
+            try:
+                self._conn.execute(text("SELECT pg_advisory_unlock_all()"))
+                self._conn.commit()
+            except Exception:
+                self._conn.invalidate()
             self._conn.close()
             self._conn = None
+
+
+def scheduled_run(db: Database, dataset_name: str, now: dt.datetime | None = None) -> str:
+    """A dataset's scheduled training: a run row unique on (dataset, scheduled_for), skipped
+    when fewer than the dataset's minimum of new examples arrived since the last training."""
+    from bot.storage.models import Dataset, Example, TrainingRun, utcnow
+    from bot.storage.repositories import Runs
+
+    slot = (now or utcnow()).replace(second=0, microsecond=0)
+    with db.session() as session:
+        dataset = session.scalar(select(Dataset).where(Dataset.name == dataset_name))
+        if dataset is None:
+            return "unknown dataset"
+        last = session.scalar(
+            select(func.max(TrainingRun.started_at)).where(
+                TrainingRun.dataset_id == dataset.id, TrainingRun.status == "succeeded"
+            )
+        )
+        new = (
+            select(func.count())
+            .select_from(Example)
+            .where(Example.dataset_id == dataset.id, Example.status == "active")
+        )
+        if last is not None:
+            new = new.where(Example.created_at > last)
+        count = int(session.scalar(new) or 0)
+        if count < dataset.min_new_examples:
+            log.info("scheduled run of %s skipped: %d new examples, %d needed",
+                     dataset_name, count, dataset.min_new_examples)  # fmt: skip
+            return f"skipped: {count} new examples, {dataset.min_new_examples} needed"
+        run = Runs(session).enqueue(dataset, trigger="schedule", scheduled_for=slot)
+        return "queued" if run is not None else "already queued for this slot"

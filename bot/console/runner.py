@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from bot.bootstrap import OutboxPump, build_bot
+from bot.bootstrap import OutboxPump, SchedulerLeader, build_bot
 from bot.console.chat import ConsoleChat
 from bot.console.shell import Shell
 from bot.console.workspace import Workspace
 from bot.samples import workspace as sample_workspace
 from bot.settings import Settings
 from bot.storage.db import Database
+from bot.worker import Worker
+from serving.client import InferenceClient
 
 
 def _lines(stream: TextIO, shell: Shell, interactive: bool, history: Path) -> Iterator[str]:
@@ -40,7 +43,11 @@ def _lines(stream: TextIO, shell: Shell, interactive: bool, history: Path) -> It
 
 
 def run_console(
-    settings: Settings, db: Database, *, stdin: TextIO | None = None, inference: object = None
+    settings: Settings,
+    db: Database,
+    *,
+    stdin: TextIO | None = None,
+    inference: InferenceClient | None = None,
 ) -> None:
     stream = stdin or sys.stdin
     interactive = stream.isatty()
@@ -63,7 +70,12 @@ def run_console(
     bot = build_bot(settings, db, chat, inference=inference)
     pump = OutboxPump(bot.runtime)
     pump.start()
-    shell = Shell(bot.runtime, chat, ws, out)
+    # The embedded default runs the training worker and the schedule in this process.
+    worker = Worker(settings, db, inference)
+    threading.Thread(target=worker.serve, args=(1.0,), name="brandbot-worker", daemon=True).start()
+    leader = SchedulerLeader(bot.runtime, db)
+    leader.start()
+    shell = Shell(bot.runtime, chat, ws, out, db=db)
     out(
         f"console chat on {ws.team_id}: you are @{ws.user_name(shell.user)} in "
         f"#{ws.channel_name(shell.channel)}. Type `help` for the grammar, `quit` to leave."
@@ -71,6 +83,8 @@ def run_console(
     try:
         shell.run(_lines(stream, shell, interactive, settings.data_dir / ".console_history"))
     finally:
+        worker.stop()
+        leader.stop()
         pump.stop()
         bot.services.jobs.wait_idle()
         bot.services.jobs.shutdown()

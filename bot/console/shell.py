@@ -12,6 +12,7 @@
     #CHANNEL                switch channel, e.g. #brand-copy
     @USER                   act as USER, e.g. @maya
     history [K]             show the last K messages of the channel (default 20)
+    wait                    wait until queued training runs and background work are done
     channels | users        list them
     help                    this text
     quit                    leave (end of input does the same)
@@ -37,6 +38,7 @@ from bot.plugin import (
     ReactionEvent,
 )
 from bot.runtime import NotAllowed, Runtime
+from bot.storage.db import Database
 
 GRAMMAR = (__doc__ or "").split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
 REACTION = re.compile(r"^(-?):([a-z0-9_+\-']+):\s+(\d+)$")
@@ -53,8 +55,10 @@ class Shell:
         *,
         user: str | None = None,
         channel: str | None = None,
+        db: Database | None = None,
     ) -> None:
         self.runtime = runtime
+        self.db = db
         self.chat = chat
         self.ws = workspace
         self.out = out
@@ -116,6 +120,8 @@ class Shell:
             (self._press if m.group(1) == "press" else self._delete)(int(m.group(2)))
         elif m := re.match(r"^history(?:\s+(\d+))?$", line):
             self._history(int(m.group(1) or 20))
+        elif line == "wait":
+            self._wait()
         elif line == "channels":
             for cid, c in self.ws.channels.items():
                 self.out(f"    #{c.get('name')} ({cid}) {c.get('purpose', '')}")
@@ -257,6 +263,36 @@ class Shell:
             private_metadata=str(view.get("private_metadata", "")),
         )  # fmt: skip
         self._dispatch(event, reporting=True)
+
+    def _wait(self, timeout: float = 3600.0) -> None:
+        """Until no training run is queued or running and the job queue and outbox are idle."""
+        import time
+
+        from sqlalchemy import func, select
+
+        from bot.storage.models import OutboxEvent, TrainingRun
+
+        deadline = time.monotonic() + timeout
+        self.out("    waiting for background work…")
+        while time.monotonic() < deadline:
+            self.runtime.services.jobs.wait_idle(timeout=5)
+            self.runtime.deliver_outbox()
+            if self.db is None:
+                return
+            with self.db.session() as session:
+                busy = session.scalar(
+                    select(func.count()).select_from(TrainingRun)
+                    .where(TrainingRun.status.in_(("queued", "running")))
+                )  # fmt: skip
+                pending = session.scalar(
+                    select(func.count()).select_from(OutboxEvent)
+                    .where(OutboxEvent.delivered_at.is_(None))
+                )  # fmt: skip
+            if not busy and not pending and not self.runtime.services.jobs.depth:
+                self.out("    done")
+                return
+            time.sleep(0.5)
+        self.out("    still busy; giving up waiting")
 
     def _history(self, count: int) -> None:
         shown = [m for m in self.ws.messages if m.channel_id == self.channel and not m.deleted][
