@@ -356,3 +356,46 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def evaluate_dataset(
+    settings: Settings, db: Database, client: InferenceClient, dataset_name: str
+) -> dict[str, Any]:
+    """``brandbot eval``: the base model and the active adapter on the held-out examples, with
+    the promotion rule's verdict of the adapter against the base."""
+    from bot.storage.repositories import Datasets
+    from serving.base_model import resolve_base_model
+    from trainer.evaluate import BrandRules, evaluate_classify, evaluate_draft
+    from trainer.promotion import decide_promotion
+
+    with db.session() as session:
+        dataset = Datasets(session).get(dataset_name)
+        heldout, ids = train_examples(session, dataset, "heldout")
+        active = Adapters(session).active(dataset.id)
+        name, path = (active.name, Path(active.path)) if active else (None, None)
+        task, labels = dataset.task, list(dataset.labels)
+        rules = BrandRules(dataset.max_length, tuple(dataset.banned_words),
+                           tuple(dataset.required_words))  # fmt: skip
+    if not heldout:
+        raise ValueError(f"{dataset_name} has no held-out examples to evaluate on")
+    base = resolve_base_model(settings.base_model, settings.models_dir)
+    if name and path and name not in {m.id for m in client.models()}:
+        client.load_adapter(name, str(path))
+
+    def one(label: str, model: str | None, adapter_dir: Path | None) -> Any:
+        if task == "classify":
+            return evaluate_classify(heldout, labels, name=label, client=client, model=model)
+        return evaluate_draft(heldout, name=label, base_dir=base.path, adapter_dir=adapter_dir,
+                              client=client, model=model, rules=rules)  # fmt: skip
+
+    base_sc = one("base", None, None)
+    result: dict[str, Any] = {
+        "dataset": dataset_name,
+        "heldout": len(ids),
+        "base": base_sc.summary(),
+    }
+    if name:
+        current_sc = one(name, name, path)
+        decision = decide_promotion(None, current_sc, base=base_sc)
+        result |= {"active": current_sc.summary(), "verdict": decision.reason}
+    return result

@@ -14,7 +14,7 @@ from bot.cli.people import examples_app, forget
 from bot.cli.report import report
 from bot.cli.run import run
 from bot.cli.serve import serve
-from bot.cli.training import adapters_app, train, worker
+from bot.cli.training import adapters_app, evaluate, train, worker
 from bot.datasets import DatasetError
 from bot.settings import SettingsError
 from bot.storage.db import DatabaseUnavailable
@@ -43,6 +43,7 @@ app.command("forget")(forget)
 app.command("report")(report)
 app.command("worker")(worker)
 app.command("train")(train)
+app.command("eval")(evaluate)
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(examples_app, name="examples")
 

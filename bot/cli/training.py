@@ -133,3 +133,32 @@ def rollback_adapter(
     if not result.ok:
         raise CliError(result.reason)
     console.print(result.reason)
+
+
+def evaluate(dataset: str = DatasetOption, as_json: bool = JsonOption) -> None:
+    """Evaluate the base model and the active adapter on the held-out examples: answer
+    perplexity, chrF and rule compliance (draft); accuracy, macro-F1, per-label scores and the
+    confusion matrix (classify)."""
+    from bot.worker import evaluate_dataset
+
+    try:
+        result = evaluate_dataset(settings(), database(), _client(), dataset)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        print_json(result)
+        return
+    keys = [k for k in ("answer_perplexity", "chrf", "rule_compliance", "accuracy", "macro_f1",
+                        "invalid_rate") if k in result["base"]]  # fmt: skip
+    table = Table("model", "examples", *keys, title=f"{dataset}: held-out evaluation")
+    for which in ("base", "active"):
+        summary = result.get(which)
+        if summary:
+            table.add_row(
+                summary["name"], str(summary["examples"]),
+                *[f"{summary[k]:.3f}" if isinstance(summary[k], float) else str(summary[k])
+                  for k in keys],
+            )  # fmt: skip
+    console.print(table)
+    if "verdict" in result:
+        console.print(result["verdict"])
