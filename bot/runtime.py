@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from sqlalchemy import update
+
 from bot.observability import (
     EVENTS_DUPLICATE,
     EVENTS_RECEIVED,
@@ -273,17 +275,24 @@ class Runtime:
         for event_id in ids:
             try:
                 with db.session() as session:
-                    row = session.get(OutboxEvent, event_id, with_for_update=_skip_locked(db))
-                    if row is None or row.delivered_at is not None:
+                    # Claim by a conditional update: a second consumer (another thread, process
+                    # or replica) blocks on the row or the database lock until this transaction
+                    # ends, then finds it delivered. A handler that raises rolls the claim back.
+                    claimed = session.execute(
+                        update(OutboxEvent)
+                        .where(OutboxEvent.id == event_id, OutboxEvent.delivered_at.is_(None))
+                        .values(delivered_at=utcnow(), attempts=OutboxEvent.attempts + 1)
+                    ).rowcount  # type: ignore[attr-defined]
+                    if not claimed:
                         continue
+                    row = session.get(OutboxEvent, event_id)
+                    assert row is not None
                     event = InternalEvent(row.topic, dict(row.payload), f"outbox:{row.id}")
                     contexts = []
                     for bound in self.match(event):
                         ctx = Context(self.services, session, event)
                         contexts.append(ctx)
                         self._call(bound, event, ctx)
-                    row.delivered_at = utcnow()
-                    row.attempts += 1
                     OUTBOX_DELIVERED.labels(row.topic).inc()
                     delivered += 1
                 self._run_after_commit(contexts)
@@ -317,7 +326,3 @@ class Runtime:
             first = bound.doc.splitlines()[0] if bound.doc else ""
             entries.append((key, first))
         return entries
-
-
-def _skip_locked(db: Any) -> Any:
-    return {"skip_locked": True} if db.dialect == "postgresql" else None

@@ -283,3 +283,15 @@ def test_train_adapters_and_rollback_through_the_cli(
     evaluated = cli_sqlite("eval", "-d", "kk_tickets", "--json").json()
     assert evaluated["heldout"] > 0 and 0 <= evaluated["base"]["macro_f1"] <= 1
     assert "per_label" in evaluated["base"] and "confusion" in evaluated["base"]
+
+
+def test_demo_smoke_runs_the_whole_loop(cli_sqlite: CliRunner, tmp_path: Path) -> None:
+    result = cli_sqlite("demo", "--smoke", "--data-dir", str(tmp_path / "demo"))
+    assert result.code == 0, result.err[-3000:]
+    out = result.out
+    assert out.count("Retraining report: `kk_copy`") == 1
+    assert out.count("Retraining report: `kk_tickets`") == 1
+    assert "Queued training run" in out and "No tuned adapter yet" in out
+    assert "#support-tickets (thread) brandbot: " in out
+    charts = json.loads(out.strip().splitlines()[-1])["charts"]
+    assert len(charts) == 2 and all(Path(c).read_bytes().startswith(b"\x89PNG") for c in charts)

@@ -12,7 +12,7 @@ from bot.cli.datasets import app as datasets_app
 from bot.cli.db import app as db_app
 from bot.cli.people import examples_app, forget
 from bot.cli.report import report
-from bot.cli.run import run
+from bot.cli.run import demo, run
 from bot.cli.serve import serve
 from bot.cli.training import adapters_app, evaluate, train, worker
 from bot.datasets import DatasetError
@@ -38,6 +38,7 @@ app.add_typer(datasets_app, name="datasets")
 app.command("import")(import_examples)
 app.command("export")(export_examples)
 app.command("run")(run)
+app.command("demo")(demo)
 app.command("serve")(serve)
 app.command("forget")(forget)
 app.command("report")(report)

@@ -48,7 +48,9 @@ def run_console(
     *,
     stdin: TextIO | None = None,
     inference: InferenceClient | None = None,
+    echo: bool = False,
 ) -> None:
+    """The console chat; ``echo`` prints each scripted line before running it (the demo)."""
     stream = stdin or sys.stdin
     interactive = stream.isatty()
 
@@ -56,6 +58,9 @@ def run_console(
         print(text, flush=True)
 
     ws = Workspace.from_definition(sample_workspace())
+    # The workspace's admins (the sample brand's @maya) are the bot's admins in the console.
+    admins = [uid for uid, u in ws.users.items() if u.get("is_admin")]
+    settings = settings.model_copy(update={"admins": sorted({*settings.admins, *admins})})
     from bot.samples import channel_messages
 
     for message in channel_messages():
@@ -75,7 +80,7 @@ def run_console(
     threading.Thread(target=worker.serve, args=(1.0,), name="brandbot-worker", daemon=True).start()
     leader = SchedulerLeader(bot.runtime, db)
     leader.start()
-    shell = Shell(bot.runtime, chat, ws, out, db=db)
+    shell = Shell(bot.runtime, chat, ws, out, db=db, echo=echo)
     out(
         f"console chat on {ws.team_id}: you are @{ws.user_name(shell.user)} in "
         f"#{ws.channel_name(shell.channel)}. Type `help` for the grammar, `quit` to leave."

@@ -56,9 +56,11 @@ class Shell:
         user: str | None = None,
         channel: str | None = None,
         db: Database | None = None,
+        echo: bool = False,
     ) -> None:
         self.runtime = runtime
         self.db = db
+        self.echo = echo
         self.chat = chat
         self.ws = workspace
         self.out = out
@@ -81,8 +83,9 @@ class Shell:
                 self.out(f"    brandbot: {exc}")
             except Exception as exc:
                 self.out(f"    error: {type(exc).__name__}: {exc}")
-        self.runtime.services.jobs.wait_idle()
+        self.runtime.services.jobs.wait_idle(timeout=900)
         self.runtime.deliver_outbox()
+        self.runtime.services.jobs.wait_idle(timeout=900)
 
     def _reply(self, event: Event) -> Callable[[str], None]:
         def reply(text: str) -> None:
@@ -100,6 +103,8 @@ class Shell:
     def execute(self, line: str) -> bool:
         """Run one line; False means quit."""
         line = line.strip()
+        if self.echo and line:
+            self.out(("\n" + line[2:].strip()) if line.startswith("//") else f"> {line}")
         if not line or line.startswith("//"):
             return True
         if line in ("quit", "exit"):

@@ -276,3 +276,21 @@ def test_invalid_plugin_settings_are_reported_at_start(setup: Any) -> None:
 def test_schedule_rejects_a_bad_cron_at_import() -> None:
     with pytest.raises(ValueError, match=r"cron|field|wrong number"):
         schedule("every day")
+
+
+def test_concurrent_consumers_deliver_each_outbox_event_once(setup: Any) -> None:
+    import threading
+
+    from bot.storage.repositories import Outbox
+
+    runtime, chat, db = setup
+    with db.session() as s:
+        for i in range(20):
+            Outbox(s).publish("example.added", {"user": f"U{i}"})
+    threads = [threading.Thread(target=runtime.deliver_outbox) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert count(db, AuditEntry, action="delivered") == 20
+    assert len(chat.of("post")) == 20
