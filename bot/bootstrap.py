@@ -202,3 +202,24 @@ def scheduled_run(db: Database, dataset_name: str, now: dt.datetime | None = Non
             return f"skipped: {count} new examples, {dataset.min_new_examples} needed"
         run = Runs(session).enqueue(dataset, trigger="schedule", scheduled_for=slot)
         return "queued" if run is not None else "already queued for this slot"
+
+
+def load_active_adapters_soon(settings: Settings, db: Database, client: Any) -> threading.Thread:
+    """Load every dataset's active adapter on the inference server in the background (an
+    in-process engine starts empty; vLLM may have restarted)."""
+    from bot.registry import load_active
+    from bot.storage.models import Adapter
+
+    def work() -> None:
+        try:
+            with db.session() as session:
+                if session.scalar(select(Adapter.id).where(Adapter.status == "active").limit(1)):
+                    loaded = load_active(session, settings, client)
+                    if loaded:
+                        log.info("loaded active adapters %s", loaded)
+        except Exception:
+            log.exception("could not load the active adapters")
+
+    thread = threading.Thread(target=work, name="brandbot-load-adapters", daemon=True)
+    thread.start()
+    return thread

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from bot.bootstrap import OutboxPump, SchedulerLeader, build_bot
+from bot.bootstrap import OutboxPump, SchedulerLeader, build_bot, load_active_adapters_soon
 from bot.console.chat import ConsoleChat
 from bot.console.shell import Shell
 from bot.console.workspace import Workspace
@@ -73,6 +73,7 @@ def run_console(
 
         inference = LazyInference(settings)
     bot = build_bot(settings, db, chat, inference=inference)
+    load_active_adapters_soon(settings, db, inference).join()
     pump = OutboxPump(bot.runtime)
     pump.start()
     # The embedded default runs the training worker and the schedule in this process.

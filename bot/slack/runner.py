@@ -9,7 +9,13 @@ from typing import Any
 
 import uvicorn
 
-from bot.bootstrap import Bot, OutboxPump, SchedulerLeader, build_bot
+from bot.bootstrap import (
+    Bot,
+    OutboxPump,
+    SchedulerLeader,
+    build_bot,
+    load_active_adapters_soon,
+)
 from bot.plugin_loader import PluginEntry
 from bot.settings import Settings
 from bot.slack.app import SlackBridge
@@ -86,6 +92,7 @@ class SlackRuntime:
 
     def start_background(self) -> None:
         self.check_slack()
+        load_active_adapters_soon(self.settings, self.bot.db, self.bot.services.inference)
         self.pump.start()
         if self.leader.start():
             log.info("this replica runs the schedule")

@@ -124,3 +124,25 @@ def test_the_report_is_posted_once_with_its_chart(
     assert len(posts) == 2
     (png,) = fake_slack.uploaded_files
     assert png.content.startswith(b"\x89PNG")
+
+
+def test_active_adapters_are_loaded_at_start(
+    setup: tuple[Worker, Database], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from bot.bootstrap import load_active_adapters_soon
+    from bot.testkit.models import build_tiny_adapter
+
+    worker, db = setup
+    folder = build_tiny_adapter(
+        tiny_model_dir, tmp_path / "kk_copy-v7", served_name="brandbot-base"
+    )
+    with db.session() as s:
+        ds = Datasets(s).create("kk_copy", "draft")
+        s.add(
+            Adapter(
+                dataset_id=ds.id, name="kk_copy-v7", version=7, status="active", path=str(folder)
+            )
+        )
+    assert "kk_copy-v7" not in {m.id for m in worker.client.models()}
+    load_active_adapters_soon(worker.settings, db, worker.client).join()
+    assert "kk_copy-v7" in {m.id for m in worker.client.models()}
