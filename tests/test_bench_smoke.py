@@ -34,3 +34,12 @@ def test_collect_bench_smoke_on_postgres(postgres_server: object) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "exactly the expected examples: yes" in proc.stdout
+
+
+def test_quality_bench_smoke() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "quality_bench.py"), "--smoke"],
+        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "per-label F1" in proc.stdout and "tuned (clinc_banking-v1)" in proc.stdout
