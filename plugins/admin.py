@@ -91,6 +91,30 @@ class AdminPlugin(Plugin):
                 lines.append(f"   label correction rate {signals['label_correction_rate']}")
         ctx.respond("\n".join(lines))
 
+    @command("/brandbot rollback")
+    @require(admins=True)
+    def rollback(self, event: CommandEvent, ctx: Context) -> None:
+        """Go back to the previous adapter: `/brandbot rollback DATASET [ADAPTER]`."""
+        from bot.registry import roll_back
+
+        words = event.text.split()
+        if not words:
+            ctx.respond("Usage: `/brandbot rollback DATASET [ADAPTER]`")
+            return
+        try:
+            dataset = Datasets(ctx.session).get(words[0])
+        except UnknownDataset as exc:
+            ctx.respond(str(exc))
+            return
+        if ctx.services.inference is None:
+            ctx.respond("No model server is configured.")
+            return
+        result = roll_back(
+            ctx.session, ctx.services.settings, ctx.services.inference, dataset,
+            to=words[1] if len(words) > 1 else None, actor=event.user_id,
+        )  # fmt: skip
+        ctx.respond(("Rolled back: " if result.ok else "Not rolled back: ") + result.reason + ".")
+
     @command("/brandbot retrain")
     @require(admins=True)
     def retrain(self, event: CommandEvent, ctx: Context) -> None:

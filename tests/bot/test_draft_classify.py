@@ -310,3 +310,38 @@ def test_classify_command(bot: Served, fake_slack: FakeSlack, slack_signing_secr
     assert any(name.startswith("✓") for name in buttons_of(answer))
     empty = slash(bot, fake_slack, slack_signing_secret, "/classify", "", channel=TICKETS, user=TOM)
     assert "Usage" in wait(lambda: fake_slack.responses(empty))[0]["text"]
+
+
+def test_rollback_in_slack(
+    db: Database,
+    fake_slack: FakeSlack,
+    slack_signing_secret: str,
+    engine: LocalEngine,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    from bot.storage.models import Adapter
+    from bot.testkit.models import build_tiny_adapter
+    from plugins.admin import AdminPlugin
+
+    folder = build_tiny_adapter(
+        tiny_model_dir, tmp_path / "kk_copy-v3", served_name="brandbot-base"
+    )
+    client = LocalClient(engine)
+    client.load_adapter("kk_copy-v3", str(folder))
+    with db.session() as s:
+        ds = Datasets(s).get("kk_copy")
+        s.add(
+            Adapter(
+                dataset_id=ds.id, name="kk_copy-v3", version=3, status="active", path=str(folder)
+            )
+        )
+    fake_slack.add_user(MAYA, "maya")
+    with serve_bot(db, fake_slack, slack_signing_secret, [PluginEntry("admin", AdminPlugin)],
+                   admins=[MAYA], inference=client) as served:  # fmt: skip
+        rid = slash(served, fake_slack, slack_signing_secret, "/brandbot", "rollback kk_copy")
+        answer = wait(lambda: fake_slack.responses(rid))[0]["text"]
+    assert answer == "Rolled back: kk_copy now uses the base model."
+    assert "kk_copy-v3" not in {m.id for m in client.models()}
+    with db.session() as s:
+        assert s.scalars(select(Adapter)).one().status == "retired"
