@@ -107,6 +107,12 @@ def minhash_signature(
     """
     if num_perm < 1:
         raise ValueError("num_perm must be at least 1")
+    return _signature(text, num_perm, k)
+
+
+@lru_cache(maxsize=4096)
+def _signature(text: str, num_perm: int, k: int) -> tuple[int, ...]:
+    """The signature, cached: a message is looked up and then stored with the same keys."""
     hashed = [_shingle_hash(s) % _MERSENNE for s in shingles(text, k)]
     perms = _permutations(num_perm)
     if not hashed:
