@@ -1,0 +1,55 @@
+"""TrainConfig: per-task defaults and validation with clear errors."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from trainer.config import TrainConfig, defaults_for
+
+
+def test_draft_defaults_follow_the_design() -> None:
+    config = defaults_for("draft")
+    assert (config.rank, config.alpha) == (16, 32)
+    assert config.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert config.learning_rate == pytest.approx(4e-4)
+    assert config.epochs == 3
+    assert config.resolved_device() in {"cpu", "cuda"}
+
+
+def test_classify_defaults_train_longer_and_faster() -> None:
+    draft, classify = defaults_for("draft"), defaults_for("classify")
+    assert classify.epochs > draft.epochs
+    assert classify.learning_rate > draft.learning_rate
+    assert classify.min_examples >= draft.min_examples
+
+
+def test_overrides_apply_and_are_validated() -> None:
+    assert defaults_for("draft", epochs=1, threads=1).epochs == 1
+    with pytest.raises(ValidationError, match="rank"):
+        defaults_for("draft", rank=0)
+    with pytest.raises(ValidationError, match="extra"):
+        defaults_for("draft", learning_rat=1e-3)
+
+
+def test_unknown_task_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown task 'summarise'"):
+        defaults_for("summarise")
+
+
+def test_inconsistent_settings_say_what_to_change() -> None:
+    with pytest.raises(ValidationError, match="target_modules must name"):
+        TrainConfig(task="draft", target_modules=())
+    with pytest.raises(ValidationError, match="float32 on the CPU"):
+        TrainConfig(task="draft", device="cpu", dtype="bfloat16")
+
+
+def test_cpu_trains_in_fp32() -> None:
+    import torch
+
+    assert TrainConfig(task="draft", device="cpu").resolved_dtype() == torch.float32
+
+
+def test_config_is_plain_data() -> None:
+    config = defaults_for("classify")
+    assert TrainConfig.model_validate(config.model_dump()) == config

@@ -1,0 +1,426 @@
+"""LoRA training: a short, plain loop over length-bucketed micro-batches, with checkpoints.
+
+Why a hand-written loop instead of ``transformers.Trainer``/TRL: the loss is on answer tokens
+only, so the decoder runs to hidden states and the vocabulary projection (49k x 576 for SmolLM2,
+a third of the model's arithmetic per token) is applied only at the positions that predict an
+answer token. Prompt positions never produce logits. With length bucketing (little padding) this
+is where the speed comes from; see docs/training.md for the numbers.
+
+Contract of :func:`train_lora`: it takes examples and settings, writes a PEFT adapter folder that
+passes ``serving.adapters.lint_adapter`` (``base_model_name_or_path`` = the served model name, and
+``brandbot_adapter.json`` with the base weights' fingerprint), and returns a :class:`TrainResult`.
+With ``checkpoint_dir`` it saves its full state every ``config.checkpoint_every`` optimizer steps
+and, when called again with the same folder, config and examples, resumes from the last
+checkpoint: the result equals an uninterrupted run with the same seed (tested after SIGKILL).
+
+Several GPUs: the loop only touches the model through ``answer_loss``, the optimizer through
+``step``/``zero_grad`` and the loss through ``backward``, which is the surface an
+``accelerate.Accelerator`` wraps (``prepare(model, optimizer)``, ``accelerator.backward``, each
+process taking every ``world_size``-th micro-batch of a step); see docs/training.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import math
+import os
+import random
+import resource
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from serving.adapters import write_adapter_meta
+from trainer.config import TrainConfig
+from trainer.data import (
+    TokenizedDataset,
+    TooFewExamples,
+    TrainExample,
+    bucket_batches,
+    collate,
+    epoch_order,
+    tokenize_examples,
+)
+
+ProgressCallback = Callable[[int, int, float], None]
+CHECKPOINT_FORMAT = 1
+_KEEP_CHECKPOINTS = 2
+
+
+class ResumeMismatch(RuntimeError):
+    """The checkpoint folder belongs to a run with another config or other examples."""
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``losses`` has one mean answer-token loss per optimizer step (from
+    step 1, including steps done before a resume); ``real_tokens``/``tokens_per_s`` count
+    non-padding tokens processed by *this* call, ``computed_tokens`` the tokens that actually ran
+    through the model (a shared prefix runs once per micro-batch); ``peak_memory_mb`` is the
+    process's peak RSS on the CPU, or the peak CUDA allocation on a GPU."""
+
+    adapter_dir: Path
+    losses: list[float]
+    steps: int
+    real_tokens: int
+    tokens_per_s: float
+    duration_s: float
+    peak_memory_mb: float
+    example_count: int
+    answer_tokens: int = 0
+    computed_tokens: int = 0
+    resumed_from_step: int = 0
+    truncated: int = 0
+    dropped: list[int] = field(default_factory=list)
+
+
+# --- model --------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG the run touches (LoRA init, dropout, shuffles)."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_lora_model(base_dir: Path, config: TrainConfig) -> Any:
+    """The base model on ``config``'s device and dtype, frozen, with fresh LoRA modules."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    loader: Any = AutoModelForCausalLM
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download
+    device = config.resolved_device()
+    model = loader.from_pretrained(str(base_dir), dtype=config.resolved_dtype())
+    model.to(device)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_peft_model(model, lora)
+
+
+def answer_loss(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    targets: torch.Tensor,
+    prefix: int = 0,
+    *,
+    reduction: str = "sum",
+) -> torch.Tensor:
+    """Cross-entropy of the answer tokens, computing vocabulary logits only where needed.
+
+    ``model`` is a peft model or a plain causal LM. The decoder runs to hidden states; the rows at
+    ``positions`` (flat indices into ``[rows * width]``) go through the LM head. With
+    ``prefix > 0`` the first ``prefix`` tokens (the same in every row) run once, and their keys and
+    values serve every row's remaining tokens (not with gradient checkpointing, which drops the
+    cache: pass 0 then).
+    """
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, device = causal_lm.get_decoder(), causal_lm.device
+    ids, mask, positions = input_ids.to(device), attention_mask.to(device), positions.to(device)
+    if prefix > 0:
+        from transformers import DynamicCache
+
+        rows, width = ids.shape
+        cache = DynamicCache(config=causal_lm.config)
+        decoder(input_ids=ids[:1, :prefix], **{_cache_kwarg(decoder): cache}, use_cache=True)
+        layers: list[Any] = list(cache.layers)
+        for layer in layers:
+            layer.keys = layer.keys.expand(rows, -1, -1, -1)
+            layer.values = layer.values.expand(rows, -1, -1, -1)
+        hidden = decoder(
+            input_ids=ids[:, prefix:],
+            attention_mask=mask,
+            position_ids=torch.arange(prefix, width, device=device).expand(rows, -1),
+            use_cache=True,
+            **{_cache_kwarg(decoder): cache},
+        ).last_hidden_state
+        positions = (positions // width) * (width - prefix) + positions % width - prefix
+    else:
+        hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+    logits = causal_lm.get_output_embeddings()(picked).float()
+    return torch.nn.functional.cross_entropy(logits, targets.to(device), reduction=reduction)
+
+
+def _cache_kwarg(decoder: Any) -> str:
+    """transformers 5.x renamed ``past_key_values`` to ``cache``."""
+    params = inspect.signature(decoder.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cosine_with_warmup(total: int, warmup: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def plan_steps(data: TokenizedDataset, config: TrainConfig) -> tuple[list[Any], list[list[int]]]:
+    """The micro-batches and, per optimizer step, which of them it runs (in order).
+
+    Each epoch visits every micro-batch once in a seeded shuffle; ``grad_accum`` consecutive
+    micro-batches form a step (an epoch's last step may have fewer)."""
+    shared = 0 if config.gradient_checkpointing else data.shared_prefix
+    batches = bucket_batches([len(e) for e in data.examples], config.batch_tokens, shared)
+    steps: list[list[int]] = []
+    for epoch in range(config.epochs):
+        order = epoch_order(len(batches), config.seed, epoch)
+        steps += [order[i : i + config.grad_accum] for i in range(0, len(order), config.grad_accum)]
+    return batches, steps
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def _trainable(model: Any) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _run_key(data: TokenizedDataset, config: TrainConfig) -> str:
+    """Identifies config + data; a checkpoint is only resumed by the same run."""
+    digest = hashlib.sha256(
+        config.model_dump_json(exclude={"checkpoint_every", "threads"}).encode()
+    )
+    for example in data.examples:
+        digest.update(f"{example.answer_start}:{','.join(map(str, example.input_ids))};".encode())
+    return digest.hexdigest()
+
+
+def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` as ``ckpt-<step>.pt`` atomically (temp file, fsync, rename) and keep only
+    the newest few, so a kill at any moment leaves a complete checkpoint behind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"ckpt-{state['step']:07d}.pt"
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    with tmp.open("wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    with contextlib.suppress(OSError):  # make the rename durable too
+        fd = os.open(folder, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    for old in sorted(folder.glob("ckpt-*.pt"))[:-_KEEP_CHECKPOINTS]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(folder: Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint in ``folder`` (None if there is none)."""
+    for path in sorted(folder.glob("ckpt-*.pt"), reverse=True):
+        try:
+            state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: S112 - an unreadable file: fall back to the one before
+            continue
+        if state.get("format") == CHECKPOINT_FORMAT:
+            return state
+    return None
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+
+    numpy_state: Any = np.random.get_state()
+    kind, keys, pos, has_gauss, gauss = numpy_state
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
+
+
+def _state(
+    step: int,
+    key: str,
+    steps: list[list[int]],
+    params: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    losses: list[float],
+) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly where this one is."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "step": step,
+        "run_key": key,
+        "steps": steps,
+        "adapter": {n: p.detach().cpu().clone() for n, p in params.items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(),
+        "losses": list(losses),
+    }
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def train_lora(
+    base_dir: Path,
+    examples: Sequence[TrainExample],
+    config: TrainConfig,
+    out_dir: Path,
+    *,
+    served_model_name: str,
+    base_fingerprint: str,
+    progress: ProgressCallback | None = None,
+    checkpoint_dir: Path | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter on ``examples`` and save it to ``out_dir`` (which must not exist).
+
+    Raises :class:`~trainer.data.TooFewExamples` before loading the model when there are fewer
+    than ``config.min_examples`` usable examples, and :class:`ResumeMismatch` when
+    ``checkpoint_dir`` holds another run's checkpoints. ``progress(step, total_steps, loss)`` is
+    called after every optimizer step.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"the adapter folder {out_dir} already exists; names are not reused")
+    if len(examples) < config.min_examples:  # refuse before loading anything
+        raise TooFewExamples(len(examples), config.min_examples)
+    torch.set_num_threads(config.resolved_threads())
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    data = tokenize_examples(
+        tokenizer, examples, max_length=config.max_length, min_examples=config.min_examples
+    )
+    batches, steps = plan_steps(data, config)
+    seed_everything(config.seed)
+    model = load_lora_model(Path(base_dir), config)
+    model.train()
+    params = _trainable(model)
+    optimizer = torch.optim.AdamW(
+        list(params.values()), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    warmup = math.ceil(config.warmup_ratio * len(steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _cosine_with_warmup(len(steps), warmup)
+    )
+    key = _run_key(data, config)
+    losses: list[float] = []
+    first = 0
+    if checkpoint_dir is not None and (state := latest_checkpoint(checkpoint_dir)) is not None:
+        if state["run_key"] != key or state["steps"] != steps:
+            raise ResumeMismatch(
+                f"{checkpoint_dir} holds checkpoints of a run with another config or other "
+                "examples; use a fresh checkpoint folder"
+            )
+        with torch.no_grad():
+            for name, value in state["adapter"].items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        losses, first = list(state["losses"]), int(state["step"])
+
+    real_tokens = computed = 0
+    train_started = time.perf_counter()
+    for step in range(first, len(steps)):
+        group = [batches[b] for b in steps[step]]
+        n_answer = sum(data.examples[r].answer_tokens for b in group for r in b.rows)
+        step_loss = 0.0
+        for batch in group:
+            tensors = collate(data, batch, share_prefix=not config.gradient_checkpointing)
+            loss = answer_loss(model, *tensors) / n_answer
+            loss.backward()
+            step_loss += float(loss.detach())
+            real_tokens += int(tensors.attention_mask.sum())
+            computed += int(tensors.attention_mask[:, tensors.prefix :].sum()) + tensors.prefix
+        if config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+        if progress is not None:
+            progress(step + 1, len(steps), step_loss)
+        due = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0
+        if checkpoint_dir is not None and due and step + 1 < len(steps):
+            save_checkpoint(
+                checkpoint_dir, _state(step + 1, key, steps, params, optimizer, scheduler, losses)
+            )
+    train_time = time.perf_counter() - train_started
+
+    save_adapter(model, out_dir, served_model_name=served_model_name, fingerprint=base_fingerprint)
+    device = config.resolved_device()
+    return TrainResult(
+        adapter_dir=out_dir,
+        losses=losses,
+        steps=len(steps),
+        real_tokens=real_tokens,
+        tokens_per_s=real_tokens / train_time if train_time > 0 else 0.0,
+        duration_s=time.perf_counter() - started,
+        peak_memory_mb=peak_memory_mb(device),
+        example_count=len(data.examples),
+        computed_tokens=computed,
+        answer_tokens=data.answer_tokens,
+        resumed_from_step=first,
+        truncated=data.truncated,
+        dropped=data.dropped,
+    )
+
+
+def save_adapter(model: Any, out_dir: Path, *, served_model_name: str, fingerprint: str) -> Path:
+    """``save_pretrained`` into a temp sibling, add the fingerprint file, rename into place, so
+    ``out_dir`` is either absent or a complete adapter that the serving lint accepts."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.peft_config["default"].base_model_name_or_path = served_model_name
+        model.save_pretrained(str(tmp), save_embedding_layers=False)
+        write_adapter_meta(tmp, base_fingerprint=fingerprint, base_name=served_model_name)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked at the start)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
