@@ -83,8 +83,11 @@ class Worker:
         worker_id: str | None = None,
         config_overrides: dict[str, Any] | None = None,
         progress: Callable[[int, int, float], None] | None = None,
+        decide: Callable[..., Any] | None = None,
     ) -> None:
+        """``decide`` replaces the promotion rule (``trainer.promotion.decide_promotion``)."""
         self.settings = settings
+        self.decide = decide
         self.db = db
         self.client = client
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -262,7 +265,7 @@ class Worker:
             task, heldout, labels, rules, base.path, current_name, current_path, name, out_dir
         )
         base_sc, current_sc, new_sc = scorecards
-        decision = decide_promotion(current_sc, new_sc, base=base_sc)
+        decision = (self.decide or decide_promotion)(current_sc, new_sc, base=base_sc)
         metrics = {
             "base": base_sc.summary(),
             "current": current_sc.summary() if current_sc else None,
@@ -285,10 +288,13 @@ class Worker:
             promoted = False
             reason = decision.reason
             if decision.promote:
+                # It was loaded for the evaluation; deployment loads it again, with its checks.
+                self.client.unload_adapter(name)
                 outcome = promote(session, settings, self.client, adapter, actor="worker")
                 promoted = outcome.ok
                 if not outcome.ok:
                     reason = f"{decision.reason}; but deployment failed: {outcome.reason}"
+                    adapter.decision = reason
             if not promoted:
                 adapter.status = "rejected"
                 try:

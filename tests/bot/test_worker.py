@@ -146,3 +146,24 @@ def test_active_adapters_are_loaded_at_start(
     assert "kk_copy-v7" not in {m.id for m in worker.client.models()}
     load_active_adapters_soon(worker.settings, db, worker.client).join()
     assert "kk_copy-v7" in {m.id for m in worker.client.models()}
+
+
+def test_a_winning_adapter_is_deployed_and_becomes_active(setup: tuple[Worker, Database]) -> None:
+    from trainer.promotion import Decision
+
+    worker, db = setup
+    worker.decide = lambda current, candidate, base=None: Decision(True, "forced win", {})
+    with db.session() as s:
+        ds = Datasets(s).create("kk_tickets", "classify", labels=["billing", "refund_request"])
+        rows = [r for r in read_file(sample_dir() / "tickets.jsonl", "classify")
+                if getattr(r, "label", None) in ("billing", "refund_request")]  # fmt: skip
+        import_candidates(s, ds, rows)
+        Runs(s).enqueue(ds)
+    summary = worker.run_once()
+    assert summary is not None and summary.promoted, summary
+    with db.session() as s:
+        adapter = s.scalars(select(Adapter)).one()
+        assert adapter.status == "active" and adapter.promoted_at is not None
+        topics = [e.topic for e in s.scalars(select(OutboxEvent))]
+    assert "adapter.promoted" in topics
+    assert adapter.name in {m.id for m in worker.client.models()}
