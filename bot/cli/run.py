@@ -169,7 +169,7 @@ def demo(
 ) -> None:
     """The whole loop, scripted and offline, on the sample brand: approvals, a draft and tickets
     from the base model, retraining on the CPU with reports and charts, then the same brief and
-    tickets with the tuned adapters. About 10-15 minutes on 2 CPU cores (--smoke: about one)."""
+    tickets with the tuned adapters. About 8-15 minutes on 2 CPU cores (--smoke: under one)."""
     from bot.demo import run_demo
 
     run_demo(data_dir, smoke=smoke)
