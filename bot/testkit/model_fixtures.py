@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.testkit.models import build_tiny_llama, extract_bundled_tokenizer
+from bot.testkit.plugin import require_in_ci
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +20,7 @@ def bundled_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         return extract_bundled_tokenizer(tmp_path_factory.mktemp("tokenizer"))
     except FileNotFoundError as exc:  # BaseModelMissing: the bundled model is not installed
-        pytest.skip(str(exc))
+        require_in_ci(str(exc))
 
 
 @pytest.fixture(scope="session")

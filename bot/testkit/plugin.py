@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -24,6 +25,14 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def require_in_ci(reason: str) -> NoReturn:
+    """Skip a test whose prerequisite is missing, but fail it under ``CI=true``: in CI a
+    missing part must never pass silently."""
+    if _in_ci():
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresCluster]:
     cluster = PostgresCluster()
@@ -31,9 +40,7 @@ def postgres_server() -> Iterator[PostgresCluster]:
         cluster.start()
     except PostgresUnavailable as exc:
         cluster.stop()
-        if _in_ci():
-            pytest.fail(f"PostgreSQL is required in CI: {exc}")
-        pytest.skip(f"PostgreSQL not available: {exc}")
+        require_in_ci(f"PostgreSQL not available: {exc}")
     try:
         yield cluster
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.testkit.plugin import require_in_ci
 from serving.base_model import (
     FINGERPRINT_FILE,
     BaseModelMissing,
@@ -70,7 +71,7 @@ def test_bundled_gguf_converts_once_and_atomically(tmp_path: Path) -> None:
     try:
         gguf = find_bundled_gguf()
     except BaseModelMissing as exc:
-        pytest.skip(str(exc))
+        require_in_ci(str(exc))
     models = tmp_path / "models"
     code = "import sys; from pathlib import Path; from serving.base_model import resolve_base_model; resolve_base_model(None, Path(sys.argv[1]))"
     proc = subprocess.Popen(
