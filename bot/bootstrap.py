@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Connection, func, select, text
 
@@ -78,12 +80,36 @@ class OutboxPump:
         self._stop.set()
 
 
+#: APScheduler's job table in the bot's database. It belongs to APScheduler, which creates it;
+#: Alembic leaves it alone (bot/migrations/env.py).
+JOBS_TABLE = "apscheduler_jobs"
+
+#: A leader that was down (a restart, a failover) runs each missed job once, however late
+#: (``coalesce``: N missed fire times make one run; no grace limit: a late retraining still has
+#: examples to learn from), and never twice at the same time.
+JOB_DEFAULTS: dict[str, Any] = {"coalesce": True, "misfire_grace_time": None, "max_instances": 1}
+
+# The leader running the schedule in this process: the persistent jobs are module-level
+# functions with plain arguments (APScheduler pickles them), so they find it here.
+_leading: SchedulerLeader | None = None
+
+
 class SchedulerLeader:
-    """Runs the plugins' ``@schedule`` handlers in exactly one replica.
+    """Runs the schedules (each dataset's retraining cron and the plugins' ``@schedule``
+    handlers) in exactly one replica.
 
     On PostgreSQL the replica holding a session-level advisory lock (on a connection it keeps
-    open) is the leader; the others retry every ``retry`` seconds. On SQLite there is one
-    process, which leads.
+    open) is the leader; on the others :meth:`start` returns False and may be called again to
+    take over. On SQLite there is one process, which leads.
+
+    The jobs live in APScheduler's persistent ``SQLAlchemyJobStore`` (table ``apscheduler_jobs``
+    in the bot's database), so their next fire times survive a restart or a failover to another
+    replica: a fire time missed while no leader ran is caught up once when the next one starts
+    (``JOB_DEFAULTS``). Only the lock holder ever opens the store (APScheduler 3 job stores must
+    not be shared). Stored jobs are ``run_dataset_schedule(name)`` and
+    ``run_plugin_schedule(name)``; at start and then every minute they are reconciled with the
+    datasets' schedules and the loaded plugins, and a job is only replaced when its schedule
+    changed (replacing resets its next fire time). One leader runs per process at a time.
     """
 
     def __init__(
@@ -91,9 +117,15 @@ class SchedulerLeader:
     ) -> None:
         self.runtime = runtime
         self.db = db
-        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.scheduler = BackgroundScheduler(
+            timezone="UTC",
+            jobstores={
+                "default": SQLAlchemyJobStore(engine=db.engine, tablename=JOBS_TABLE),
+                "local": MemoryJobStore(),  # the reconciliation job: this process's own
+            },
+            job_defaults=JOB_DEFAULTS,
+        )
         self._conn: Connection | None = None
-        self._specs: dict[str, tuple[str, str]] = {}
         self.on_leader = on_leader
 
     def try_lead(self) -> bool:
@@ -108,59 +140,69 @@ class SchedulerLeader:
         return bool(got)
 
     def start(self) -> bool:
-        """Start scheduling if this replica leads; True if it does."""
+        """Start scheduling if this replica leads; True if it does. The stored jobs are
+        reconciled while the scheduler is paused, so a job is caught up under its current
+        schedule, and only then do due jobs run."""
+        global _leading
         if not self.try_lead():
             return False
+        _leading = self
+        self.scheduler.start(paused=True)
+        self.sync_plugin_schedules()
         self.sync_dataset_schedules()
         self.scheduler.add_job(
-            self.sync_dataset_schedules,
-            "interval",
-            minutes=1,
-            id="brandbot:sync",
-            replace_existing=True,
-        )
-        for bound in self.runtime.scheduled():
-            self.scheduler.add_job(
-                self.runtime.run_scheduled,
-                cron_trigger(bound.spec.key, "UTC"),
-                args=[bound],
-                id=bound.name,
-                replace_existing=True,
-            )
-        self.scheduler.start()
+            self.sync_dataset_schedules, "interval", minutes=1, id="brandbot:sync",
+            jobstore="local", replace_existing=True,
+        )  # fmt: skip
+        self.scheduler.resume()
         if self.on_leader:
             self.on_leader()
         return True
 
+    def sync_plugin_schedules(self) -> None:
+        """One stored cron job per plugin ``@schedule`` handler; jobs of plugins no longer
+        loaded are removed."""
+        wanted = {f"plugin:{b.name}": (b.name, b.spec.key, "UTC") for b in self.runtime.scheduled()}
+        self._reconcile("plugin:", wanted, run_plugin_schedule)
+
     def sync_dataset_schedules(self) -> None:
-        """One cron job per dataset (its schedule and time zone), kept in step with the
+        """One stored cron job per dataset (its schedule and time zone), kept in step with the
         database as admins change them."""
         from bot.storage.models import Dataset
 
-        wanted: dict[str, tuple[str, str]] = {}
         with self.db.session() as session:
-            for dataset in session.scalars(select(Dataset)):
-                wanted[f"dataset:{dataset.name}"] = (
-                    dataset.schedule_cron,
-                    dataset.schedule_timezone,
-                )
-        for job in self.scheduler.get_jobs():
-            if job.id.startswith("dataset:") and job.id not in wanted:
+            wanted = {
+                f"dataset:{d.name}": (d.name, d.schedule_cron, d.schedule_timezone)
+                for d in session.scalars(select(Dataset))
+            }
+        self._reconcile("dataset:", wanted, run_dataset_schedule)
+
+    def _reconcile(
+        self, prefix: str, wanted: dict[str, tuple[str, str, str]], func: Callable[[str], Any]
+    ) -> None:
+        for job in self.scheduler.get_jobs(jobstore="default"):
+            if job.id.startswith(prefix) and job.id not in wanted:
                 job.remove()
-                self._specs.pop(job.id, None)
-        for job_id, (cron, tz) in wanted.items():
-            existing = self.scheduler.get_job(job_id)
-            if existing is not None and self._specs.get(job_id) == (cron, tz):
+        for job_id, (name, cron, tz) in wanted.items():
+            try:
+                trigger = cron_trigger(cron, tz)
+            except (ValueError, LookupError) as exc:  # stored before validation; keep the rest
+                log.error("schedule of %s (%r, %s) is invalid: %s", job_id, cron, tz, exc)
+                continue
+            existing = self.scheduler.get_job(job_id, jobstore="default")
+            if existing is not None and repr(existing.trigger) == repr(trigger):
                 continue
             self.scheduler.add_job(
-                scheduled_run, cron_trigger(cron, tz), args=[self.db, job_id.split(":", 1)[1]],
-                id=job_id, replace_existing=True, misfire_grace_time=3600,
+                func, trigger, args=[name], id=job_id, name=f"{job_id} {cron} {tz}",
+                jobstore="default", replace_existing=True,
             )  # fmt: skip
-            self._specs[job_id] = (cron, tz)
 
     def stop(self) -> None:
+        global _leading
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        if _leading is self:
+            _leading = None
         if self._conn is not None:
             # Pooled connections stay open: release the session-level lock explicitly.
             try:
@@ -170,6 +212,26 @@ class SchedulerLeader:
                 self._conn.invalidate()
             self._conn.close()
             self._conn = None
+
+
+def run_dataset_schedule(dataset_name: str) -> str:
+    """The stored job of a dataset's schedule: :func:`scheduled_run` on the leader's database."""
+    leader = _leading
+    if leader is None:  # the scheduler stopped while the job was being submitted
+        return "no scheduler leads in this process"
+    return scheduled_run(leader.db, dataset_name)
+
+
+def run_plugin_schedule(handler: str) -> str:
+    """The stored job of a plugin's ``@schedule`` handler (``Plugin.method``)."""
+    leader = _leading
+    if leader is None:
+        return "no scheduler leads in this process"
+    for bound in leader.runtime.scheduled():
+        if bound.name == handler:
+            leader.runtime.run_scheduled(bound)
+            return "ran"
+    return "no such handler"
 
 
 def scheduled_run(db: Database, dataset_name: str, now: dt.datetime | None = None) -> str:
