@@ -27,12 +27,14 @@ from bot.storage.models import (
     NearDupKey,
     OptOut,
     Prediction,
+    Suggestion,
     TrainingRun,
 )
 from bot.storage.repositories import Audit
 from trainer.cleaning import content_hash, normalize_text, slack_message_key, split_for, text_key
 
 MIN_TEXT_CHARS = 3
+TICKET_PROMPTS = ("ticket", "suggestion")  # prompt sources that hold a support ticket's text
 
 Scrubber = Callable[[str], str]
 
@@ -423,26 +425,35 @@ def forget_user(session: Session, user_id: str, actor: str | None) -> dict[str, 
         update(Prediction).where(Prediction.author_id == user_id).values(text=None)
     ).rowcount  # type: ignore[attr-defined]
     session.execute(delete(Approval).where(Approval.user_id == user_id))
+    tickets = session.execute(
+        update(Suggestion)
+        .where(Suggestion.author_id == user_id)
+        .values(ticket_text=None, text=None, final_text=None)
+    ).rowcount  # type: ignore[attr-defined]
+    tickets += session.execute(
+        update(Suggestion).where(Suggestion.resolved_by == user_id).values(final_text=None)
+    ).rowcount  # type: ignore[attr-defined]
     counts = {
         "examples": len(example_ids),
         "drafts": int(drafts or 0),
         "predictions": int(predictions or 0),
+        "suggestions": int(tickets or 0),
         "adapters_flagged": int(flagged),
     }
     Audit(session).record(
         "user.forget", actor=actor, subject=user_id, examples=counts["examples"],
         drafts=counts["drafts"], predictions=counts["predictions"],
-        adapters_flagged=counts["adapters_flagged"],
+        suggestions=counts["suggestions"], adapters_flagged=counts["adapters_flagged"],
     )  # fmt: skip
     return counts
 
 
 def purge_ticket_text(session: Session, older_than: dt.datetime) -> dict[str, int]:
-    """Delete classify examples and prediction text older than the retention cut-off."""
+    """Delete ticket text older than the retention cut-off: classify examples, reply examples
+    (their prompt is the ticket), and the ticket text kept with predictions and suggestions."""
+    holds_ticket = (Example.task == "classify") | Example.prompt_source.in_(TICKET_PROMPTS)
     old_ids = list(
-        session.scalars(
-            select(Example.id).where(Example.task == "classify", Example.created_at < older_than)
-        )
+        session.scalars(select(Example.id).where(holds_ticket, Example.created_at < older_than))
     )
     if old_ids:
         session.execute(delete(Example).where(Example.id.in_(old_ids)))
@@ -451,11 +462,20 @@ def purge_ticket_text(session: Session, older_than: dt.datetime) -> dict[str, in
         .where(Prediction.created_at < older_than, Prediction.text.is_not(None))
         .values(text=None)
     ).rowcount  # type: ignore[attr-defined]
-    counts = {"examples": len(old_ids), "predictions": int(predictions or 0)}
+    suggestions = session.execute(
+        update(Suggestion)
+        .where(Suggestion.created_at < older_than, Suggestion.ticket_text.is_not(None))
+        .values(ticket_text=None)
+    ).rowcount  # type: ignore[attr-defined]
+    counts = {
+        "examples": len(old_ids),
+        "predictions": int(predictions or 0),
+        "suggestions": int(suggestions or 0),
+    }
     if any(counts.values()):
         Audit(session).record(
             "retention.purge", before=older_than.isoformat(), examples=counts["examples"],
-            predictions=counts["predictions"],
+            predictions=counts["predictions"], suggestions=counts["suggestions"],
         )  # fmt: skip
     return counts
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,7 +22,7 @@ USER_RE = re.compile(r"^[UW][A-Z0-9]{2,31}$")
 GROUP_RE = re.compile(r"^S[A-Z0-9]{2,31}$")
 
 Task = Literal["draft", "classify"]
-ReplyMode = Literal["off", "suggest", "thread"]
+ReplyMode = Literal["off", "thread", "ephemeral"]
 
 
 class DatasetError(ValueError):
@@ -60,6 +61,7 @@ class DatasetFields(BaseModel):
     required_words: list[str] | None = None
     ticket_channels: list[str] | None = None
     reply_mode: ReplyMode | None = None
+    reply_channel_modes: dict[str, ReplyMode] | None = None
     report_channel: str | None = None
     schedule_cron: str | None = None
     schedule_timezone: str | None = None
@@ -75,6 +77,17 @@ class DatasetFields(BaseModel):
             if not CHANNEL_RE.match(v):
                 raise ValueError(f"{v!r} is not a Slack channel id (like C0123ABCD)")
         return list(dict.fromkeys(value))
+
+    @field_validator("reply_channel_modes")
+    @classmethod
+    def _reply_channels(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        clean = {k.strip().lstrip("#"): v for k, v in value.items() if k.strip()}
+        for channel in clean:
+            if not CHANNEL_RE.match(channel):
+                raise ValueError(f"{channel!r} is not a Slack channel id (like C0123ABCD)")
+        return clean
 
     @field_validator("report_channel")
     @classmethod
@@ -184,18 +197,46 @@ class DatasetSpec(DatasetFields):
         return check_name(value)
 
     @model_validator(mode="after")
-    def _classify_needs_labels(self) -> DatasetSpec:
-        check_consistency(self.task, self.labels or [], self.label_emoji or {})
+    def _consistent(self) -> DatasetSpec:
+        check_consistency(
+            self.task, self.labels or [], self.label_emoji or {},
+            ticket_channels=self.ticket_channels or [], reply_mode=self.reply_mode or "off",
+            reply_channel_modes=self.reply_channel_modes or {},
+        )  # fmt: skip
         return self
 
 
-def check_consistency(task: str, labels: list[str], label_emoji: dict[str, str]) -> None:
-    """Classify datasets map emoji to their own labels; draft datasets have none."""
+def check_consistency(
+    task: str,
+    labels: list[str],
+    label_emoji: dict[str, str],
+    *,
+    ticket_channels: list[str] | None = None,
+    reply_mode: str = "off",
+    reply_channel_modes: Mapping[str, str] | None = None,
+) -> None:
+    """Classify datasets map emoji to their own labels; draft datasets have none.
+
+    Suggested replies come from a *draft* dataset tied to ticket channels (a classify dataset
+    labels tickets; it does not write), and a per-channel reply mode names one of those channels.
+    """
     if task == "draft" and labels:
         raise DatasetError("labels: only classify datasets have labels")
     unknown = sorted({v for v in label_emoji.values() if v not in labels})
     if unknown:
         raise DatasetError(f"label_emoji: maps to unknown labels {', '.join(unknown)}")
+    modes = reply_channel_modes or {}
+    suggests = reply_mode != "off" or any(m != "off" for m in modes.values())
+    if task != "draft" and suggests:
+        raise DatasetError(
+            "reply_mode: only draft datasets suggest replies; create a draft dataset with "
+            "these ticket_channels for the replies"
+        )
+    stray = sorted(set(modes) - set(ticket_channels or []))
+    if stray:
+        raise DatasetError(
+            f"reply_channel_modes: {', '.join(stray)} is not one of the ticket_channels"
+        )
 
 
 def validation_message(exc: ValidationError) -> str:

@@ -62,6 +62,12 @@ class LazyInference(InferenceClient):
     def models(self) -> list[ModelInfo]:
         return self.client.models()
 
+    def count_tokens(self, messages: Sequence[Any]) -> int:
+        return self.client.count_tokens(messages)
+
+    def max_model_len(self) -> int | None:
+        return self.client.max_model_len()
+
     def load_adapter(self, name: str, path: str) -> None:
         self.client.load_adapter(name, path)
 

@@ -21,7 +21,8 @@ USAGE = (
     "`/brandbot datasets` lists them; `/brandbot datasets NAME` shows one; admins: "
     "`/brandbot datasets create NAME draft|classify` and "
     "`/brandbot datasets update NAME field=value ...` (lists comma-separated, "
-    'label_emoji=emoji:label,..., quote values with spaces: system_prompt="Be kind.")'
+    "label_emoji=emoji:label,..., reply_channel_modes=channel:mode,..., quote values with "
+    'spaces: system_prompt="Be kind.")'
 )
 
 
@@ -39,11 +40,12 @@ def parse_assignments(words: list[str]) -> dict[str, Any]:
             if not value.strip().isdigit():
                 raise DatasetError(f"{key}: expected a number, got {value!r}")
             raw[key] = int(value)
-        elif key == "label_emoji":
+        elif key in ("label_emoji", "reply_channel_modes"):
             pairs = [p.split(":") if ":" in p else p.split("=") for p in value.split(",") if p]
             if any(len(p) != 2 for p in pairs):
-                raise DatasetError("label_emoji: expected emoji:label pairs")
-            raw[key] = {e.strip(): lbl.strip() for e, lbl in pairs}
+                shape = "emoji:label" if key == "label_emoji" else "channel:mode"
+                raise DatasetError(f"{key}: expected {shape} pairs")
+            raw[key] = {e.strip(): v.strip() for e, v in pairs}
         elif key == "schedule":
             raw["schedule_cron"] = value
         elif key == "timezone":
@@ -217,6 +219,9 @@ class AdminPlugin(Plugin):
             dataset.task,
             fields.get("labels", dataset.labels),
             fields.get("label_emoji", dataset.label_emoji),
+            ticket_channels=fields.get("ticket_channels", dataset.ticket_channels),
+            reply_mode=fields.get("reply_mode", dataset.reply_mode),
+            reply_channel_modes=fields.get("reply_channel_modes", dataset.reply_channel_modes),
         )
         repo.update(dataset, **fields)
         ctx.respond(f"Updated `{dataset.name}`: {', '.join(sorted(fields))}.")

@@ -2,7 +2,8 @@
 channels is classified (constrained to the label set) and answered in its thread with the label,
 the confidence and buttons to confirm or pick another; below the confidence threshold it asks
 instead of asserting. ``/classify <text>`` does the same on demand. Confirmations and
-corrections become labelled examples.
+corrections become labelled examples. Each classified ticket publishes ``ticket.classified``
+(label None when the model could not be reached), which the replies plugin waits for.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from bot.collection import Collector
 from bot.plugin import (
@@ -28,9 +30,10 @@ from bot.plugin import (
     on_event,
     on_message,
 )
+from bot.replies import fit_ticket
 from bot.storage.models import Dataset, Prediction, utcnow
-from bot.storage.repositories import Adapters
-from serving.client import InferenceUnavailable
+from bot.storage.repositories import Adapters, Outbox
+from serving.client import InferenceError, InferenceUnavailable
 
 log = logging.getLogger("brandbot.classify")
 MAX_TICKET = 8000
@@ -113,9 +116,17 @@ class ClassifyPlugin(Plugin):
         with services.db.session() as session:
             adapter = Adapters(session).active(dataset.id)
             model = adapter.name if adapter else None
-        result = services.inference.classify(
-            ticket_messages(dataset, text), dataset.labels, model=model
-        )
+        messages = ticket_messages(dataset, text)
+        limit = services.inference.max_model_len()
+        if limit:  # a ticket longer than the context is judged on its start and end
+            longest = max(len(label) for label in dataset.labels) + 8
+            fitted, _ = fit_ticket(
+                text, None,
+                lambda t: int(services.inference.count_tokens(ticket_messages(dataset, t))),
+                limit - longest,
+            )  # fmt: skip
+            messages = ticket_messages(dataset, fitted)
+        result = services.inference.classify(messages, dataset.labels, model=model)
         return result, model
 
     def classify_ticket(self, services: Services, prediction_id: int) -> None:
@@ -127,8 +138,10 @@ class ClassifyPlugin(Plugin):
             session.expunge_all()
         try:
             result, model = self._classify(services, dataset, prediction.text or "")
-        except InferenceUnavailable as exc:
+        except (InferenceUnavailable, InferenceError) as exc:
             log.warning("ticket %s not classified: %s", prediction_id, exc)
+            with services.db.session() as session:
+                self._classified(session, prediction, None)
             return
         with services.db.session() as session:
             row = session.get(Prediction, prediction_id)
@@ -139,7 +152,17 @@ class ClassifyPlugin(Plugin):
             text = verdict(row, self.cfg.confidence_threshold)
             buttons = label_buttons(row, dataset.labels)
             channel, ts = row.channel_id or "", row.message_ts
+            self._classified(session, row, result.label)
         services.chat.post(channel, text, thread_ts=ts, buttons=buttons)
+
+    @staticmethod
+    def _classified(session: Session, prediction: Prediction, label: str | None) -> None:
+        """Tell other plugins (suggested replies) the ticket's label; None: it has none."""
+        Outbox(session).publish(
+            "ticket.classified",
+            {"prediction_id": prediction.id, "channel": prediction.channel_id,
+             "ts": prediction.message_ts, "label": label},
+        )  # fmt: skip
 
     @command("/classify")
     def classify_now(self, event: CommandEvent, ctx: Context) -> None:
@@ -164,6 +187,9 @@ class ClassifyPlugin(Plugin):
             result, model = self._classify(ctx.services, dataset, text)
         except InferenceUnavailable as exc:
             ctx.respond(f"The model server is unreachable right now ({exc}). Try again soon.")
+            return
+        except InferenceError as exc:
+            ctx.respond(f"The model server refused this ticket: {exc}")
             return
         prediction = Prediction(
             dataset_id=dataset.id, author_id=event.user_id, text=text, label=result.label,

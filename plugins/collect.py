@@ -3,6 +3,8 @@
 Reactions by a dataset's approvers in its channels add examples (approve emoji), negative
 examples (reject emoji) or labelled tickets (label emoji); removing the last one, deleting the
 message or editing it updates the example. People can opt out, and admins can erase a person.
+In a reply dataset's ticket channels, an approved answer in a ticket's thread becomes a
+(ticket -> answer) example whose prompt is built as the replies plugin asks (bot.replies).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from bot.collection import Collector, forget_user, purge_ticket_text
 from bot.plugin import (
+    ChatMessage,
     CommandEvent,
     Context,
     InternalEvent,
@@ -35,7 +38,8 @@ from bot.plugin import (
     require,
     schedule,
 )
-from bot.storage.models import ChannelNotice, Dataset, Example, OptOut, utcnow
+from bot.replies import reply_mode, reply_prompt
+from bot.storage.models import ChannelNotice, Dataset, Example, OptOut, Prediction, utcnow
 from bot.storage.repositories import Audit
 
 log = logging.getLogger("brandbot.collect")
@@ -104,7 +108,7 @@ class CollectPlugin(Plugin):
     def _role(dataset: Dataset, emoji: str, channel: str) -> tuple[str, str | None] | None:
         if dataset.task == "classify" and emoji in dataset.label_emoji:
             return "label", dataset.label_emoji[emoji]
-        if channel not in dataset.channels:
+        if channel not in dataset.channels and reply_mode(dataset, channel) == "off":
             return None
         if emoji in dataset.approve_emoji and dataset.task == "draft":
             return "approve", None
@@ -154,10 +158,17 @@ class CollectPlugin(Plugin):
             return
         draft_brief = self._draft_brief(ctx, channel, event.message_ts)
         for dataset, kind, label in allowed:
+            prompt, source = draft_brief, "draft" if draft_brief else None
+            if channel not in dataset.channels:  # a reply dataset, in a ticket channel
+                if message.parent is None:
+                    self._tell(ctx, event, f"In a ticket channel, {dataset.name} learns from "
+                               "answers: react to a reply in the ticket's thread.")  # fmt: skip
+                    continue
+                prompt = reply_prompt(message.parent.text, self._ticket_label(ctx, message.parent))
+                source = "ticket"
             outcome = collector.approve(
                 dataset, message, approver=event.user_id, emoji=event.reaction, kind=kind,
-                workspace=event.team_id or "", label=label,
-                prompt=draft_brief, prompt_source="draft" if draft_brief else None,
+                workspace=event.team_id or "", label=label, prompt=prompt, prompt_source=source,
             )  # fmt: skip
             if outcome.status == "refused" or outcome.status == "duplicate":
                 self._tell(ctx, event, f"Not added to {dataset.name}: {outcome.reason}.")
@@ -165,6 +176,20 @@ class CollectPlugin(Plugin):
                 if outcome.needs_brief:
                     ctx.publish("example.needs_brief", {"example_id": outcome.example_id})
                 self._tell(ctx, event, collector.summary_line(dataset))
+
+    @staticmethod
+    def _ticket_label(ctx: Context, ticket: ChatMessage) -> str | None:
+        """The ticket's label as people confirmed or corrected it, else as predicted."""
+        prediction = ctx.session.scalars(
+            select(Prediction).where(
+                Prediction.channel_id == ticket.channel_id,
+                Prediction.message_ts == ticket.ts,
+                Prediction.status != "queued",
+            )
+        ).first()
+        if prediction is None:
+            return None
+        return prediction.corrected_label or prediction.label or None
 
     @staticmethod
     def _draft_brief(ctx: Context, channel: str, ts: str) -> str | None:
@@ -250,8 +275,8 @@ class CollectPlugin(Plugin):
         counts = forget_user(ctx.session, user, event.user_id)
         ctx.respond(
             f"Erased <@{user}>: {counts['examples']} examples, {counts['drafts']} drafts, "
-            f"{counts['predictions']} ticket texts; {counts['adapters_flagged']} adapters "
-            "flagged for retraining."
+            f"{counts['predictions'] + counts['suggestions']} ticket texts; "
+            f"{counts['adapters_flagged']} adapters flagged for retraining."
         )
 
     # ---- labels and briefs -------------------------------------------------------------

@@ -30,6 +30,7 @@ from bot.plugin import (
     on_action,
     on_view_submission,
 )
+from bot.replies import is_reply_dataset
 from bot.storage.models import Dataset, Draft, utcnow
 from bot.storage.repositories import Adapters
 from serving.client import InferenceUnavailable
@@ -105,8 +106,9 @@ class DraftPlugin(Plugin):
                 return f"There is no draft dataset `{name}`. Draft datasets: {known}."
             return found[0]
         here = [d for d in drafts if event.channel_id in d.channels]
-        if len(here) == 1 or len(drafts) == 1:
-            return (here or drafts)[0]
+        copy = [d for d in drafts if not is_reply_dataset(d)] or drafts  # replies: by name only
+        if len(here) == 1 or len(copy) == 1:
+            return (here or copy)[0]
         if not drafts:
             return (
                 "There is no draft dataset yet: an admin can create one with "

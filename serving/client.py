@@ -75,6 +75,7 @@ class ModelInfo:
     id: str
     parent: str | None = None
     root: str | None = None
+    max_model_len: int | None = None
 
 
 def classification(labels: Sequence[str], summed: Sequence[float]) -> Classification:
@@ -134,6 +135,15 @@ class InferenceClient(ABC):
 
     @abstractmethod
     def models(self) -> list[ModelInfo]: ...
+
+    @abstractmethod
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Prompt tokens of ``messages`` with the chat template and the generation prompt."""
+
+    def max_model_len(self) -> int | None:
+        """The served context length (prompt plus completion), when the server says."""
+        lengths = [m.max_model_len for m in self.models() if m.max_model_len]
+        return min(lengths) if lengths else None
 
     @abstractmethod
     def load_adapter(self, name: str, path: str) -> None: ...
@@ -222,12 +232,16 @@ class LocalClient(InferenceClient):
         return classification(names, summed)
 
     def models(self) -> list[ModelInfo]:
-        base = ModelInfo(self.engine.served_name, None, str(self.engine.model_path))
+        limit = self.engine.max_model_len
+        base = ModelInfo(self.engine.served_name, None, str(self.engine.model_path), limit)
         adapters = [
-            ModelInfo(name, self.engine.served_name, path)
+            ModelInfo(name, self.engine.served_name, path, limit)
             for name, path in self.engine.adapters.items()
         ]
         return [base, *adapters]
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return len(self.engine.chat_prompt(list(messages)))
 
     def load_adapter(self, name: str, path: str) -> None:
         _local(lambda: self.engine.load_adapter(name, path))
@@ -455,7 +469,13 @@ class HttpClient(InferenceClient):
 
     def models(self) -> list[ModelInfo]:
         data = self._json("GET", "/v1/models")
-        return [ModelInfo(m["id"], m.get("parent"), m.get("root")) for m in data.get("data", [])]
+        return [
+            ModelInfo(m["id"], m.get("parent"), m.get("root"), m.get("max_model_len"))
+            for m in data.get("data", [])
+        ]
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return len(self._tokenize(list(messages), add_generation_prompt=True))
 
     def load_adapter(self, name: str, path: str) -> None:
         self._request("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})

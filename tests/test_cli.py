@@ -36,7 +36,7 @@ def test_datasets_create_update_list_show(cli: CliRunner) -> None:
         "datasets", "update", "acme_tickets",
         "--label-emoji", "credit_card=billing,:money_with_wings:=refund",
         "--approvers", "U0AAA1111", "--approver-groups", "S0GRP1",
-        "--ticket-channels", "C0123ABCD", "--reply-mode", "suggest",
+        "--ticket-channels", "C0123ABCD",
         "--report-channel", "C0REPORTS", "--schedule", "0 7 * * 1",
         "--timezone", "Europe/London", "--min-new-examples", "25",
         "--system-prompt", "Classify tickets.", "--description", "support tickets",
@@ -57,6 +57,16 @@ def test_datasets_create_update_list_show(cli: CliRunner) -> None:
     ).json()  # fmt: skip
     assert copy["banned_words"] == ["cheap", "synergy"]
     assert copy["max_length"] == 280
+    replies = cli(
+        "datasets", "update", "acme_copy", "--ticket-channels", "C0123ABCD,C0456EFGH",
+        "--reply-mode", "thread", "--reply-channel-modes", "C0456EFGH=ephemeral", "--json",
+    ).json()  # fmt: skip
+    assert replies["reply_mode"] == "thread"
+    assert replies["reply_channel_modes"] == {"C0456EFGH": "ephemeral"}
+    refused = cli("datasets", "update", "acme_tickets", "--reply-mode", "thread")
+    assert refused.code != 0 and "only draft datasets suggest replies" in refused.err
+    stray = cli("datasets", "update", "acme_copy", "--reply-channel-modes", "C0999ZZZZ=thread")
+    assert stray.code != 0 and "not one of the ticket_channels" in stray.err
     listed = cli("datasets", "list", "--json").json()
     assert [d["name"] for d in listed["datasets"]] == ["acme_copy", "acme_tickets"]
     shown = cli("datasets", "show", "acme_tickets", "--json").json()
@@ -166,7 +176,7 @@ def test_run_sets_everything_up_without_a_terminal(cli: CliRunner, tmp_path: Pat
     assert first.code == 0, first.err
     report = first.json()
     names = {d["name"]: d for d in report["datasets"]}
-    assert set(names) == {"kk_copy", "kk_tickets"}
+    assert set(names) == {"kk_copy", "kk_tickets", "kk_replies"}
     assert names["kk_copy"]["examples"] >= 60
     assert names["kk_tickets"]["examples"] >= 400
     assert names["kk_tickets"]["labels"] == 10
@@ -242,7 +252,7 @@ def test_forget_examples_and_stats_through_the_cli(cli: CliRunner, tmp_path: Pat
     assert stats["new_since_last_training"] == 400
     gone = cli("forget", "--user", "U0NOBODY1", "--json").json()
     assert gone == {"user": "U0NOBODY1", "examples": 0, "drafts": 0, "predictions": 0,
-                    "adapters_flagged": 0}  # fmt: skip
+                    "suggestions": 0, "adapters_flagged": 0}  # fmt: skip
 
 
 def test_report_prints_production_signals(cli: CliRunner) -> None:

@@ -47,7 +47,7 @@ def split_list(value: str | None) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def parse_map(value: str | None) -> dict[str, str] | None:
+def parse_map(value: str | None, what: str = "emoji=label") -> dict[str, str] | None:
     """``"emoji=label,other=label2"`` -> a dict; ``""`` clears the map."""
     if value is None:
         return None
@@ -55,6 +55,6 @@ def parse_map(value: str | None) -> dict[str, str] | None:
     for part in split_list(value) or []:
         key, sep, val = part.partition("=")
         if not sep or not key.strip() or not val.strip():
-            raise CliError(f"expected emoji=label pairs separated by commas, got {part!r}")
+            raise CliError(f"expected {what} pairs separated by commas, got {part!r}")
         result[key.strip()] = val.strip()
     return result

@@ -43,6 +43,7 @@ FIELDS = (
     "required_words",
     "ticket_channels",
     "reply_mode",
+    "reply_channel_modes",
     "report_channel",
     "schedule_cron",
     "schedule_timezone",
@@ -73,6 +74,7 @@ def _field_options(
     required_words: str | None,
     ticket_channels: str | None,
     reply_mode: str | None,
+    reply_channel_modes: str | None,
     report_channel: str | None,
     schedule: str | None,
     timezone: str | None,
@@ -93,6 +95,7 @@ def _field_options(
         "required_words": split_list(required_words),
         "ticket_channels": split_list(ticket_channels),
         "reply_mode": reply_mode,
+        "reply_channel_modes": parse_map(reply_channel_modes, "channel=mode"),
         "report_channel": report_channel,
         "schedule_cron": schedule,
         "schedule_timezone": timezone,
@@ -119,7 +122,17 @@ O_MAXLEN = typer.Option(None, "--max-length", help="Brand rule: most characters 
 O_BANNED = typer.Option(None, "--banned-words", help="Brand rule: words a post must not use.")
 O_REQUIRED = typer.Option(None, "--required-words", help="Brand rule: words a post must use.")
 O_TICKETS = typer.Option(None, "--ticket-channels", help="Channels whose new messages are tickets.")
-O_REPLY = typer.Option(None, "--reply-mode", help="Ticket replies: off, suggest or thread.")
+O_REPLY = typer.Option(
+    None,
+    "--reply-mode",
+    help="Draft datasets with ticket channels: suggest replies to tickets, 'thread' (in the "
+    "ticket's thread), 'ephemeral' (only to the agent who asks) or 'off'.",
+)
+O_REPLY_CHANNELS = typer.Option(
+    None,
+    "--reply-channel-modes",
+    help="Per ticket channel reply mode, overriding --reply-mode: C1=ephemeral,C2=thread.",
+)
 O_REPORT = typer.Option(None, "--report-channel", help="Channel id for retraining reports.")
 O_SCHEDULE = typer.Option(None, "--schedule", help="Retraining cron, e.g. '0 6 * * 1'.")
 O_TZ = typer.Option(None, "--timezone", help="Time zone of the schedule, e.g. Europe/London.")
@@ -146,6 +159,7 @@ def create(
     required_words: str | None = O_REQUIRED,
     ticket_channels: str | None = O_TICKETS,
     reply_mode: str | None = O_REPLY,
+    reply_channel_modes: str | None = O_REPLY_CHANNELS,
     report_channel: str | None = O_REPORT,
     schedule: str | None = O_SCHEDULE,
     timezone: str | None = O_TZ,
@@ -160,7 +174,8 @@ def create(
     raw = _field_options(
         description, channels, approve_emoji, reject_emoji, labels, label_emoji, approvers,
         approver_groups, system_prompt, max_length, banned_words, required_words,
-        ticket_channels, reply_mode, report_channel, schedule, timezone, min_new_examples,
+        ticket_channels, reply_mode, reply_channel_modes, report_channel, schedule, timezone,
+        min_new_examples,
     )  # fmt: skip
     spec = parse_spec({"name": name, "task": task, **raw})
     with database().session() as session:
@@ -189,6 +204,7 @@ def update(
     required_words: str | None = O_REQUIRED,
     ticket_channels: str | None = O_TICKETS,
     reply_mode: str | None = O_REPLY,
+    reply_channel_modes: str | None = O_REPLY_CHANNELS,
     report_channel: str | None = O_REPORT,
     schedule: str | None = O_SCHEDULE,
     timezone: str | None = O_TZ,
@@ -202,7 +218,8 @@ def update(
     raw = _field_options(
         description, channels, approve_emoji, reject_emoji, labels, label_emoji, approvers,
         approver_groups, system_prompt, max_length, banned_words, required_words,
-        ticket_channels, reply_mode, report_channel, schedule, timezone, min_new_examples,
+        ticket_channels, reply_mode, reply_channel_modes, report_channel, schedule, timezone,
+        min_new_examples,
     )  # fmt: skip
     fields = parse_fields(raw).model_dump(exclude_none=True)
     with database().session() as session:
@@ -212,6 +229,9 @@ def update(
             dataset.task,
             fields.get("labels", dataset.labels),
             fields.get("label_emoji", dataset.label_emoji),
+            ticket_channels=fields.get("ticket_channels", dataset.ticket_channels),
+            reply_mode=fields.get("reply_mode", dataset.reply_mode),
+            reply_channel_modes=fields.get("reply_channel_modes", dataset.reply_channel_modes),
         )
         repo.update(dataset, **fields)
         data = dataset_dict(dataset)

@@ -30,8 +30,8 @@ def forget(
     else:
         console.print(
             f"erased {user}: {counts['examples']} examples, {counts['drafts']} drafts, "
-            f"{counts['predictions']} ticket texts; {counts['adapters_flagged']} adapters flagged "
-            "for retraining"
+            f"{counts['predictions'] + counts['suggestions']} ticket texts; "
+            f"{counts['adapters_flagged']} adapters flagged for retraining"
         )
 
 

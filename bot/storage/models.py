@@ -35,11 +35,14 @@ NAMING = {
 TASKS = ("draft", "classify")
 EXAMPLE_STATUSES = ("active", "withdrawn")
 EXAMPLE_KINDS = ("positive", "negative")
-EXAMPLE_SOURCES = ("reaction", "draft", "correction", "import")
+EXAMPLE_SOURCES = ("reaction", "draft", "correction", "import", "suggestion")
 SPLITS = ("train", "heldout")
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ADAPTER_STATUSES = ("candidate", "active", "rejected", "retired")
-REPLY_MODES = ("off", "suggest", "thread")
+REPLY_MODES = ("off", "thread", "ephemeral")
+SUGGESTION_STATUSES = (
+    "waiting", "queued", "offered", "generating", "ready", "posted", "dismissed", "failed",
+)  # fmt: skip
 
 # An integer key that is BIGINT on PostgreSQL and the rowid alias on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -82,6 +85,7 @@ class Dataset(Base):
     required_words: Mapped[list[str]] = mapped_column(default=list)
     ticket_channels: Mapped[list[str]] = mapped_column(default=list)
     reply_mode: Mapped[str] = mapped_column(String(16), default="off")
+    reply_channel_modes: Mapped[dict[str, str]] = mapped_column(default=dict)
     report_channel: Mapped[str | None] = mapped_column(String(64), default=None)
     schedule_cron: Mapped[str] = mapped_column(String(64), default="0 6 * * 1")
     schedule_timezone: Mapped[str] = mapped_column(String(64), default="UTC")
@@ -283,6 +287,42 @@ class Prediction(Base):
     resolved_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
+class Suggestion(Base):
+    """A suggested reply to one support ticket, from a reply dataset's adapter.
+
+    One row per (dataset, ticket), so a ticket never gets two suggestions, retries and restarts
+    included. ``status``: waiting (for the ticket's label) -> queued -> offered (ephemeral mode:
+    an agent must ask) -> generating -> ready -> posted | dismissed; failed when the model could
+    not be reached. ``ticket_text`` is purged by retention and by ``forget``.
+    """
+
+    __tablename__ = "suggestions"
+    __table_args__ = (UniqueConstraint("dataset_id", "channel_id", "ticket_ts"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    ticket_ts: Mapped[str] = mapped_column(String(32))
+    author_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    ticket_text: Mapped[str | None] = mapped_column(Text, default=None)
+    label: Mapped[str | None] = mapped_column(String(64), default=None)
+    mode: Mapped[str] = mapped_column(String(16), default="thread")
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    adapter_name: Mapped[str | None] = mapped_column(String(64), default=None)
+    text: Mapped[str | None] = mapped_column(Text, default=None)
+    final_text: Mapped[str | None] = mapped_column(Text, default=None)
+    cut_chars: Mapped[int] = mapped_column(Integer, default=0)
+    message_ts: Mapped[str | None] = mapped_column(String(32), default=None)
+    reply_ts: Mapped[str | None] = mapped_column(String(32), default=None)
+    requested_by: Mapped[str | None] = mapped_column(String(32), default=None)
+    resolved_by: Mapped[str | None] = mapped_column(String(32), default=None)
+    edit_distance: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    suggested_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
 class ProcessedEvent(Base):
     """A chat event that took effect; written in the handler's own transaction."""
 
@@ -340,6 +380,7 @@ __all__ = [
     "REPLY_MODES",
     "RUN_STATUSES",
     "SPLITS",
+    "SUGGESTION_STATUSES",
     "TASKS",
     "Adapter",
     "AdapterVersion",
@@ -355,5 +396,6 @@ __all__ = [
     "OutboxEvent",
     "Prediction",
     "ProcessedEvent",
+    "Suggestion",
     "TrainingRun",
 ]

@@ -334,6 +334,7 @@ def test_retention_purges_old_ticket_text(env: Env) -> None:
         assert purge_ticket_text(s, utcnow().replace(year=2000)) == {
             "examples": 0,
             "predictions": 0,
+            "suggestions": 0,
         }
         assert purge_ticket_text(s, utcnow().replace(year=2100))["examples"] == 1
     assert env.examples() == []

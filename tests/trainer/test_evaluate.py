@@ -170,6 +170,9 @@ class FakeClient(InferenceClient):
     def models(self) -> list[ModelInfo]:
         return []
 
+    def count_tokens(self, messages: Sequence[dict[str, Any]]) -> int:
+        return sum(len(m["content"].split()) for m in messages)
+
     def load_adapter(self, name: str, path: str) -> None: ...
 
     def unload_adapter(self, name: str) -> None: ...
