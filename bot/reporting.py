@@ -12,7 +12,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot.signals import production_signals
+from bot.replies import is_reply_dataset
+from bot.signals import production_signals, suggestion_signals
 from bot.storage.models import Adapter, Dataset, Example, TrainingRun
 
 PRIMARY = {"draft": "answer_perplexity", "classify": "macro_f1"}
@@ -68,7 +69,27 @@ def data_counts(session: Session, dataset: Dataset, run: TrainingRun) -> dict[st
         "withdrawn": count(Example.status == "withdrawn", *(
             [Example.updated_at > previous] if previous else [])),
         "by_label": {str(k): int(v) for k, v in by_label.items()},
+        "previous": previous,
     }  # fmt: skip
+
+
+def suggestion_line(signals: dict[str, Any]) -> str:
+    """The reply dataset's suggestions since the last report, as one line."""
+    n = signals["suggestions_resolved"]
+    if not n:
+        return "Suggested replies since the last report: none posted or dismissed yet."
+
+    def pct(key: str) -> str:
+        return f"{signals[key]:.0%}"
+
+    minutes = signals["median_minutes_to_posted_reply"]
+    after = f"; median {_fmt(minutes)} min from suggestion to reply" if minutes is not None else ""
+    return (
+        f"Suggested replies since the last report: {n} acted on, "
+        f"{pct('share_suggestions_posted_unedited')} posted unedited, "
+        f"{pct('share_suggestions_posted_edited')} edited, "
+        f"{pct('share_suggestions_dismissed')} dismissed{after}."
+    )
 
 
 def chart(run: TrainingRun, history: list[tuple[str, float]], metric: str) -> bytes:
@@ -147,6 +168,8 @@ def build_report(session: Session, run_id: int) -> Report:
     if dataset.task == "draft":
         lines += _sample_drafts(session, run)
     signals = production_signals(session, dataset)
+    if is_reply_dataset(dataset):
+        lines.append(suggestion_line(suggestion_signals(session, dataset, counts["previous"])))
     if dataset.task == "draft" and signals["drafts_posted"]:
         lines.append(
             f"In production: {signals['drafts_posted']} drafts posted, revision rate "
