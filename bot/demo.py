@@ -2,8 +2,9 @@
 
 Approvers react in the console workspace, the copy and ticket datasets are retrained on the
 CPU, the retraining reports (with their charts) are posted, and the same brief and the same
-ticket are answered before and after, base and tuned side by side. ``--smoke`` runs the same
-path on a tiny random model so CI can check it in a minute.
+ticket are answered before and after, base and tuned side by side. New tickets then get a
+suggested reply in their thread, and agents' answers become reply examples. ``--smoke`` runs
+the same path on a tiny random model so CI can check it in a minute.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from bot.samples import brand_definition, channel_messages, workspace
 BRIEF = "Announce our new roasted hojicha: toasty, low in caffeine, out on Friday"
 TICKET = "Hello, I was charged twice for my Steep Club box this month, can you fix it?"
 TICKET_2 = "My order KK-77120 still hasn't arrived and tracking hasn't moved for a week"
+TICKET_3 = "Can I pause my Steep Club for two months while I'm travelling?"
+ANSWER_3 = (
+    "Of course. Open the Steep Club page in your account and choose Pause before the 5th; "
+    "you can pick one, two or three months, and it restarts on its own. Safe travels."
+)
 
 
 def script() -> list[str]:
@@ -60,9 +66,17 @@ def script() -> list[str]:
         "@tom",
         f"/classify {TICKET}",
         f"/classify {TICKET_2}",
-        "// 5. A new ticket arrives and is answered in its thread.",
+        "// 5. A new ticket gets its label and a suggested reply in its thread; Tom posts it.",
         "Hi! The glass teapot arrived in pieces, the box was crushed. Order KK-51234.",
         "wait",
+        "press Post reply",
+        "// 6. Tom answers another ticket in his own words; Maya's ✅ makes it a reply example.",
+        TICKET_3,
+        "wait",
+        f"reply last {ANSWER_3}",
+        "@maya",
+        ":white_check_mark: last",
+        "/brandbot datasets kk_replies",
         "quit",
     ]
     return lines

@@ -9,6 +9,7 @@ from bot.collection import dataset_stats
 from bot.cron import next_fire
 from bot.datasets import DatasetError, check_consistency, parse_fields, parse_spec
 from bot.plugin import CommandEvent, Context, Plugin, command, require
+from bot.replies import is_reply_dataset, reply_mode
 from bot.signals import production_signals
 from bot.storage.repositories import Adapters, DatasetExists, Datasets, Runs, UnknownDataset
 
@@ -176,9 +177,12 @@ class AdminPlugin(Plugin):
         dataset = repo.get(name)
         s = dataset_stats(ctx.session, dataset)
         split = s["by_split"]
+        where = ", ".join(f"<#{c}>" for c in dataset.channels)
+        if is_reply_dataset(dataset):
+            modes = ", ".join(f"<#{c}> ({reply_mode(dataset, c)})" for c in dataset.ticket_channels)
+            where = (where + "; " if where else "") + f"suggests replies to tickets in {modes}"
         lines = [
-            f"*{dataset.name}* ({dataset.task}) in "
-            + (", ".join(f"<#{c}>" for c in dataset.channels) or "no channels yet"),
+            f"*{dataset.name}* ({dataset.task}) in {where or 'no channels yet'}",
             f"examples: {s['by_status'].get('active', 0)} active "
             f"({split.get('train', 0)} train, {split.get('heldout', 0)} held out), "
             f"{s['by_status'].get('withdrawn', 0)} withdrawn; "

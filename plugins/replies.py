@@ -165,6 +165,12 @@ class RepliesPlugin(Plugin):
 
     # ---- generation (a queued job) -----------------------------------------------------
 
+    def _max_tokens(self, dataset: Dataset) -> int:
+        """At about four characters a token, stop soon after the dataset's length limit."""
+        if dataset.max_length:
+            return min(self.cfg.max_tokens, dataset.max_length // 3 + 8)
+        return self.cfg.max_tokens
+
     def _messages(
         self, services: Services, dataset: Dataset, ticket: str, label: str | None
     ) -> tuple[list[dict[str, str]], int]:
@@ -180,7 +186,7 @@ class RepliesPlugin(Plugin):
         limit = services.inference.max_model_len()
         if not limit:
             return build(ticket), 0
-        budget = limit - self.cfg.max_tokens
+        budget = limit - self._max_tokens(dataset)
         fitted, cut = fit_ticket(
             ticket, label, lambda text: int(services.inference.count_tokens(build(text))), budget
         )
@@ -202,7 +208,7 @@ class RepliesPlugin(Plugin):
         try:
             messages, cut = self._messages(services, dataset, row.ticket_text or "", row.label)
             result = services.inference.chat(
-                messages, model=model, max_tokens=self.cfg.max_tokens,
+                messages, model=model, max_tokens=self._max_tokens(dataset),
                 temperature=self.cfg.temperature,
             )  # fmt: skip
         except (InferenceUnavailable, InferenceError) as exc:

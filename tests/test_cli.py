@@ -303,5 +303,8 @@ def test_demo_smoke_runs_the_whole_loop(cli_sqlite: CliRunner, tmp_path: Path) -
     assert out.count("Retraining report: `kk_tickets`") == 1
     assert "Queued training run" in out and "No tuned adapter yet" in out
     assert "#support-tickets (thread) brandbot: " in out
+    assert out.count("*Suggested reply*") >= 2  # one for each new ticket
+    assert "pressed" in out and "Post reply" in out and "Reply posted by" in out
+    assert "Added to kk_replies" in out  # the agent's own answer, approved with a reaction
     charts = json.loads(out.strip().splitlines()[-1])["charts"]
     assert len(charts) == 2 and all(Path(c).read_bytes().startswith(b"\x89PNG") for c in charts)

@@ -7,7 +7,9 @@
     reply N TEXT            reply in the thread of message N
     edit N TEXT             replace the text of message N (yours)
     delete N                delete message N
+                            (N may be `last`: the channel's latest message from a person)
     press N                 press button N of the numbered choices
+    press LABEL             press the latest button labelled LABEL, e.g. press Post reply
     submit N TEXT           submit form N with TEXT
     #CHANNEL                switch channel, e.g. #brand-copy
     @USER                   act as USER, e.g. @maya
@@ -41,8 +43,8 @@ from bot.runtime import NotAllowed, Runtime
 from bot.storage.db import Database
 
 GRAMMAR = (__doc__ or "").split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
-REACTION = re.compile(r"^(-?):([a-z0-9_+\-']+):\s+(\d+)$")
-NUMBERED = re.compile(r"^(reply|edit|submit)\s+(\d+)\s+(.+)$", re.S)
+REACTION = re.compile(r"^(-?):([a-z0-9_+\-']+):\s+(\d+|last)$")
+NUMBERED = re.compile(r"^(reply|edit|submit)\s+(\d+|last)\s+(.+)$", re.S)
 
 
 class Shell:
@@ -118,11 +120,13 @@ class Shell:
         elif line.startswith("@") and " " not in line:
             self._switch_user(line)
         elif match := REACTION.match(line):
-            self._react(match.group(2), int(match.group(3)), added=not match.group(1))
+            self._react(match.group(2), self._number(match.group(3)), added=not match.group(1))
         elif match := NUMBERED.match(line):
-            self._numbered(match.group(1), int(match.group(2)), match.group(3))
-        elif m := re.match(r"^(press|delete)\s+(\d+)$", line):
-            (self._press if m.group(1) == "press" else self._delete)(int(m.group(2)))
+            self._numbered(match.group(1), self._number(match.group(2)), match.group(3))
+        elif m := re.match(r"^(press|delete)\s+(\d+|last)$", line):
+            (self._press if m.group(1) == "press" else self._delete)(self._number(m.group(2)))
+        elif m := re.match(r"^press\s+(.+)$", line):
+            self._press(self._choice_labelled(m.group(1).strip()))
         elif m := re.match(r"^history(?:\s+(\d+))?$", line):
             self._history(int(m.group(1) or 20))
         elif line == "wait":
@@ -174,6 +178,23 @@ class Shell:
                 team_id=self.ws.team_id, text=text, ts=message.ts, thread_ts=thread_ts,
             )
         )  # fmt: skip
+
+    def _number(self, value: str) -> int:
+        """``N`` itself, or for ``last`` the number of the current channel's latest message
+        from a person (thread replies included); 0 when there is none."""
+        if value != "last":
+            return int(value)
+        for message in reversed(self.ws.messages):
+            if message.channel_id == self.channel and not message.bot and not message.deleted:
+                return message.number
+        return 0
+
+    def _choice_labelled(self, label: str) -> int:
+        """The latest choice whose button text is ``label`` (any case); 0 when there is none."""
+        for number in sorted(self.chat.choices, reverse=True):
+            if self.chat.choices[number].button.text.casefold() == label.casefold():
+                return number
+        return 0
 
     def _message(self, number: int) -> object:
         message = self.ws.by_number(number)
@@ -238,7 +259,7 @@ class Shell:
     def _press(self, number: int) -> None:
         choice = self.chat.choices.get(number)
         if choice is None:
-            self.out(f"    there is no choice {number}")
+            self.out(f"    there is no choice {number}" if number else "    no such button")
             return
         self.out(f"    @{self.ws.user_name(self.user)} pressed [{number}] {choice.button.text}")
         event = ActionEvent(
