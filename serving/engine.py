@@ -339,6 +339,7 @@ class LocalEngine:
         max_model_len: int | None = None,
         registry: CollectorRegistry | None = None,
         pack_weights: bool = True,
+        fast_scoring: bool = True,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -384,6 +385,10 @@ class LocalEngine:
         self._active: list[_Seq] = []
         self._cache: Cache | None = None
         self._mask: torch.Tensor | None = None  # [batch, columns] 1 = real token
+        self.fast_scoring = fast_scoring
+        self._prefixes: dict[str, _Prefix] = {}  # peft adapter name -> its last scored prompt
+        self._merged: dict[str, list[tuple[torch.nn.Linear, torch.Tensor]]] = {}
+        self._unmergeable: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="brandbot-engine", daemon=True)
         self._thread.start()
 
@@ -489,8 +494,23 @@ class LocalEngine:
     def score_continuations(
         self, prefix: list[int], continuations: list[list[int]], model: str | None = None
     ) -> list[float]:
-        scored = self.prompt_logprobs(prefix, continuations, model)
-        return [sum(t.logprob for t in row) for row in scored.rows]
+        """Summed log-probability of each continuation after ``prefix``.
+
+        With ``fast_scoring`` (the default) this is one forward pass of only the tokens that
+        matter (see ``_score_sums``); without it, the general ``prompt_logprobs`` path, which the
+        tests compare it with.
+        """
+        if not self.fast_scoring:
+            scored = self.prompt_logprobs(prefix, continuations, model)
+            return [sum(t.logprob for t in row) for row in scored.rows]
+        adapter = self.check_model(model)
+        longest = len(prefix) + max((len(c) for c in continuations), default=0)
+        if longest > self.max_model_len:
+            raise PromptTooLong(longest, self.max_model_len)
+        if not prefix:
+            raise EngineError("the prompt must not be empty")
+        self.metrics.requests.labels("score").inc()
+        return self.run(lambda: self._score_sums(prefix, continuations, adapter))
 
     def prompt_logprobs(
         self,
@@ -591,8 +611,16 @@ class LocalEngine:
         position_ids: torch.Tensor,
         cache: Cache,
         adapters: list[str],
-        last_only: bool,
+        last_only: bool | torch.Tensor,
+        quick_base: bool = False,
     ) -> torch.Tensor:
+        """Logits of every position, of the last (``last_only=True``) or of the positions a
+        1-D index tensor names (the vocabulary projection is skipped elsewhere).
+
+        ``quick_base`` (label scoring) runs an all-base batch with the LoRA layers switched off
+        by their flag alone: peft's ``disable_adapter()`` also collects every layer's status
+        (printing each module), about a sixth of a scoring pass.
+        """
         kwargs: dict[str, Any] = {
             "input_ids": input_ids.to(self.device),
             "attention_mask": attention_mask.to(self.device),
@@ -600,11 +628,16 @@ class LocalEngine:
             self._cache_kwarg: cache,
             "use_cache": True,
         }
-        if last_only:
+        if isinstance(last_only, torch.Tensor):
+            kwargs["logits_to_keep"] = last_only
+        elif last_only:
             kwargs["logits_to_keep"] = 1
         with torch.inference_mode():
             if self._peft is not None and any(a != BASE for a in adapters):
                 out = self._peft(**kwargs, adapter_names=adapters)
+            elif self._peft is not None and quick_base:
+                with self._lora_off():
+                    out = self._base(**kwargs)
             elif self._peft is not None:
                 with self._peft.disable_adapter():
                     out = self._peft(**kwargs)
@@ -844,6 +877,194 @@ class LocalEngine:
             result.next_token.append(int(torch.argmax(predict[row, len(cont)]).item()))
         return result
 
+    def _score_sums(
+        self, prefix: list[int], continuations: list[list[int]], adapter: str
+    ) -> list[float]:
+        """Label scoring in one forward pass over a single row, with nothing computed twice.
+
+        A ticket's scoring is small enough (a few dozen tokens) that the fixed cost of a forward
+        pass and the padding of a batch dominate, so the row holds only what is not known yet:
+        the part of the prompt not shared with this adapter's previous scored prompt (tickets of
+        a dataset share its system prompt; that prompt's KV cache is kept, like vLLM's prefix
+        caching), then the continuations as a token tree (labels sharing a first word share its
+        tokens; a continuation's last token is never fed, as nothing is predicted from it),
+        under a 4-D attention mask that lets every token see the prompt and its own ancestors.
+        The vocabulary projection runs only where a log-probability is read. A LoRA adapter
+        runs as merged weights (``_merged_adapter``). The results equal ``prompt_logprobs``'
+        up to float rounding (tests/serving/test_engine.py checks 1e-4).
+        """
+        if not continuations:
+            return []
+        nodes: dict[tuple[int, ...], int] = {}  # a continuation prefix -> its position in the row
+        parents: list[int] = []
+        tokens: list[int] = []
+        for cont in continuations:
+            for depth in range(1, len(cont)):
+                path = tuple(cont[:depth])
+                if path not in nodes:
+                    nodes[path] = len(tokens)
+                    parents.append(nodes[path[:-1]] if depth > 1 else -1)
+                    tokens.append(cont[depth - 1])
+        with self._merged_adapter(adapter) as run_as:
+            cached = self._prefixes.get(adapter)
+            reuse = 0
+            if cached is not None:
+                limit = min(len(cached.ids), len(prefix))
+                while reuse < limit and cached.ids[reuse] == prefix[reuse]:
+                    reuse += 1
+                if cached.ids != prefix:
+                    reuse = min(reuse, len(prefix) - 1)  # the prompt's last logits are needed
+            fresh = prefix[reuse:]
+            if not fresh and not tokens:
+                assert cached is not None
+                first = cached.last_logits
+                logits = first[:0]
+            else:
+                first, logits = self._tree_forward(
+                    prefix, reuse, cached, tokens, parents, run_as, adapter
+                )
+        first_lp = torch.log_softmax(first, dim=-1)
+        node_lp = torch.log_softmax(logits, dim=-1)
+        sums = []
+        for cont in continuations:
+            total = 0.0
+            for depth, token in enumerate(cont):
+                row = first_lp if depth == 0 else node_lp[nodes[tuple(cont[:depth])]]
+                total += float(row[token])
+            sums.append(total)
+        return sums
+
+    def _tree_forward(
+        self,
+        prefix: list[int],
+        reuse: int,
+        cached: _Prefix | None,
+        tokens: list[int],
+        parents: list[int],
+        run_as: str,
+        adapter: str,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward pass of ``_score_sums``: logits at the prompt's last token and at every
+        tree token; keeps the prompt's KV cache for ``adapter``'s next request."""
+        fresh = prefix[reuse:]
+        cache = _new_cache(self.num_layers)
+        if reuse:
+            assert cached is not None
+            for layer, (keys, values) in zip(_slots(cache), cached.kv, strict=True):
+                layer.set(keys[:, :, :reuse], values[:, :, :reuse], len(fresh) + len(tokens))
+        width = len(fresh) + len(tokens)
+        total = reuse + width
+        allowed = torch.zeros((width, total), dtype=torch.bool)
+        allowed[:, :reuse] = True
+        allowed[: len(fresh), reuse : reuse + len(fresh)] = torch.ones(
+            (len(fresh), len(fresh)), dtype=torch.bool
+        ).tril()
+        allowed[len(fresh) :, : len(prefix)] = True
+        positions = list(range(reuse, len(prefix)))
+        for i, parent in enumerate(parents):
+            row = len(fresh) + i
+            allowed[row, len(prefix) + i] = True
+            depth = 1
+            while parent >= 0:
+                allowed[row, len(prefix) + parent] = True
+                parent, depth = parents[parent], depth + 1
+            positions.append(len(prefix) + depth - 1)
+        mask = torch.zeros((1, 1, width, total), dtype=self.dtype)
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        keep = torch.tensor([len(fresh) - 1] if fresh else [], dtype=torch.long)
+        keep = torch.cat([keep, torch.arange(len(fresh), width)])
+        logits = self._forward(
+            torch.tensor([fresh + tokens], dtype=torch.long),
+            mask,
+            torch.tensor([positions], dtype=torch.long),
+            cache,
+            [run_as],
+            keep.to(self.device),
+            quick_base=True,
+        )[0]
+        if fresh:
+            first, rest = logits[0], logits[1:]
+            kv = [(k[:, :, : len(prefix)], v[:, :, : len(prefix)]) for k, v in (
+                layer.kv() for layer in _slots(cache))]  # fmt: skip
+            self._prefixes[adapter] = _Prefix(list(prefix), kv, first)
+        else:
+            assert cached is not None
+            first, rest = cached.last_logits, logits
+        return first, rest
+
+    @contextlib.contextmanager
+    def _lora_off(self) -> Iterator[None]:
+        """peft's LoRA layers call only their base layer while this lasts (the same flag as
+        ``disable_adapter()`` sets; the adapters' weights are frozen already)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers: list[Any] = [m for m in self._base.modules() if isinstance(m, BaseTunerLayer)]
+        before = [layer._disable_adapters for layer in layers]
+        try:
+            for layer in layers:
+                layer._disable_adapters = True
+            yield
+        finally:
+            for layer, flag in zip(layers, before, strict=True):
+                layer._disable_adapters = flag
+
+    @contextlib.contextmanager
+    def _merged_adapter(self, adapter: str) -> Iterator[str]:
+        """Run ``adapter`` as the base model with its LoRA merged into the packed weights.
+
+        peft's per-request LoRA path (``adapter_names``) copies each projection's input and output
+        rows by index and adds two small products per projection, a fifth of a scoring pass on
+        the CPU; a merged weight costs nothing extra. Used only when it is exact: vanilla LoRA on
+        packed ``nn.Linear`` layers (no DoRA or other variant, no LoRA bias, not merged by peft);
+        otherwise yields ``adapter`` for peft's path. The two most recently scored adapters keep
+        their merged weights (SmolLM2-135M: ~100 MB each); unloading an adapter drops them.
+        """
+        entries = self._merged.get(adapter)
+        if entries is None and adapter not in self._unmergeable and adapter != BASE:
+            built = self._merge_weights(adapter) if self.packed_linears else None
+            if built is None:
+                self._unmergeable.add(adapter)
+            else:
+                for stale in list(self._merged)[: max(0, len(self._merged) - 1)]:
+                    del self._merged[stale]
+                entries = self._merged[adapter] = built
+        if entries is None:
+            yield adapter
+            return
+        self._merged[adapter] = self._merged.pop(adapter)  # most recently used last
+        originals = [(linear, linear._brandbot_packed) for linear, _ in entries]
+        try:
+            for linear, merged in entries:
+                linear._brandbot_packed = merged
+            yield BASE
+        finally:
+            for linear, packed in originals:
+                linear._brandbot_packed = packed
+
+    def _merge_weights(self, adapter: str) -> list[tuple[torch.nn.Linear, torch.Tensor]] | None:
+        from peft.tuners.lora import Linear as LoraLinear
+        from peft.tuners.lora import LoraLayer
+
+        entries: list[tuple[torch.nn.Linear, torch.Tensor]] = []
+        with torch.inference_mode():
+            for module in self._peft.modules():
+                if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
+                    continue
+                lora: Any = module
+                base = lora.get_base_layer()
+                if (
+                    type(lora) is not LoraLinear
+                    or type(base) is not torch.nn.Linear
+                    or not hasattr(base, "_brandbot_packed")
+                    or adapter in lora.lora_variant
+                    or getattr(lora, "lora_bias", {}).get(adapter, False)
+                    or lora.merged
+                ):
+                    return None
+                weight = base.weight.detach() + lora.get_delta_weight(adapter)
+                entries.append((base, torch.ops.mkldnn._reorder_linear_weight(weight, _PACK_HINT)))
+        return entries
+
     def _load_adapter(self, name: str, folder: Path) -> None:
         if len(self.adapters) >= self.max_loras:
             raise AdapterError(
@@ -874,6 +1095,9 @@ class LocalEngine:
     def _unload_adapter(self, name: str) -> None:
         internal = self._internal.pop(name)
         self.adapters.pop(name)
+        self._prefixes.pop(internal, None)
+        self._merged.pop(internal, None)
+        self._unmergeable.discard(internal)
         for seq in self._active:
             if seq.adapter == internal:  # running sequences finish on the base, not crash
                 seq.adapter = BASE
@@ -882,6 +1106,16 @@ class LocalEngine:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "adapter X was active, now Y": intended
                 self._peft.delete_adapter(internal)
+
+
+@dataclass
+class _Prefix:
+    """A scored prompt's ids, its KV cache (``[1, kv_heads, len(ids), head_dim]`` per layer) and
+    the logits after its last token: what the next prompt sharing its start need not recompute."""
+
+    ids: list[int]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    last_logits: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -917,7 +1151,10 @@ def _packed_linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tens
     return out
 
 
-def _pack_linears(model: torch.nn.Module, batch_hint: int = 8) -> int:
+_PACK_HINT = 8  # rows the prepacked weights are laid out for: a decode step's batch
+
+
+def _pack_linears(model: torch.nn.Module, batch_hint: int = _PACK_HINT) -> int:
     """Give the model's fp32 ``nn.Linear`` layers oneDNN-prepacked weights (CPU only).
 
     MKL's GEMM is slow for the few-row inputs of a decode step (8 sequences = 8 rows); oneDNN

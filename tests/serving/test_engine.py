@@ -145,3 +145,47 @@ def test_adapters_resident_together_and_batched(
     # a name can come back after an unload (a rollback reloads the previous version)
     engine.load_adapter(first, make_adapter(seed=21))
     engine.unload_adapter(first)
+
+
+def test_fast_label_scoring_equals_the_general_path(
+    engine: LocalEngine, make_adapter: AdapterFactory
+) -> None:
+    """The fast path (cached prompt, token tree, merged LoRA) against ``prompt_logprobs``."""
+    system = {"role": "system", "content": "Answer with one of: bill, billing, tech support."}
+    tickets = [
+        [system, {"role": "user", "content": "my bill is wrong"}],
+        [system, {"role": "user", "content": "my bill is wrong"}],  # the whole prompt cached
+        [system, {"role": "user", "content": "my bill is wrong again, twice"}],
+        [system, {"role": "user", "content": "the router keeps dropping"}],
+        [{"role": "user", "content": "no system prompt at all"}],
+    ]
+    labels = ["bill", "billing", "tech support", "tech", "bill"]  # shared first tokens
+    merged, biased = unique_name(), unique_name()
+    engine.load_adapter(merged, make_adapter(seed=31, targets=("q_proj", "v_proj", "up_proj")))
+    engine.load_adapter(biased, make_adapter(seed=32, lora_bias=True))  # not merged: peft path
+    try:
+        for model in (SERVED, merged, biased):
+            for messages in tickets:
+                engine.fast_scoring = False
+                slow = engine.score_labels(messages, labels, model)
+                engine.fast_scoring = True
+                fast = engine.score_labels(messages, labels, model)
+                assert fast == pytest.approx(slow, abs=1e-4)
+            prefix, conts = engine.label_continuations(tickets[0], labels)
+            odd = [[], conts[0][:1], conts[1], conts[1]]  # empty, one token, a duplicate
+            engine.fast_scoring = False
+            slow = engine.score_continuations(prefix[:-3], odd, model)
+            engine.fast_scoring = True
+            engine.score_continuations(prefix, conts, model)  # cached: a longer prompt
+            assert engine.score_continuations(prefix[:-3], odd, model) == pytest.approx(
+                slow, abs=1e-4
+            )
+            assert engine.score_continuations(prefix, [], model) == []
+        assert engine.check_model(merged) in engine._merged
+        assert engine.check_model(biased) not in engine._merged
+    finally:
+        engine.fast_scoring = True
+        engine.unload_adapter(merged)
+        engine.unload_adapter(biased)
+    assert not engine._merged
+    assert set(engine._prefixes) == {"__base__"}
