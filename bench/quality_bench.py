@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "bench" / "data" / "clinc150_banking10.jsonl"
@@ -28,7 +30,8 @@ def load(smoke: bool) -> tuple[list[str], list[tuple[str, str, str]]]:
     labels = list(dict.fromkeys(r["label"] for r in rows))
     if smoke:
         labels = labels[:3]
-        kept, seen = [], {}
+        kept: list[dict[str, Any]] = []
+        seen: dict[tuple[str, str], int] = {}
         for r in rows:
             key = (r["split"], r["label"])
             if r["label"] in labels and seen.get(key, 0) < 5:
@@ -51,20 +54,29 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--epochs", type=int, default=None,
+        help="override the product's classify default (trainer/config.py) for this run",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep", type=Path, default=None, metavar="DIR",
+        help="put the data folder (database, adapter) in DIR and keep it, e.g. to profile",
+    )  # fmt: skip
     args = parser.parse_args()
     labels, rows = load(args.smoke)
     with tempfile.TemporaryDirectory(prefix="brandbot-quality-") as tmp:
-        data_dir = Path(tmp) / "data"
+        data_dir = args.keep.resolve() if args.keep else Path(tmp) / "data"
         if args.smoke:
             from bot.demo import smoke_model
 
             base_model = str(smoke_model(Path(tmp) / "tiny"))
         else:
             base_model = str(resolve_base_model(None, ROOT / "data" / "models").path)
-        settings = Settings(data_dir=data_dir, base_model=base_model,
-                            training={"epochs": 1 if args.smoke else args.epochs,
-                                      "min_examples": 4})  # fmt: skip
+        training: dict[str, int] = {"min_examples": 4}
+        epochs = 1 if args.smoke else args.epochs
+        if epochs is not None:
+            training["epochs"] = epochs
+        settings = Settings(data_dir=data_dir, base_model=base_model, training=training)
         db = Database(settings.resolved_database_url)
         db.upgrade()
         with db.session() as s:
@@ -83,19 +95,26 @@ def main() -> int:
             assert run is not None
             run_id = run.id
         engine = LocalEngine(Path(base_model), served_name=settings.served_model_name)
+        load_before = os.getloadavg()[0]
         started = time.perf_counter()
         summary = Worker(settings, db, LocalClient(engine)).run_now(run_id)
         elapsed = time.perf_counter() - started
+        load_after = os.getloadavg()[0]
         if summary.status != "succeeded":
             print(f"training failed: {summary.reason}")
             return 1
         with db.session() as s:
-            metrics = s.get(TrainingRun, run_id).metrics  # type: ignore[union-attr]
+            finished = s.get(TrainingRun, run_id)
+            assert finished is not None
+            metrics, hyper = finished.metrics, finished.hyperparams
         engine.close()
     base, tuned = metrics["base"], metrics["new"]
     tests = sum(1 for r in rows if r[0] == "test")
     print(f"CLINC150 banking, {len(labels)} intents: {len(rows) - tests} train / {tests} test "
-          f"queries; whole run {elapsed:.0f} s")  # fmt: skip
+          f"queries; whole run {elapsed:.0f} s; load average {load_before:.1f} at the start, "
+          f"{load_after:.1f} at the end (s/ticket is CPU time-sensitive)")  # fmt: skip
+    shown = ("epochs", "learning_rate", "rank", "alpha", "target_modules")
+    print("training: " + ", ".join(f"{k} {hyper[k]}" for k in shown if k in hyper))
     print(f"{'model':<26} {'accuracy':>9} {'macro-F1':>9} {'invalid':>8} {'s/ticket':>9}")
     for name, m in (("base (zero-shot)", base), (f"tuned ({tuned['name']})", tuned)):
         per = m["seconds"] / max(1, m["examples"])
