@@ -348,7 +348,10 @@ class Worker:
 
 
 def main() -> None:
-    """``python -m bot.worker`` (or ``accelerate launch -m bot.worker``): the worker loop."""
+    """``python -m bot.worker``: the worker loop. It stays one process: with ``processes = N``
+    under ``[training]`` in brandbot.toml (or ``brandbot worker --gpus N``) each run's training
+    step runs in N processes through ``accelerate launch`` (``trainer.lora.launch_train_lora``),
+    while claiming, evaluation and promotion happen here once."""
     from bot.inference import LazyInference
     from bot.observability import configure_logging
     from bot.settings import load_settings

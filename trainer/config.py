@@ -29,7 +29,14 @@ class TrainConfig(BaseModel):
     ``batch_tokens`` bounds the tokens a micro-batch computes (rows x longest row, with a shared
     prefix counted once), so memory is predictable whatever the example lengths; an example
     longer than it gets a micro-batch of its own. ``grad_accum`` micro-batches make one optimizer
-    step. ``checkpoint_every`` counts optimizer steps (0 = never). ``threads=None`` uses every core.
+    step. ``checkpoint_every`` counts optimizer steps (0 = never). ``threads=None`` uses every core
+    (shared among the processes on a CPU).
+
+    ``processes > 1`` trains data-parallel in that many processes, one per GPU (or CPU processes
+    with the gloo backend when there is no GPU): :func:`trainer.lora.train_lora` re-executes itself
+    through ``accelerate launch``. Every process runs ``grad_accum`` micro-batches of each
+    optimizer step, so a step is ``processes x grad_accum`` micro-batches: the same run as one
+    process with ``grad_accum`` multiplied by ``processes``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -54,6 +61,7 @@ class TrainConfig(BaseModel):
     dtype: DType = "auto"
     checkpoint_every: int = Field(50, ge=0)
     min_examples: int = Field(8, ge=1)
+    processes: int = Field(1, ge=1, le=64)
 
     @field_validator("target_modules")
     @classmethod
@@ -93,7 +101,8 @@ class TrainConfig(BaseModel):
         return torch.float32
 
     def resolved_threads(self) -> int:
-        return self.threads or os.cpu_count() or 1
+        """Torch threads per process: ``threads``, else the cores divided among the processes."""
+        return self.threads or max(1, (os.cpu_count() or 1) // self.processes)
 
 
 #: per-task defaults. ``batch_tokens=384`` keeps SmolLM2's peak memory under 2 GB without

@@ -13,26 +13,40 @@ With ``checkpoint_dir`` it saves its full state every ``config.checkpoint_every`
 and, when called again with the same folder, config and examples, resumes from the last
 checkpoint: the result equals an uninterrupted run with the same seed (tested after SIGKILL).
 
-Several GPUs: the loop only touches the model through ``answer_loss``, the optimizer through
-``step``/``zero_grad`` and the loss through ``backward``, which is the surface an
-``accelerate.Accelerator`` wraps (``prepare(model, optimizer)``, ``accelerator.backward``, each
-process taking every ``world_size``-th micro-batch of a step); see docs/training.md.
+Several GPUs (``config.processes > 1``): :func:`train_lora` re-executes itself through
+``accelerate launch --num_processes N`` (:func:`launch_train_lora`; gloo CPU processes when there
+is no GPU). Each process runs every N-th micro-batch of each optimizer step of the shared,
+deterministic step plan; after the step's backward passes the LoRA gradients (and the step's loss)
+are summed across processes in one all-reduce, so every process applies the same update to the
+same weights, and the sum is exactly the gradient one process would have accumulated over the
+whole step. Only the main process reports progress and writes checkpoints and the adapter.
+Why not ``Accelerator.prepare`` (DDP): DDP syncs gradients through hooks set up in the wrapped
+module's ``forward``, but the loop runs the decoder and the LM head separately (logits only at
+answer positions), and a step's last micro-batches can leave a process idle, which DDP cannot
+express without a dummy pass. One all-reduce of the small LoRA gradient per step is the same
+arithmetic with fewer collectives.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import inspect
+import json
 import math
 import os
 import random
 import resource
 import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +67,18 @@ from trainer.data import (
 ProgressCallback = Callable[[int, int, float], None]
 CHECKPOINT_FORMAT = 1
 _KEEP_CHECKPOINTS = 2
+#: a line the launched main process prints per optimizer step: the marker, then JSON
+_PROGRESS_MARK = "brandbot-train-progress "
+#: set in the environment of the processes :func:`launch_train_lora` starts
+_LAUNCHED_ENV = "BRANDBOT_TRAIN_LAUNCHED"
 
 
 class ResumeMismatch(RuntimeError):
     """The checkpoint folder belongs to a run with another config or other examples."""
+
+
+class LaunchedTrainingFailed(RuntimeError):
+    """Training under ``accelerate launch`` failed; the message holds the processes' error."""
 
 
 @dataclass
@@ -94,14 +116,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_lora_model(base_dir: Path, config: TrainConfig) -> Any:
-    """The base model on ``config``'s device and dtype, frozen, with fresh LoRA modules."""
+def load_lora_model(base_dir: Path, config: TrainConfig, device: str | None = None) -> Any:
+    """The base model on ``device`` (default: ``config``'s) and ``config``'s dtype, frozen, with
+    fresh LoRA modules."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     loader: Any = AutoModelForCausalLM
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download
-    device = config.resolved_device()
+    device = device or config.resolved_device()
     model = loader.from_pretrained(str(base_dir), dtype=config.resolved_dtype())
     model.to(device)
     if config.gradient_checkpointing:
@@ -185,14 +208,16 @@ def _cosine_with_warmup(total: int, warmup: int) -> Callable[[int], float]:
 def plan_steps(data: TokenizedDataset, config: TrainConfig) -> tuple[list[Any], list[list[int]]]:
     """The micro-batches and, per optimizer step, which of them it runs (in order).
 
-    Each epoch visits every micro-batch once in a seeded shuffle; ``grad_accum`` consecutive
-    micro-batches form a step (an epoch's last step may have fewer)."""
+    Each epoch visits every micro-batch once in a seeded shuffle; ``grad_accum x processes``
+    consecutive micro-batches form a step (an epoch's last step may have fewer). Process ``r``
+    of ``n`` runs the step's micro-batches ``r, r + n, ...``."""
     shared = 0 if config.gradient_checkpointing else data.shared_prefix
     batches = bucket_batches([len(e) for e in data.examples], config.batch_tokens, shared)
+    per_step = config.grad_accum * config.processes
     steps: list[list[int]] = []
     for epoch in range(config.epochs):
         order = epoch_order(len(batches), config.seed, epoch)
-        steps += [order[i : i + config.grad_accum] for i in range(0, len(order), config.grad_accum)]
+        steps += [order[i : i + per_step] for i in range(0, len(order), per_step)]
     return batches, steps
 
 
@@ -277,8 +302,10 @@ def _state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     losses: list[float],
+    rng_ranks: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Everything a resumed run needs to continue exactly where this one is."""
+    """Everything a resumed run needs to continue exactly where this one is (with several
+    processes, ``rng_ranks`` holds every process's RNG states, by rank)."""
     return {
         "format": CHECKPOINT_FORMAT,
         "step": step,
@@ -288,12 +315,13 @@ def _state(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": _rng_state(),
+        "rng_ranks": rng_ranks or [],
         "losses": list(losses),
     }
 
 
 def peak_memory_mb(device: str) -> float:
-    if device == "cuda":
+    if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -318,6 +346,10 @@ def train_lora(
     than ``config.min_examples`` usable examples, and :class:`ResumeMismatch` when
     ``checkpoint_dir`` holds another run's checkpoints. ``progress(step, total_steps, loss)`` is
     called after every optimizer step.
+
+    With ``config.processes > 1``, called in a single process, it runs itself under
+    ``accelerate launch`` (:func:`launch_train_lora`) and returns the main process's result;
+    called in each of ``config.processes`` launched processes, it is one data-parallel rank.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -325,6 +357,20 @@ def train_lora(
         raise FileExistsError(f"the adapter folder {out_dir} already exists; names are not reused")
     if len(examples) < config.min_examples:  # refuse before loading anything
         raise TooFewExamples(len(examples), config.min_examples)
+    accelerator = _accelerator(config)
+    if config.processes > 1 and accelerator is None:
+        if os.environ.get(_LAUNCHED_ENV):  # never launch again from a launched process
+            raise LaunchedTrainingFailed(
+                f"launched for {config.processes} processes, but this one is not part of a "
+                "distributed run (WORLD_SIZE is unset)"
+            )
+        return launch_train_lora(
+            base_dir, examples, config, out_dir,
+            served_model_name=served_model_name, base_fingerprint=base_fingerprint,
+            progress=progress, checkpoint_dir=checkpoint_dir,
+        )  # fmt: skip
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    main = rank == 0
     torch.set_num_threads(config.resolved_threads())
     from transformers import AutoTokenizer
 
@@ -334,7 +380,8 @@ def train_lora(
     )
     batches, steps = plan_steps(data, config)
     seed_everything(config.seed)
-    model = load_lora_model(Path(base_dir), config)
+    device = str(accelerator.device) if accelerator else config.resolved_device()
+    model = load_lora_model(Path(base_dir), config, device)
     model.train()
     params = _trainable(model)
     optimizer = torch.optim.AdamW(
@@ -358,7 +405,8 @@ def train_lora(
                 params[name].copy_(value)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks") or []
+        _set_rng_state(ranks[rank] if len(ranks) == world else state["rng"])
         losses, first = list(state["losses"]), int(state["step"])
 
     real_tokens = computed = 0
@@ -367,30 +415,42 @@ def train_lora(
         group = [batches[b] for b in steps[step]]
         n_answer = sum(data.examples[r].answer_tokens for b in group for r in b.rows)
         step_loss = 0.0
-        for batch in group:
+        for batch in group[rank::world]:
             tensors = collate(data, batch, share_prefix=not config.gradient_checkpointing)
             loss = answer_loss(model, *tensors) / n_answer
             loss.backward()
             step_loss += float(loss.detach())
             real_tokens += int(tensors.attention_mask.sum())
             computed += int(tensors.attention_mask[:, tensors.prefix :].sum()) + tensors.prefix
+        if accelerator is not None:
+            step_loss = _sum_across_processes(accelerator, params, step_loss)
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
-        if progress is not None:
+        if progress is not None and main:
             progress(step + 1, len(steps), step_loss)
         due = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0
         if checkpoint_dir is not None and due and step + 1 < len(steps):
-            save_checkpoint(
-                checkpoint_dir, _state(step + 1, key, steps, params, optimizer, scheduler, losses)
-            )
+            rng_ranks = _gather_rng(accelerator) if accelerator is not None else None
+            if main:
+                state = _state(
+                    step + 1, key, steps, params, optimizer, scheduler, losses, rng_ranks
+                )
+                save_checkpoint(checkpoint_dir, state)
     train_time = time.perf_counter() - train_started
+    if accelerator is not None:
+        totals = accelerator.reduce(torch.tensor([real_tokens, computed], device=device), "sum")
+        real_tokens, computed = (int(v) for v in totals.tolist())
 
-    save_adapter(model, out_dir, served_model_name=served_model_name, fingerprint=base_fingerprint)
-    device = config.resolved_device()
+    if main:
+        save_adapter(
+            model, out_dir, served_model_name=served_model_name, fingerprint=base_fingerprint
+        )
+    if accelerator is not None:
+        accelerator.wait_for_everyone()  # every rank returns once the adapter exists
     return TrainResult(
         adapter_dir=out_dir,
         losses=losses,
@@ -406,6 +466,158 @@ def train_lora(
         truncated=data.truncated,
         dropped=data.dropped,
     )
+
+
+# --- several processes ----------------------------------------------------------------------
+
+
+def _accelerator(config: TrainConfig) -> Any:
+    """The ``accelerate.Accelerator`` of this rank when the process was started by a launcher
+    (``accelerate launch``, torchrun: ``WORLD_SIZE > 1``), else None. The launch must match
+    ``config.processes``: the step plan depends on it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    if world != config.processes:
+        raise ValueError(
+            f"this process is one of {world} launched processes, but the config says "
+            f"processes={config.processes}; launch as many processes as the config names"
+        )
+    from accelerate import Accelerator  # type: ignore[import-untyped]
+
+    return Accelerator(cpu=config.resolved_device() == "cpu")
+
+
+def _sum_across_processes(
+    accelerator: Any, params: dict[str, torch.nn.Parameter], step_loss: float
+) -> float:
+    """Sum every process's LoRA gradients (a process without a micro-batch in this step adds
+    zeros) and step losses in one all-reduce; the gradients are replaced by the sums, in fp32
+    while on the wire. Returns the step's total loss."""
+    values = list(params.values())
+    flat = torch.cat(
+        [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).detach().float().flatten()
+            for p in values
+        ]
+        + [torch.tensor([step_loss], device=values[0].device)]
+    )
+    total = accelerator.reduce(flat, reduction="sum")
+    offset = 0
+    for p in values:
+        n = p.numel()
+        p.grad = total[offset : offset + n].view_as(p).to(p.dtype)
+        offset += n
+    return float(total[offset])
+
+
+def _gather_rng(accelerator: Any) -> list[dict[str, Any]]:
+    """Every process's RNG states, by rank (a collective: all processes call it)."""
+    from accelerate.utils import gather_object  # type: ignore[import-untyped]
+
+    return list(gather_object([_rng_state()]))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def launch_command(config: TrainConfig, *args: str) -> list[str]:
+    """``accelerate launch`` with ``config.processes`` processes on this machine running
+    ``python -m trainer.lora ARGS``: one per GPU, or gloo CPU processes without a GPU.
+
+    ``--multi_gpu`` selects accelerate's torchrun launcher, which starts the processes on a CPU
+    machine too (``Accelerator(cpu=True)`` then joins them with gloo); ``--cpu`` would not: it
+    starts one process and expects MPI to start the others. Every option is given, so no
+    accelerate config file is read; the rendezvous port is a free one, so concurrent runs on one
+    machine do not collide."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--num_processes", str(config.processes), "--num_machines", "1", "--multi_gpu",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()),
+        "-m", "trainer.lora", *args,
+    ]  # fmt: skip
+
+
+def launch_train_lora(
+    base_dir: Path,
+    examples: Sequence[TrainExample],
+    config: TrainConfig,
+    out_dir: Path,
+    *,
+    served_model_name: str,
+    base_fingerprint: str,
+    progress: ProgressCallback | None = None,
+    checkpoint_dir: Path | None = None,
+) -> TrainResult:
+    """:func:`train_lora` in ``config.processes`` processes under ``accelerate launch``.
+
+    The run's inputs go to the processes as a JSON file; the main process prints one progress
+    line per step (relayed to ``progress``) and writes its :class:`TrainResult`, or its error,
+    to a result file. Raises :class:`LaunchedTrainingFailed` with the error (for example a
+    ``TooFewExamples`` message) or the launcher's output when a process fails.
+    """
+    if importlib.util.find_spec("accelerate") is None:
+        raise RuntimeError(
+            f"training in {config.processes} processes needs accelerate; install it with "
+            "pip install 'brandbot[gpu]' (or 'accelerate>=1,<2')"
+        )
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="brandbot-launch-") as tmp:
+        spec, result_file, log_file = (Path(tmp, n) for n in ("spec.json", "result.json", "log"))
+        spec.write_text(
+            json.dumps(
+                {
+                    "base_dir": str(base_dir),
+                    "examples": [e.__dict__ for e in examples],
+                    "config": config.model_dump(mode="json"),
+                    "out_dir": str(out_dir),
+                    "served_model_name": served_model_name,
+                    "base_fingerprint": base_fingerprint,
+                    "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
+                    "result": str(result_file),
+                }
+            ),
+            encoding="utf-8",
+        )
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, _LAUNCHED_ENV: "1", "PYTHONPATH": os.pathsep.join(
+            p for p in (root, os.environ.get("PYTHONPATH")) if p
+        )}  # fmt: skip
+        with log_file.open("w") as log:
+            proc = subprocess.Popen(
+                launch_command(config, str(spec)), stdout=subprocess.PIPE, stderr=log,
+                text=True, env=env,
+            )  # fmt: skip
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    if line.startswith(_PROGRESS_MARK):
+                        if progress is not None:
+                            step, total, loss = json.loads(line[len(_PROGRESS_MARK) :])
+                            progress(int(step), int(total), float(loss))
+                    else:
+                        log.write(line)
+                proc.wait()
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait()
+        outcome = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        if proc.returncode != 0 or "error" in outcome or "result" not in outcome:
+            detail = outcome.get("error") or log_file.read_text(errors="replace")[-3000:]
+            raise LaunchedTrainingFailed(
+                f"training in {config.processes} processes failed "
+                f"(exit status {proc.returncode}): {detail}"
+            )
+    result = dict(outcome["result"])
+    result["adapter_dir"] = Path(result["adapter_dir"])
+    result["duration_s"] = time.perf_counter() - started  # with the processes' start-up
+    return TrainResult(**result)
 
 
 def save_adapter(model: Any, out_dir: Path, *, served_model_name: str, fingerprint: str) -> Path:
@@ -424,3 +636,33 @@ def save_adapter(model: Any, out_dir: Path, *, served_model_name: str, fingerpri
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _launched_main(argv: Sequence[str]) -> None:
+    """One process of :func:`launch_train_lora`: ``python -m trainer.lora SPEC.json``."""
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    main = int(os.environ.get("RANK", "0")) == 0
+    result_file = Path(spec["result"])
+
+    def report(step: int, total: int, loss: float) -> None:
+        print(_PROGRESS_MARK + json.dumps([step, total, loss]), flush=True)
+
+    try:
+        result = train_lora(
+            Path(spec["base_dir"]), [TrainExample(**e) for e in spec["examples"]],
+            TrainConfig(**spec["config"]), Path(spec["out_dir"]),
+            served_model_name=spec["served_model_name"], base_fingerprint=spec["base_fingerprint"],
+            progress=report,
+            checkpoint_dir=Path(spec["checkpoint_dir"]) if spec["checkpoint_dir"] else None,
+        )  # fmt: skip
+    except Exception as exc:
+        if main:
+            result_file.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        raise
+    if main:
+        fields = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
+        result_file.write_text(json.dumps({"result": fields}))
+
+
+if __name__ == "__main__":
+    _launched_main(sys.argv[1:])

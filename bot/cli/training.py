@@ -30,14 +30,27 @@ def _client() -> Any:
     return LazyInference(settings())
 
 
+GpusOption = typer.Option(
+    None, "--gpus", min=1, max=64,
+    help="Train each run data-parallel on this many GPUs (CPU processes without a GPU) through "
+    "`accelerate launch`; default: the `processes` setting under \\[training] in brandbot.toml, "
+    "else 1.",
+)  # fmt: skip
+
+
+def _overrides(gpus: int | None) -> dict[str, Any]:
+    return {} if gpus is None else {"processes": gpus}
+
+
 def worker(
     once: bool = typer.Option(False, "--once", help="Run at most one queued run, then exit."),
     poll: float = typer.Option(5.0, "--poll", help="Seconds between looks at the queue."),
+    gpus: int | None = GpusOption,
 ) -> None:
     """Claim queued training runs and run them (one worker per run; several may run)."""
     from bot.worker import Worker
 
-    w = Worker(settings(), database(), _client())
+    w = Worker(settings(), database(), _client(), config_overrides=_overrides(gpus))
     if once:
         w.requeue_stale()
         summary = w.run_once()
@@ -50,9 +63,12 @@ def worker(
         w.stop()
 
 
-def train(dataset: str = DatasetOption, as_json: bool = JsonOption) -> None:
+def train(
+    dataset: str = DatasetOption, as_json: bool = JsonOption, gpus: int | None = GpusOption
+) -> None:
     """Train the dataset now, in this process, with a progress bar: train, evaluate base vs
-    current vs new on the held-out examples, and promote the new adapter only if it wins."""
+    current vs new on the held-out examples, and promote the new adapter only if it wins.
+    With --gpus N the training step runs in N processes under `accelerate launch`."""
     from bot.worker import Worker
 
     with database().session() as session:
@@ -70,7 +86,10 @@ def train(dataset: str = DatasetOption, as_json: bool = JsonOption) -> None:
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, loss=f"{loss:.3f}")
 
-        summary = Worker(settings(), database(), _client(), progress=progress).run_now(run_id)
+        worker = Worker(
+            settings(), database(), _client(), progress=progress, config_overrides=_overrides(gpus)
+        )
+        summary = worker.run_now(run_id)
     if as_json:
         print_json(summary.__dict__)
         return

@@ -167,3 +167,33 @@ def test_a_winning_adapter_is_deployed_and_becomes_active(setup: tuple[Worker, D
         topics = [e.topic for e in s.scalars(select(OutboxEvent))]
     assert "adapter.promoted" in topics
     assert adapter.name in {m.id for m in worker.client.models()}
+
+
+@pytest.mark.slow
+def test_a_run_trains_in_two_processes_through_accelerate_launch(
+    sqlite_url: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """``brandbot train --gpus 2`` / ``[training] processes = 2``: the worker stays one process,
+    the training step runs in two gloo CPU processes, and the run is recorded as usual."""
+    pytest.importorskip("accelerate")
+    db = Database(sqlite_url)
+    db.upgrade()
+    settings = Settings(data_dir=tmp_path / "data", base_model=str(tiny_model_dir),
+                        served_model_name="brandbot-base")  # fmt: skip
+    with LocalEngine(tiny_model_dir, served_name="brandbot-base") as engine:
+        overrides = {**FAST, "processes": 2, "threads": 1}
+        worker = Worker(settings, db, LocalClient(engine), config_overrides=overrides)
+        with db.session() as s:
+            ds = Datasets(s).create("kk_tickets", "classify", labels=["billing", "refund_request"])
+            rows = [r for r in read_file(sample_dir() / "tickets.jsonl", "classify")
+                    if getattr(r, "label", None) in ("billing", "refund_request")]  # fmt: skip
+            import_candidates(s, ds, rows[:40])
+            Runs(s).enqueue(ds)
+        summary = worker.run_once()
+    assert summary is not None and summary.status == "succeeded", summary
+    with db.session() as s:
+        run = s.scalars(select(TrainingRun)).one()
+        assert run.hyperparams["processes"] == 2 and run.losses
+        (adapter,) = s.scalars(select(Adapter)).all()
+    assert [p.name for p in (tmp_path / "data" / "adapters").iterdir()] == [adapter.name]
+    db.dispose()
