@@ -1,6 +1,7 @@
 """Collect benchmark: 1,000 signed reaction events (10% of them duplicates or Slack retries)
 through `brandbot run --http` into PostgreSQL, with the messages fetched from a local fake
-Slack Web API. Checks that exactly the expected examples exist and reports events per second.
+Slack Web API. Checks that exactly the expected examples exist and reports events per second,
+beside a bare bolt-python app that only acks the same events (the ceiling of any bolt app here).
 
     python bench/collect_bench.py            # 1,000 events, PostgreSQL (the test kit starts it)
     python bench/collect_bench.py --smoke    # 100 events (CI)
@@ -80,6 +81,13 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--sqlite", action="store_true", help="use SQLite instead of PostgreSQL")
+    parser.add_argument(
+        "--write-briefs",
+        action="store_true",
+        help="also let the bot write a brief for each approved post with the local base model "
+        "while the events arrive (off by default: that queued, model-bound work runs on the "
+        "model server in a deployment and is not part of the event path)",
+    )
     args = parser.parse_args()
     total = 100 if args.smoke else args.events
     unique = total - total // 10
@@ -101,11 +109,14 @@ def main() -> int:
                 body["retry"] = True
                 bodies.append(json.dumps(body))
             rng.shuffle(bodies)
+            config = Path(tmp) / "brandbot.toml"
+            if not args.write_briefs:  # model-bound queued work, not the event path
+                config.write_text("[plugins.collect]\nwrite_briefs = false\n")
             env = {k: v for k, v in os.environ.items() if not k.startswith(("BRANDBOT_", "SLACK_"))}
             env.update(
                 SLACK_BOT_TOKEN=fake.bot_token, SLACK_SIGNING_SECRET=SECRET,
                 SLACK_API_URL=fake.api_url, BRANDBOT_DATA_DIR=str(Path(tmp) / "data"),
-                BRANDBOT_CONFIG=str(Path(tmp) / "none.toml"),
+                BRANDBOT_CONFIG=str(config),
             )  # fmt: skip
             db_url = cluster.create_database() if cluster else f"sqlite:///{tmp}/data/brandbot.db"
             env["BRANDBOT_DATABASE_URL"] = db_url
@@ -115,16 +126,20 @@ def main() -> int:
                  "--channels", CHANNEL, "--approvers", APPROVER],
                 env={**env, "SLACK_BOT_TOKEN": ""}, check=True, capture_output=True,
             )  # fmt: skip
-            port = free_port()
-            server = start("ours", port, env)
-            url = f"http://127.0.0.1:{port}/slack/events"
-            try:
-                started = time.perf_counter()
-                statuses = asyncio.run(send_all(url, bodies, args.concurrency))
-                elapsed = time.perf_counter() - started
-            finally:
-                server.terminate()
-                server.wait(timeout=10)
+            elapsed: dict[str, float] = {}
+            for kind in ("bare", "ours"):
+                port = free_port()
+                server = start(kind, port, env)
+                url = f"http://127.0.0.1:{port}/slack/events"
+                try:
+                    started = time.perf_counter()
+                    statuses = asyncio.run(send_all(url, bodies, args.concurrency))
+                    elapsed[kind] = time.perf_counter() - started
+                finally:
+                    server.terminate()
+                    server.wait(timeout=10)
+                if kind == "bare" and statuses.count(200) != total:
+                    print(f"  the bare app answered {statuses.count(200)}/{total} with 200")
             db = Database(db_url)
             with db.session() as s:
                 examples = s.scalar(select(func.count()).select_from(Example)) or 0
@@ -132,11 +147,14 @@ def main() -> int:
     finally:
         if cluster:
             cluster.stop()
-    rate = total / elapsed
+    rate, bare = total / elapsed["ours"], total / elapsed["bare"]
     database = "SQLite" if args.sqlite else "PostgreSQL"
     print(f"collect benchmark: {total} reaction events ({total - unique} duplicates/retries)")
-    print(f"  {database}, {args.concurrency} concurrent senders")
-    print(f"  {elapsed:.2f} s, {rate:.0f} events/s (aim: 500/s)")
+    briefs = "briefs written by the local model meanwhile" if args.write_briefs else "no briefs"
+    print(f"  {database}, {args.concurrency} concurrent senders, {briefs}")
+    print(f"  bare bolt app that only acks: {elapsed['bare']:.2f} s, {bare:.0f} events/s")
+    print(f"  brandbot: {elapsed['ours']:.2f} s, {rate:.0f} events/s (aim: 500/s), "
+          f"{rate / bare:.2f}x the bare app")  # fmt: skip
     print(f"  HTTP 200: {statuses.count(200)}/{total}; examples: {examples} (expected {unique})")
     ok = examples == unique and statuses.count(200) == total
     print(f"  exactly the expected examples: {'yes' if ok else 'NO'}")

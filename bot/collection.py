@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from bot.importer import MAX_TEXT_CHARS
@@ -86,6 +86,13 @@ class Collector:
     def opted_out(self, user_id: str | None) -> bool:
         return bool(user_id) and self.session.get(OptOut, user_id) is not None
 
+    def opted_out_among(self, *user_ids: str | None) -> set[str]:
+        """Which of these people opted out, in one query."""
+        wanted = {u for u in user_ids if u}
+        if not wanted:
+            return set()
+        return set(self.session.scalars(select(OptOut.user_id).where(OptOut.user_id.in_(wanted))))
+
     def example_for(self, dataset: Dataset, channel: str, ts: str) -> Example | None:
         return self.session.scalar(
             select(Example).where(
@@ -113,12 +120,30 @@ class Collector:
         existing = self.session.execute(
             select(Example.split).where(Example.dataset_id == dataset.id, Example.text_key == tkey)
         ).scalars()
-        splits = set(existing)
+        return self._choose_split(set(existing), identity)
+
+    @staticmethod
+    def _choose_split(splits: set[str], identity: str) -> str:
+        """A text already in the dataset keeps its split (held-out wins); else the identity's."""
         if "heldout" in splits:
             return "heldout"
         if "train" in splits:
             return "train"
         return split_for(identity)
+
+    def _same_and_splits(
+        self, dataset: Dataset, digest: str, tkey: str
+    ) -> tuple[int | None, set[str]]:
+        """(id of an example with this exact content, splits of examples with this text), in
+        one query."""
+        rows = self.session.execute(
+            select(Example.id, Example.content_hash, Example.text_key, Example.split).where(
+                Example.dataset_id == dataset.id,
+                (Example.content_hash == digest) | (Example.text_key == tkey),
+            )
+        ).all()
+        same = next((int(r.id) for r in rows if r.content_hash == digest), None)
+        return same, {r.split for r in rows if r.text_key == tkey}
 
     def _near_duplicate(self, dataset: Dataset, text: str, exclude: int | None) -> int | None:
         """An active example of the dataset whose text is nearly the same, if any.
@@ -145,12 +170,15 @@ class Collector:
                 return int(example_id)
         return None
 
-    def _store_keys(self, example: Example) -> None:
-        self.session.execute(delete(NearDupKey).where(NearDupKey.example_id == example.id))
-        for key in dict.fromkeys(near_dup_keys(example.text)):
-            self.session.add(
-                NearDupKey(example_id=example.id, band_key=key, dataset_id=example.dataset_id)
-            )
+    def _store_keys(self, example: Example, *, new: bool = False) -> None:
+        if not new:
+            self.session.execute(delete(NearDupKey).where(NearDupKey.example_id == example.id))
+        rows = [
+            {"example_id": example.id, "band_key": key, "dataset_id": example.dataset_id}
+            for key in dict.fromkeys(near_dup_keys(example.text))
+        ]
+        if rows:
+            self.session.execute(insert(NearDupKey), rows)
 
     # ---- approving ----------------------------------------------------------------------
 
@@ -181,30 +209,26 @@ class Collector:
         if prompt is not None:
             prompt = normalize_text(self.scrub(prompt))
         digest = content_hash(dataset.task, prompt, text, label)
-        same = self.session.scalar(
-            select(Example.id).where(
-                Example.dataset_id == dataset.id, Example.content_hash == digest
-            )
-        )
+        tkey = text_key(text)
+        same, splits = self._same_and_splits(dataset, digest, tkey)
         if same is not None:
             return Outcome(dataset.name, "duplicate", same, "the same text is already an example")
         near = self._near_duplicate(dataset, text, None)
         if near is not None and kind != "label":
             return Outcome(dataset.name, "duplicate", near, "a near-identical example exists")
-        tkey = text_key(text)
+        identity = slack_message_key(workspace, message.channel_id, message.ts)
         example = Example(
             dataset_id=dataset.id, task=dataset.task, prompt=prompt, prompt_source=prompt_source,
             text=text, label=label, kind="negative" if kind == "reject" else "positive",
             status="active", content_hash=digest, text_key=tkey, source="reaction",
-            split=self._split(dataset, tkey, slack_message_key(workspace, message.channel_id,
-                                                                message.ts)),
+            split=self._choose_split(splits, identity),
             workspace_id=workspace, channel_id=message.channel_id, message_ts=message.ts,
             thread_ts=message.thread_ts, author_id=message.user_id, approver_id=approver,
         )  # fmt: skip
         self.session.add(example)
         self.session.flush()
         self.session.add(Approval(example_id=example.id, user_id=approver, emoji=emoji, kind=kind))
-        self._store_keys(example)
+        self._store_keys(example, new=True)
         self.audit.record(
             "example.add", actor=approver, dataset_id=dataset.id, example_id=example.id,
             content_hash=digest, kind=example.kind, split=example.split,
@@ -384,16 +408,20 @@ class Collector:
         )
 
     def totals(self, dataset: Dataset) -> tuple[int, int]:
-        """(active examples, of which new since the last successful training run)."""
-        active = (Example.dataset_id == dataset.id) & (Example.status == "active")
-        total = self.session.scalar(select(func.count()).select_from(Example).where(active)) or 0
-        since = self.last_training(dataset)
-        if since is None:
-            return int(total), int(total)
-        new = self.session.scalar(
-            select(func.count()).select_from(Example).where(active, Example.created_at > since)
+        """(active examples, of which new since the last successful training run), in one
+        query: the notice after every approval must stay cheap."""
+        last = (
+            select(func.max(TrainingRun.started_at))
+            .where(TrainingRun.dataset_id == dataset.id, TrainingRun.status == "succeeded")
+            .scalar_subquery()
         )
-        return int(total), int(new or 0)
+        is_new = case((last.is_(None), 1), (Example.created_at > last, 1), else_=0)
+        total, new = self.session.execute(
+            select(func.count(), func.coalesce(func.sum(is_new), 0)).where(
+                Example.dataset_id == dataset.id, Example.status == "active"
+            )
+        ).one()
+        return int(total), int(new)
 
     def summary_line(self, dataset: Dataset) -> str:
         total, new = self.totals(dataset)

@@ -65,6 +65,11 @@ class CollectSettings(BaseModel):
     extra_pii_patterns: dict[str, str] = {}
     ticket_retention_days: int | None = Field(default=365, ge=1)
     notify: Literal["ephemeral", "thread"] = "ephemeral"
+    write_briefs: bool = Field(
+        default=True,
+        description="Ask the base model (a queued job) for a one-line brief when an approved "
+        "post has none; off leaves briefs to people (/brandbot brief).",
+    )
 
 
 class CollectPlugin(Plugin):
@@ -139,15 +144,16 @@ class CollectPlugin(Plugin):
             names = ", ".join(m[0].name for m in matches)
             self._tell(ctx, event, f"Only the approvers of {names} can add examples with that.")
             return
-        if collector.opted_out(event.user_id):
+        message = ctx.chat.fetch_message(channel, event.message_ts)
+        opted_out = collector.opted_out_among(event.user_id, message.user_id if message else None)
+        if event.user_id in opted_out:
             self._tell(ctx, event, "You opted out, so your reactions are not collected.")
             return
-        message = ctx.chat.fetch_message(channel, event.message_ts)
         if message is None:
             self._tell(ctx, event, "I can't read that message (is it deleted, or am I not in "
                                    "this channel?), so nothing was added.")  # fmt: skip
             return
-        if collector.opted_out(message.user_id):
+        if message.user_id in opted_out:
             self._tell(ctx, event, "Its author opted out of collection, so nothing was added.")
             return
         if message.bot_id and not self.cfg.collect_bot_messages:
@@ -173,7 +179,7 @@ class CollectPlugin(Plugin):
             if outcome.status == "refused" or outcome.status == "duplicate":
                 self._tell(ctx, event, f"Not added to {dataset.name}: {outcome.reason}.")
             elif outcome.status in ("added", "reactivated"):
-                if outcome.needs_brief:
+                if outcome.needs_brief and self.cfg.write_briefs:
                     ctx.publish("example.needs_brief", {"example_id": outcome.example_id})
                 self._tell(ctx, event, collector.summary_line(dataset))
 

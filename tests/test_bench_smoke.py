@@ -34,6 +34,7 @@ def test_collect_bench_smoke_on_postgres(postgres_server: object) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "exactly the expected examples: yes" in proc.stdout
+    assert "bare bolt app that only acks" in proc.stdout and "x the bare app" in proc.stdout
 
 
 def test_quality_bench_smoke() -> None:

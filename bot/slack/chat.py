@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 from collections.abc import Sequence
 from typing import Any
 
+import aiohttp
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
 from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler,
     RateLimitErrorRetryHandler,
 )
+from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook import WebhookClient
 
 from bot.plugin import Button, ChatError, ChatMessage
@@ -61,6 +70,51 @@ def _message(channel: str, raw: dict[str, Any]) -> ChatMessage:
     )
 
 
+class _PooledWebAPI:
+    """Slack Web API calls over one pooled aiohttp session, for handler threads.
+
+    slack_sdk's sync ``WebClient`` opens a new connection (and TLS handshake) for every call;
+    handlers make two or three calls per event, so the connection set-up dominated. Calls run
+    on a private event loop thread through the ``AsyncWebClient`` (same retries and errors),
+    and the calling thread waits for the result.
+    """
+
+    def __init__(self, token: str, base_url: str, timeout: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="slack-web-api", daemon=True
+        )
+        self._thread.start()
+        self.timeout = timeout
+
+        async def build() -> AsyncWebClient:
+            connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=30)
+            session = aiohttp.ClientSession(connector=connector)
+            return AsyncWebClient(
+                token=token, base_url=base_url, timeout=timeout, session=session,
+                retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=5),
+                                AsyncConnectionErrorRetryHandler()],
+            )  # fmt: skip
+
+        self.client = self._run(build())
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def api_call(self, method: str, body: dict[str, Any]) -> Any:
+        return self._run(self.client.api_call(method, json=body))
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        session = self.client.session
+        if session is not None:
+            with contextlib.suppress(Exception):
+                self._run(session.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
 class SlackChat:
     """What plugins call to talk in Slack. Errors become ``ChatError(code)``."""
 
@@ -68,16 +122,21 @@ class SlackChat:
         self.client = WebClient(
             token=token, base_url=base_url, timeout=timeout, retry_handlers=retry_handlers()
         )
+        self.api = _PooledWebAPI(token, base_url, timeout)
         self._bot_user_id: str | None = None
 
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            response = self.client.api_call(method, json=kwargs)
+            response = self.api.api_call(method, kwargs)
         except SlackApiError as exc:
             code = str(exc.response.get("error", "unknown_error"))
             raise ChatError(code, f"Slack {method} failed: {code}") from None
         data: dict[str, Any] = response.data if isinstance(response.data, dict) else {}
         return data
+
+    def close(self) -> None:
+        """Close the pooled connections (the process may also just exit)."""
+        self.api.close()
 
     def post(
         self,

@@ -101,6 +101,7 @@ class SlackRuntime:
         self.pump.stop()
         self.leader.stop()
         self.bridge.pool.shutdown(wait=False)
+        self.chat.close()
 
     def uvicorn_server(self, host: str, port: int) -> uvicorn.Server:
         config = uvicorn.Config(

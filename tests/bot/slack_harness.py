@@ -76,3 +76,4 @@ def serve_bot(
         server.should_exit = True
         thread.join(timeout=10)
         bridge.pool.shutdown(wait=True)
+        chat.close()

@@ -390,3 +390,28 @@ def test_status_and_retrain(env: Env) -> None:
     assert queued.startswith("Queued training run") and "`kk_copy`" in queued
     assert "unknown dataset 'nope'" in env.command("retrain nope")
     assert "last run queued" in env.command("status")
+
+
+def test_new_since_the_last_training_counts_only_later_active_examples(env: Env) -> None:
+    import datetime as dt
+
+    from bot.collection import Collector
+    from bot.storage.models import TrainingRun
+
+    first = env.fake.add_message(COPY, POST, user=PRIYA)
+    env.react(MAYA, "white_check_mark", COPY, first)
+    with env.db.session() as s:
+        ds = Datasets(s).get("kk_copy")
+        assert Collector(s).totals(ds) == (1, 1)  # never trained: everything is new
+        started = utcnow() + dt.timedelta(seconds=1)
+        s.add(TrainingRun(dataset_id=ds.id, status="failed", started_at=started))
+        s.add(TrainingRun(dataset_id=ds.id, status="succeeded", started_at=started))
+    time.sleep(1.1)
+    second = env.fake.add_message(
+        COPY, "A smoky lapsang for cold evenings, back in stock.", user=PRIYA
+    )
+    env.react(MAYA, "white_check_mark", COPY, second)
+    assert "Added to kk_copy: 2 examples, 1 new since the last training." in env.ephemerals()
+    env.react(MAYA, "white_check_mark", COPY, second, removed=True)
+    with env.db.session() as s:
+        assert Collector(s).totals(Datasets(s).get("kk_copy")) == (1, 0)
