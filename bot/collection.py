@@ -177,8 +177,8 @@ class Collector:
             {"example_id": example.id, "band_key": key, "dataset_id": example.dataset_id}
             for key in dict.fromkeys(near_dup_keys(example.text))
         ]
-        if rows:
-            self.session.execute(insert(NearDupKey), rows)
+        if rows:  # one multi-row INSERT, not one statement per key
+            self.session.execute(insert(NearDupKey).values(rows))
 
     # ---- approving ----------------------------------------------------------------------
 
