@@ -302,9 +302,8 @@ class RepliesPlugin(Plugin):
         if row.status == "posted":
             ctx.respond(f"<@{row.resolved_by}> already posted this reply.", replace_original=True)
             return
-        if row.status == "generating":
-            ctx.respond("A suggestion is being written right now.")
-            return
+        # Even while "generating": a run cut off by a restart must not leave it stuck, and two
+        # concurrent runs only mean the later text wins.
         row.status, row.requested_by = "generating", event.user_id
         ctx.respond("Writing another suggestion…", replace_original=True)
         ctx.submit_after_commit(self.generate, ctx.services, row.id, event.response_url, True,
