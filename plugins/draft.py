@@ -13,7 +13,6 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -29,6 +28,7 @@ from bot.plugin import (
     command,
     on_action,
     on_view_submission,
+    text_edit_modal,
 )
 from bot.replies import is_reply_dataset
 from bot.storage.models import Dataset, Draft, utcnow
@@ -38,7 +38,6 @@ from trainer.rules import edit_distance, rule_violations
 
 log = logging.getLogger("brandbot.draft")
 MAX_BRIEF = 2000
-EDIT_LIMIT = 3000  # a Slack plain_text_input holds at most 3,000 characters
 USAGE = "Usage: `/draft [-d dataset] [-n 1-3] brief`, e.g. `/draft announce the autumn chai`"
 
 
@@ -314,7 +313,11 @@ class DraftPlugin(Plugin):
             return
         draft, _, index = loaded
         text = draft.variants[index] if index < len(draft.variants) else (draft.text or "")
-        ctx.chat.open_modal(event.trigger_id, edit_view(draft.id, index, text))
+        ctx.chat.open_modal(
+            event.trigger_id,
+            text_edit_modal("draft_edit", f"{draft.id}:{index}", text, title="Edit the draft",
+                            submit="Post", label="Post"),
+        )  # fmt: skip
 
     @on_view_submission("draft_edit")
     def edited(self, event: ActionEvent, ctx: Context) -> dict[str, str] | None:
@@ -362,28 +365,3 @@ class DraftPlugin(Plugin):
         if draft.status == "pending":
             draft.status = "discarded"
         ctx.respond(f"Draft {draft.status}.", replace_original=True)
-
-
-def edit_view(draft_id: int, index: int, text: str) -> dict[str, Any]:
-    return {
-        "type": "modal",
-        "callback_id": "draft_edit",
-        "private_metadata": f"{draft_id}:{index}",
-        "title": {"type": "plain_text", "text": "Edit the draft"},
-        "submit": {"type": "plain_text", "text": "Post"},
-        "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": [
-            {
-                "type": "input",
-                "block_id": "text",
-                "label": {"type": "plain_text", "text": "Post"},
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": "value",
-                    "multiline": True,
-                    "max_length": EDIT_LIMIT,
-                    "initial_value": text[:EDIT_LIMIT],
-                },
-            }
-        ],
-    }

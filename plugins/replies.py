@@ -35,6 +35,7 @@ from bot.plugin import (
     on_event,
     on_message,
     on_view_submission,
+    text_edit_modal,
 )
 from bot.replies import fit_ticket, reply_datasets, reply_mode, reply_prompt
 from bot.storage.models import Dataset, Suggestion, utcnow
@@ -44,7 +45,6 @@ from trainer.rules import edit_distance
 
 log = logging.getLogger("brandbot.replies")
 MAX_TICKET = 40_000  # Slack's own message limit
-EDIT_LIMIT = 3000  # a Slack plain_text_input holds at most 3,000 characters
 UNPOSTED = ("offered", "generating", "ready", "dismissed", "failed")
 OFFER = "A suggested reply can be drafted for this ticket (only you will see it)."
 
@@ -276,38 +276,42 @@ class RepliesPlugin(Plugin):
             return None
         return row, dataset
 
+    def _open(self, ctx: Context, event: ActionEvent, *, replace: bool) -> Suggestion | None:
+        """The pressed suggestion, unless it is gone or already posted (then say so)."""
+        loaded = self._load(ctx, event.value)
+        if loaded is None:
+            return None
+        row = loaded[0]
+        if row.status == "posted":
+            ctx.respond(f"<@{row.resolved_by}> already posted this reply.",
+                        replace_original=replace)  # fmt: skip
+            return None
+        return row
+
+    def _generate(self, ctx: Context, event: ActionEvent, row: Suggestion, replace: bool) -> None:
+        row.status, row.requested_by = "generating", event.user_id
+        ctx.submit_after_commit(self.generate, ctx.services, row.id, event.response_url, replace,
+                                name="replies.generate")  # fmt: skip
+
     @on_action("reply_ask")
     def ask(self, event: ActionEvent, ctx: Context) -> None:
         """Ephemeral mode: the agent who asks gets a suggestion only they can see."""
-        loaded = self._load(ctx, event.value)
-        if loaded is None:
-            return
-        row, _ = loaded
-        if row.status == "posted":
-            ctx.respond(f"<@{row.resolved_by}> already replied with a suggestion.")
+        row = self._open(ctx, event, replace=False)
+        if row is None:
             return
         if row.status == "generating":
             ctx.respond("A suggestion is being written right now; try again in a moment.")
             return
-        row.status, row.requested_by = "generating", event.user_id
         ctx.respond("Writing a suggested reply… (only you can see it)")
-        ctx.submit_after_commit(self.generate, ctx.services, row.id, event.response_url, False,
-                                name="replies.generate")  # fmt: skip
+        self._generate(ctx, event, row, False)
 
     def _again(self, event: ActionEvent, ctx: Context) -> None:
-        loaded = self._load(ctx, event.value)
-        if loaded is None:
-            return
-        row, _ = loaded
-        if row.status == "posted":
-            ctx.respond(f"<@{row.resolved_by}> already posted this reply.", replace_original=True)
-            return
         # Even while "generating": a run cut off by a restart must not leave it stuck, and two
         # concurrent runs only mean the later text wins.
-        row.status, row.requested_by = "generating", event.user_id
-        ctx.respond("Writing another suggestion…", replace_original=True)
-        ctx.submit_after_commit(self.generate, ctx.services, row.id, event.response_url, True,
-                                name="replies.generate")  # fmt: skip
+        row = self._open(ctx, event, replace=True)
+        if row is not None:
+            ctx.respond("Writing another suggestion…", replace_original=True)
+            self._generate(ctx, event, row, True)
 
     @on_action("reply_regenerate")
     def regenerate(self, event: ActionEvent, ctx: Context) -> None:
@@ -319,15 +323,10 @@ class RepliesPlugin(Plugin):
 
     @on_action("reply_dismiss")
     def dismiss(self, event: ActionEvent, ctx: Context) -> None:
-        loaded = self._load(ctx, event.value)
-        if loaded is None:
-            return
-        row, _ = loaded
-        if row.status == "posted":
-            ctx.respond(f"<@{row.resolved_by}> already posted this reply.", replace_original=True)
-            return
-        row.status, row.resolved_by, row.resolved_at = "dismissed", event.user_id, utcnow()
-        ctx.respond(f"Suggestion dismissed by <@{event.user_id}>.", replace_original=True)
+        row = self._open(ctx, event, replace=True)
+        if row is not None:
+            row.status, row.resolved_by, row.resolved_at = "dismissed", event.user_id, utcnow()
+            ctx.respond(f"Suggestion dismissed by <@{event.user_id}>.", replace_original=True)
 
     @on_action("reply_post")
     def post(self, event: ActionEvent, ctx: Context) -> None:
@@ -342,17 +341,17 @@ class RepliesPlugin(Plugin):
 
     @on_action("reply_edit")
     def edit(self, event: ActionEvent, ctx: Context) -> None:
-        loaded = self._load(ctx, event.value)
-        if loaded is None:
-            return
-        row, _ = loaded
-        if row.status == "posted":
-            ctx.respond(f"<@{row.resolved_by}> already posted this reply.")
+        row = self._open(ctx, event, replace=False)
+        if row is None:
             return
         if not event.trigger_id:
             ctx.respond("Slack sent no trigger to open the editor; press the button again.")
             return
-        ctx.chat.open_modal(event.trigger_id, edit_view(row.id, row.text or ""))
+        ctx.chat.open_modal(
+            event.trigger_id,
+            text_edit_modal("reply_edit", str(row.id), row.text or "", title="Edit the reply",
+                            submit="Post reply", label="Reply (posted in the ticket's thread)"),
+        )  # fmt: skip
 
     @on_view_submission("reply_edit")
     def edited(self, event: ActionEvent, ctx: Context) -> dict[str, str] | None:
@@ -423,28 +422,3 @@ def _claim(session: Any, suggestion_id: int, states: tuple[str, ...], to: str) -
         .values(status=to)
     ).rowcount
     return bool(done)
-
-
-def edit_view(suggestion_id: int, text: str) -> dict[str, Any]:
-    return {
-        "type": "modal",
-        "callback_id": "reply_edit",
-        "private_metadata": str(suggestion_id),
-        "title": {"type": "plain_text", "text": "Edit the reply"},
-        "submit": {"type": "plain_text", "text": "Post reply"},
-        "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": [
-            {
-                "type": "input",
-                "block_id": "text",
-                "label": {"type": "plain_text", "text": "Reply (posted in the ticket's thread)"},
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": "value",
-                    "multiline": True,
-                    "max_length": EDIT_LIMIT,
-                    "initial_value": text[:EDIT_LIMIT],
-                },
-            }
-        ],
-    }
