@@ -619,7 +619,7 @@ class LocalEngine:
 
         ``quick_base`` (label scoring) runs an all-base batch with the LoRA layers switched off
         by their flag alone: peft's ``disable_adapter()`` also collects every layer's status
-        (printing each module), about a sixth of a scoring pass.
+        (printing each module), about an eighth of a scoring pass.
         """
         kwargs: dict[str, Any] = {
             "input_ids": input_ids.to(self.device),
