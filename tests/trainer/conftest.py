@@ -35,7 +35,8 @@ def sample_copy_run(
     base model (resolved from ``<data>/models``, where the session already converted it), the
     product's default draft settings (``defaults_for("draft")``: 3 epochs, max_length 512), the
     worker's run (train, evaluate base vs new on the held-out split, decide) and its in-process
-    inference engine. About 2.5 minutes on 2 CPU cores; once per session."""
+    inference engine. Once per session: 3.2 minutes on 2 otherwise idle CPU cores with the
+    model conversion (docs/training.md)."""
     from bot.inference import LazyInference
     from bot.samples import load_sample_brand
     from bot.settings import Settings
