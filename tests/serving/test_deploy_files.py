@@ -116,7 +116,7 @@ def test_kubernetes_manifests() -> None:
     assert vllm_env["data"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     worker = next(d for d in docs if d["metadata"]["name"] == "brandbot-worker")
     command = worker["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[:2] == ["accelerate", "launch"]
+    assert command[:3] == ["brandbot", "worker", "--gpus"]
 
 
 def test_container_files() -> None:
