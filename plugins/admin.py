@@ -180,9 +180,9 @@ class AdminPlugin(Plugin):
         where = ", ".join(f"<#{c}>" for c in dataset.channels)
         if is_reply_dataset(dataset):
             modes = ", ".join(f"<#{c}> ({reply_mode(dataset, c)})" for c in dataset.ticket_channels)
-            where = (where + "; " if where else "") + f"suggests replies to tickets in {modes}"
+            where = (where + "; " if where else "") + f"replies to tickets in {modes}"
         lines = [
-            f"*{dataset.name}* ({dataset.task}) in {where or 'no channels yet'}",
+            f"*{dataset.name}* ({dataset.task}): {where or 'no channels yet'}",
             f"examples: {s['by_status'].get('active', 0)} active "
             f"({split.get('train', 0)} train, {split.get('heldout', 0)} held out), "
             f"{s['by_status'].get('withdrawn', 0)} withdrawn; "
