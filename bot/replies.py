@@ -14,6 +14,7 @@ from bot.storage.models import Dataset
 from trainer.cleaning import normalize_text
 
 CUT_NOTE = "[… {n} characters cut from the middle …]"
+TEMPLATE_MARGIN = 64  # tokens the chat template adds around the messages
 
 
 def reply_mode(dataset: Dataset, channel: str) -> str:
@@ -62,13 +63,19 @@ def fit_ticket(
     count_tokens: Callable[[str], int],
     budget: int,
     *,
+    fixed_bytes: int = 0,
     rounds: int = 4,
 ) -> tuple[str, int]:
     """Cut ``ticket`` from the middle until its prompt takes at most ``budget`` tokens.
 
-    ``count_tokens`` counts the whole prompt (chat template included) for a candidate ticket.
+    ``count_tokens`` counts the whole prompt (chat template included) for a candidate ticket;
+    ``fixed_bytes`` is the UTF-8 size of the rest of the prompt (the system prompt). A token
+    covers at least one byte, so a prompt whose bytes (plus a margin for the template's special
+    tokens) fit the budget is not counted at all: the usual ticket costs no tokenizer call.
     Returns (ticket text to use, characters cut; 0 when it fit).
     """
+    if fixed_bytes + len(reply_prompt(ticket, label).encode()) + TEMPLATE_MARGIN <= budget:
+        return ticket, 0
     text, cut = ticket, 0
     for _ in range(rounds):
         used = count_tokens(text)

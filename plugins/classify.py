@@ -123,7 +123,7 @@ class ClassifyPlugin(Plugin):
             fitted, _ = fit_ticket(
                 text, None,
                 lambda t: int(services.inference.count_tokens(ticket_messages(dataset, t))),
-                limit - longest,
+                limit - longest, fixed_bytes=len(dataset.system_prompt.encode()),
             )  # fmt: skip
             messages = ticket_messages(dataset, fitted)
         result = services.inference.classify(messages, dataset.labels, model=model)

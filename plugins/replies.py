@@ -188,8 +188,9 @@ class RepliesPlugin(Plugin):
             return build(ticket), 0
         budget = limit - self._max_tokens(dataset)
         fitted, cut = fit_ticket(
-            ticket, label, lambda text: int(services.inference.count_tokens(build(text))), budget
-        )
+            ticket, label, lambda text: int(services.inference.count_tokens(build(text))), budget,
+            fixed_bytes=len(dataset.system_prompt.encode()),
+        )  # fmt: skip
         return build(fitted), cut
 
     def generate(

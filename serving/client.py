@@ -141,9 +141,14 @@ class InferenceClient(ABC):
         """Prompt tokens of ``messages`` with the chat template and the generation prompt."""
 
     def max_model_len(self) -> int | None:
-        """The served context length (prompt plus completion), when the server says."""
-        lengths = [m.max_model_len for m in self.models() if m.max_model_len]
-        return min(lengths) if lengths else None
+        """The served context length (prompt plus completion), when the server says; asked
+        once, since it is fixed for the life of a server."""
+        known: int | None = getattr(self, "_max_model_len", None)
+        if known is None:
+            lengths = [m.max_model_len for m in self.models() if m.max_model_len]
+            known = min(lengths) if lengths else None
+            self._max_model_len = known
+        return known
 
     @abstractmethod
     def load_adapter(self, name: str, path: str) -> None: ...

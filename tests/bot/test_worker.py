@@ -175,7 +175,6 @@ def test_a_run_trains_in_two_processes_through_accelerate_launch(
 ) -> None:
     """``brandbot train --gpus 2`` / ``[training] processes = 2``: the worker stays one process,
     the training step runs in two gloo CPU processes, and the run is recorded as usual."""
-    pytest.importorskip("accelerate")
     db = Database(sqlite_url)
     db.upgrade()
     settings = Settings(data_dir=tmp_path / "data", base_model=str(tiny_model_dir),

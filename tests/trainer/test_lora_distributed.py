@@ -15,8 +15,6 @@ from serving.base_model import read_fingerprint
 from tests.trainer.test_lora import sample_examples, small_config
 from trainer.lora import LaunchedTrainingFailed, latest_checkpoint, train_lora
 
-pytest.importorskip("accelerate")
-
 
 @pytest.mark.slow
 def test_two_processes_train_the_single_process_run(tiny_model_dir: Path, tmp_path: Path) -> None:
