@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -37,6 +37,7 @@ MIN_TEXT_CHARS = 3
 TICKET_PROMPTS = ("ticket", "suggestion")  # prompt sources that hold a support ticket's text
 
 Scrubber = Callable[[str], str]
+_T = TypeVar("_T")
 
 
 def default_scrubber() -> Scrubber:
@@ -51,6 +52,37 @@ def near_dup_keys(text: str) -> list[str]:
 
     keys: list[str] = lsh_keys(minhash_signature(text))
     return keys
+
+
+@dataclass(frozen=True)
+class ApproveRequest:
+    """One reaction to record (``Collector.approve``'s arguments)."""
+
+    dataset: Dataset
+    message: ChatMessage
+    approver: str
+    emoji: str
+    kind: str  # approve | reject | label
+    workspace: str
+    label: str | None = None
+    prompt: str | None = None
+    prompt_source: str | None = None
+
+    @property
+    def key(self) -> tuple[int, str, str]:
+        return (self.dataset.id, self.message.channel_id, self.message.ts)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    index: int
+    request: ApproveRequest
+    text: str
+    prompt: str | None
+    prompt_source: str | None
+    digest: str
+    tkey: str
+    keys: tuple[str, ...]
 
 
 @dataclass
@@ -79,9 +111,17 @@ class Collector:
 
     # ---- lookups ------------------------------------------------------------------------
 
-    def datasets_for_channel(self, channel: str) -> list[Dataset]:
-        datasets = self.session.scalars(select(Dataset).order_by(Dataset.name)).all()
+    def datasets(self) -> list[Dataset]:
+        """Every dataset, by name."""
+        return list(self.session.scalars(select(Dataset).order_by(Dataset.name)))
+
+    @staticmethod
+    def in_channel(datasets: list[Dataset], channel: str) -> list[Dataset]:
+        """Those of ``datasets`` that collect in ``channel`` (a copy or a ticket channel)."""
         return [d for d in datasets if channel in d.channels or channel in d.ticket_channels]
+
+    def datasets_for_channel(self, channel: str) -> list[Dataset]:
+        return self.in_channel(self.datasets(), channel)
 
     def opted_out(self, user_id: str | None) -> bool:
         return bool(user_id) and self.session.get(OptOut, user_id) is not None
@@ -131,45 +171,6 @@ class Collector:
             return "train"
         return split_for(identity)
 
-    def _same_and_splits(
-        self, dataset: Dataset, digest: str, tkey: str
-    ) -> tuple[int | None, set[str]]:
-        """(id of an example with this exact content, splits of examples with this text), in
-        one query."""
-        rows = self.session.execute(
-            select(Example.id, Example.content_hash, Example.text_key, Example.split).where(
-                Example.dataset_id == dataset.id,
-                (Example.content_hash == digest) | (Example.text_key == tkey),
-            )
-        ).all()
-        same = next((int(r.id) for r in rows if r.content_hash == digest), None)
-        return same, {r.split for r in rows if r.text_key == tkey}
-
-    def _near_duplicate(self, dataset: Dataset, text: str, exclude: int | None) -> int | None:
-        """An active example of the dataset whose text is nearly the same, if any.
-
-        Candidates share at least two LSH band keys (one shared band is mostly chance at the
-        similarities that matter); their texts are then compared exactly, in one query.
-        """
-        from trainer.near_dup import is_near_duplicate
-
-        keys = near_dup_keys(text)
-        shared = (
-            select(NearDupKey.example_id)
-            .where(NearDupKey.dataset_id == dataset.id, NearDupKey.band_key.in_(keys))
-            .group_by(NearDupKey.example_id)
-            .having(func.count() >= 2)
-        )
-        rows = self.session.execute(
-            select(Example.id, Example.text).where(
-                Example.id.in_(shared), Example.status == "active"
-            )
-        )
-        for example_id, other in rows:
-            if example_id != exclude and is_near_duplicate(other, text):
-                return int(example_id)
-        return None
-
     def _store_keys(self, example: Example, *, new: bool = False) -> None:
         if not new:
             self.session.execute(delete(NearDupKey).where(NearDupKey.example_id == example.id))
@@ -196,45 +197,206 @@ class Collector:
         prompt_source: str | None = None,
     ) -> Outcome:
         """Record an approve/reject/label reaction on ``message`` for ``dataset``."""
-        existing = self.example_for(dataset, message.channel_id, message.ts)
-        if existing is not None:
-            return self._reapprove(dataset, existing, approver, emoji, kind, label)
-        text, refused = self.clean(message.text, dataset)
+        request = ApproveRequest(
+            dataset, message, approver=approver, emoji=emoji, kind=kind, workspace=workspace,
+            label=label, prompt=prompt, prompt_source=prompt_source,
+        )  # fmt: skip
+        return self.approve_many([request])[0]
+
+    def approve_many(self, requests: list[ApproveRequest]) -> list[Outcome]:
+        """``approve`` for several reactions, in a handful of queries however many there are.
+
+        The outcome is what ``approve`` would give for each in turn: a later request for the
+        same message re-approves the example an earlier one created, and a text the batch
+        already added is a duplicate (or, when near-identical, a near duplicate) for the rest.
+        """
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        todo = list(range(len(requests)))
+        while todo:  # one request per message each round; repeats wait for the next round
+            seen: set[tuple[int, str, str]] = set()
+            now: list[int] = []
+            later: list[int] = []
+            for i in todo:
+                key = requests[i].key
+                (later if key in seen else now).append(i)
+                seen.add(key)
+            self._approve_round([(i, requests[i]) for i in now], outcomes)
+            todo = later
+        assert all(o is not None for o in outcomes)
+        return [o for o in outcomes if o is not None]
+
+    def _approve_round(
+        self, items: list[tuple[int, ApproveRequest]], outcomes: list[Outcome | None]
+    ) -> None:
+        from trainer.near_dup import is_near_duplicate
+
+        existing = self._examples_for([r.key for _, r in items])
+        fresh: list[_Prepared] = []
+        for i, r in items:
+            example = existing.get(r.key)
+            if example is not None:
+                outcomes[i] = self._reapprove(
+                    r.dataset, example, r.approver, r.emoji, r.kind, r.label
+                )
+                continue
+            prepared = self._prepare(i, r)
+            if isinstance(prepared, Outcome):
+                outcomes[i] = prepared
+            else:
+                fresh.append(prepared)
+        if not fresh:
+            return
+        dataset_ids = {p.request.dataset.id for p in fresh}
+        same: dict[tuple[int, str], int | Example] = {}
+        splits: dict[tuple[int, str], set[str]] = {}
+        for row in self.session.execute(
+            select(Example.id, Example.dataset_id, Example.content_hash, Example.text_key,
+                   Example.split).where(
+                Example.dataset_id.in_(dataset_ids),
+                Example.content_hash.in_({p.digest for p in fresh})
+                | Example.text_key.in_({p.tkey for p in fresh}),
+            )
+        ):  # fmt: skip
+            same.setdefault((row.dataset_id, row.content_hash), int(row.id))
+            splits.setdefault((row.dataset_id, row.text_key), set()).add(row.split)
+        # Near-duplicate candidates share at least two LSH band keys (one shared band is mostly
+        # chance at the similarities that matter); their texts are then compared exactly.
+        holders: dict[tuple[int, str], list[int]] = {}
+        for example_id, dataset_id, band_key in self.session.execute(
+            select(NearDupKey.example_id, NearDupKey.dataset_id, NearDupKey.band_key).where(
+                NearDupKey.dataset_id.in_(dataset_ids),
+                NearDupKey.band_key.in_({k for p in fresh for k in p.keys}),
+            )
+        ):
+            holders.setdefault((dataset_id, band_key), []).append(int(example_id))
+        candidates = {p.index: self._shared_twice(p, holders) for p in fresh}
+        wanted = {c for found in candidates.values() for c in found}
+        texts: dict[int | Example, str] = {}
+        if wanted:
+            for example_id, text in self.session.execute(
+                select(Example.id, Example.text).where(
+                    Example.id.in_(wanted), Example.status == "active"
+                )
+            ):
+                texts[int(example_id)] = text
+        batch_holders: dict[tuple[int, str], list[Example]] = {}
+        added: list[tuple[_Prepared, Example]] = []
+        twins_added: list[tuple[Outcome, Example]] = []  # their ids are known after the flush
+
+        def duplicate(p: _Prepared, of: int | Example, reason: str) -> None:
+            outcome = Outcome(p.request.dataset.name, "duplicate", None, reason)
+            if isinstance(of, Example):
+                twins_added.append((outcome, of))
+            else:
+                outcome.example_id = of
+            outcomes[p.index] = outcome
+
+        for p in fresh:
+            r, ds = p.request, p.request.dataset.id
+            twin = same.get((ds, p.digest))
+            if twin is not None:
+                duplicate(p, twin, "the same text is already an example")
+                continue
+            if r.kind != "label":
+                near: list[int | Example] = [
+                    *candidates[p.index],
+                    *self._shared_twice(p, batch_holders),
+                ]
+                hit = next(
+                    (c for c in near if c in texts and is_near_duplicate(texts[c], p.text)), None
+                )
+                if hit is not None:
+                    duplicate(p, hit, "a near-identical example exists")
+                    continue
+            identity = slack_message_key(r.workspace, r.message.channel_id, r.message.ts)
+            example = Example(
+                dataset_id=ds, task=r.dataset.task, prompt=p.prompt, prompt_source=p.prompt_source,
+                text=p.text, label=r.label, kind="negative" if r.kind == "reject" else "positive",
+                status="active", content_hash=p.digest, text_key=p.tkey, source="reaction",
+                split=self._choose_split(splits.get((ds, p.tkey), set()), identity),
+                workspace_id=r.workspace, channel_id=r.message.channel_id, message_ts=r.message.ts,
+                thread_ts=r.message.thread_ts, author_id=r.message.user_id, approver_id=r.approver,
+            )  # fmt: skip
+            same[(ds, p.digest)] = example
+            splits.setdefault((ds, p.tkey), set()).add(example.split)
+            texts[example] = p.text
+            for key in p.keys:
+                batch_holders.setdefault((ds, key), []).append(example)
+            added.append((p, example))
+        if not added:
+            return
+        self.session.add_all([example for _, example in added])
+        self.session.flush()  # one multi-row INSERT that returns the ids
+        key_rows = []
+        for p, example in added:
+            r = p.request
+            self.session.add(
+                Approval(example_id=example.id, user_id=r.approver, emoji=r.emoji, kind=r.kind)
+            )
+            key_rows += [
+                {"example_id": example.id, "band_key": k, "dataset_id": example.dataset_id}
+                for k in p.keys
+            ]
+            self.audit.record(
+                "example.add", actor=r.approver, dataset_id=example.dataset_id,
+                example_id=example.id, content_hash=example.content_hash, kind=example.kind,
+                split=example.split,
+            )  # fmt: skip
+            needs_brief = r.dataset.task == "draft" and p.prompt is None and r.kind == "approve"
+            outcomes[p.index] = Outcome(
+                r.dataset.name, "added", example.id, needs_brief=needs_brief
+            )
+        if key_rows:
+            self.session.execute(insert(NearDupKey).values(key_rows))
+        for outcome, example in twins_added:
+            outcome.example_id = example.id
+
+    @staticmethod
+    def _shared_twice(prepared: _Prepared, holders: dict[tuple[int, str], list[_T]]) -> list[_T]:
+        """The holders of at least two of the prepared text's band keys, in first-seen order."""
+        counts: dict[_T, int] = {}
+        ds = prepared.request.dataset.id
+        for key in prepared.keys:
+            for holder in holders.get((ds, key), ()):
+                counts[holder] = counts.get(holder, 0) + 1
+        return [holder for holder, n in counts.items() if n >= 2]
+
+    def _prepare(self, index: int, r: ApproveRequest) -> _Prepared | Outcome:
+        """Clean the text (and the prompt) and compute its hashes, or say why it is refused."""
+        text, refused = self.clean(r.message.text, r.dataset)
         if refused:
-            return Outcome(dataset.name, "refused", reason=refused)
-        if prompt is None and dataset.task == "draft" and message.parent is not None:
-            parent_text, parent_refused = self.clean(message.parent.text, dataset)
+            return Outcome(r.dataset.name, "refused", reason=refused)
+        prompt, prompt_source = r.prompt, r.prompt_source
+        if prompt is None and r.dataset.task == "draft" and r.message.parent is not None:
+            parent_text, parent_refused = self.clean(r.message.parent.text, r.dataset)
             if not parent_refused or len(parent_text) >= MIN_TEXT_CHARS:
                 prompt, prompt_source = parent_text[:MAX_TEXT_CHARS], "thread"
         if prompt is not None:
             prompt = normalize_text(self.scrub(prompt))
-        digest = content_hash(dataset.task, prompt, text, label)
-        tkey = text_key(text)
-        same, splits = self._same_and_splits(dataset, digest, tkey)
-        if same is not None:
-            return Outcome(dataset.name, "duplicate", same, "the same text is already an example")
-        near = self._near_duplicate(dataset, text, None)
-        if near is not None and kind != "label":
-            return Outcome(dataset.name, "duplicate", near, "a near-identical example exists")
-        identity = slack_message_key(workspace, message.channel_id, message.ts)
-        example = Example(
-            dataset_id=dataset.id, task=dataset.task, prompt=prompt, prompt_source=prompt_source,
-            text=text, label=label, kind="negative" if kind == "reject" else "positive",
-            status="active", content_hash=digest, text_key=tkey, source="reaction",
-            split=self._choose_split(splits, identity),
-            workspace_id=workspace, channel_id=message.channel_id, message_ts=message.ts,
-            thread_ts=message.thread_ts, author_id=message.user_id, approver_id=approver,
-        )  # fmt: skip
-        self.session.add(example)
-        self.session.flush()
-        self.session.add(Approval(example_id=example.id, user_id=approver, emoji=emoji, kind=kind))
-        self._store_keys(example, new=True)
-        self.audit.record(
-            "example.add", actor=approver, dataset_id=dataset.id, example_id=example.id,
-            content_hash=digest, kind=example.kind, split=example.split,
-        )  # fmt: skip
-        needs_brief = dataset.task == "draft" and prompt is None and kind == "approve"
-        return Outcome(dataset.name, "added", example.id, needs_brief=needs_brief)
+        digest = content_hash(r.dataset.task, prompt, text, r.label)
+        keys = tuple(dict.fromkeys(near_dup_keys(text)))
+        return _Prepared(index, r, text, prompt, prompt_source, digest, text_key(text), keys)
+
+    def _examples_for(
+        self, keys: list[tuple[int, str, str]]
+    ) -> dict[tuple[int, str, str], Example]:
+        """The examples of these (dataset id, channel, ts), in one query."""
+        if not keys:
+            return {}
+        rows = self.session.scalars(
+            select(Example).where(
+                Example.dataset_id.in_({k[0] for k in keys}),
+                Example.channel_id.in_({k[1] for k in keys}),
+                Example.message_ts.in_({k[2] for k in keys}),
+            )
+        )
+        wanted = set(keys)
+        found = {}
+        for example in rows:
+            key = (example.dataset_id, example.channel_id or "", example.message_ts or "")
+            if key in wanted:
+                found[key] = example
+        return found
 
     def add_feedback(
         self,

@@ -203,6 +203,10 @@ class ChatAPI(Protocol):
         """The message with its thread replies; None when it cannot be read."""
         ...
 
+    def fetch_messages(self, refs: Sequence[tuple[str, str]]) -> list[ChatMessage | None]:
+        """``fetch_message`` for several (channel, ts), in order; concurrent where it can be."""
+        ...
+
     def channel_members(self, channel: str) -> list[str]: ...
 
     def usergroup_members(self, group: str) -> list[str]: ...
@@ -340,6 +344,7 @@ class HandlerSpec:
     pattern: re.Pattern[str] | None = None
     added: bool = True
     help: str = ""
+    batch: bool = False  # the handler takes a list of events (see ``on_reaction``)
 
 
 ATTR = "__brandbot_handlers__"
@@ -363,9 +368,19 @@ def command(name: str, *, help: str = "") -> Callable[[F], F]:
     return _mark(HandlerSpec("command", name, help=help))
 
 
-def on_reaction(emoji: str | None = None, *, removed: bool = False) -> Callable[[F], F]:
-    """A reaction added (or, with ``removed=True``, removed); ``emoji=None`` matches any."""
-    return _mark(HandlerSpec("reaction", (emoji or "").strip(":"), added=not removed))
+def on_reaction(
+    emoji: str | None = None, *, removed: bool = False, batch: bool = False
+) -> Callable[[F], F]:
+    """A reaction added (or, with ``removed=True``, removed); ``emoji=None`` matches any.
+
+    With ``batch=True`` the handler is called as ``fn(events, ctx)`` with a list of reaction
+    events that arrived together (one or more, distinct event ids, in arrival order) and a
+    context whose ``event`` is None, all in one transaction. A busy workspace's reactions then
+    cost a few queries per batch instead of per event; the runtime retries the events one by
+    one when a batch fails, so a handler that raises still fails only its own event.
+    """
+    spec = HandlerSpec("reaction", (emoji or "").strip(":"), added=not removed, batch=batch)
+    return _mark(spec)
 
 
 def on_message(regex: str = "") -> Callable[[F], F]:

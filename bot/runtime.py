@@ -224,16 +224,75 @@ class Runtime:
                     call_event = CommandEvent(**{**event.__dict__, "text": text})
                 ctx = Context(self.services, session, call_event)
                 contexts.append(ctx)
-                value = self._call(bound, call_event, ctx)
+                arg: Any = [call_event] if bound.spec.batch else call_event
+                value = self._call(bound, arg, ctx)
         self._run_after_commit(contexts)
         return Result(Outcome.HANDLED, value, len(bounds))
+
+    def batchable(self, event: Event) -> bool:
+        """Whether ``handle_batch`` takes this event: every handler it matches takes lists."""
+        bounds = self.match(event)
+        return bool(bounds) and all(b.spec.batch for b in bounds)
+
+    def handle_batch(self, events: list[Event]) -> list[Result | Exception]:
+        """Run batchable events (see ``batchable``) together: one transaction, each batch
+        handler called once with the events it matches. Each event still takes effect exactly
+        once per ``event_id``, including a retry that arrives in the same batch.
+
+        Returns one Result per event, or the NotAllowed it met. Raises what a handler raised,
+        after rolling the whole batch back: the caller then runs the events one by one
+        (``handle``), so only the event that fails is reported as failed.
+        """
+        results: list[Result | Exception | None] = [None] * len(events)
+        runnable: list[tuple[int, Event, list[Bound]]] = []
+        for i, event in enumerate(events):
+            EVENTS_RECEIVED.labels(event_kind(event)).inc()
+            bounds = self.match(event)
+            if not bounds:
+                results[i] = Result(Outcome.UNHANDLED)
+                continue
+            if not all(b.spec.batch for b in bounds):
+                raise ValueError(f"{event_kind(event)} event has handlers that take one event")
+            try:
+                for bound in bounds:
+                    self.check_allowed(bound, event.user_id)
+            except NotAllowed as exc:
+                results[i] = exc
+                continue
+            runnable.append((i, event, bounds))
+        contexts: list[Context] = []
+        with self.services.db.session() as session:
+            by_kind: dict[str, list[str]] = {}
+            for _, event, _ in runnable:
+                if event.event_id:
+                    by_kind.setdefault(event_kind(event), []).append(event.event_id)
+            claimed: set[str] = set()
+            for kind, ids in by_kind.items():
+                claimed |= ProcessedEvents(session).claim_many(ids, kind)
+            calls: dict[Bound, list[Event]] = {}
+            for i, event, bounds in runnable:
+                if event.event_id:
+                    if event.event_id not in claimed:
+                        EVENTS_DUPLICATE.labels(event_kind(event)).inc()
+                        results[i] = Result(Outcome.DUPLICATE)
+                        continue
+                    claimed.discard(event.event_id)  # a second copy in this batch is a duplicate
+                for bound in bounds:
+                    calls.setdefault(bound, []).append(event)
+                results[i] = Result(Outcome.HANDLED, None, len(bounds))
+            for bound, batch in calls.items():
+                ctx = Context(self.services, session, None)
+                contexts.append(ctx)
+                self._call(bound, batch, ctx)
+        self._run_after_commit(contexts)
+        return [r if r is not None else Result(Outcome.UNHANDLED) for r in results]
 
     def _run_after_commit(self, contexts: list[Context]) -> None:
         for ctx in contexts:
             for fn, args, name in ctx._after_commit:
                 self.services.jobs.submit(fn, *args, name=name)
 
-    def _call(self, bound: Bound, event: Event | InternalEvent, ctx: Context) -> Any:
+    def _call(self, bound: Bound, event: Any, ctx: Context) -> Any:
         start = time.perf_counter()
         try:
             return bound.fn(event, ctx)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bot.collection import Collector, forget_user, purge_ticket_text
+from bot.collection import ApproveRequest, Collector, forget_user, purge_ticket_text
 from bot.plugin import (
     ChatMessage,
     CommandEvent,
@@ -127,61 +127,97 @@ class CollectPlugin(Plugin):
         else:
             ctx.chat.ephemeral(event.channel_id or "", event.user_id, text)
 
-    @on_reaction()
-    def reaction_added(self, event: ReactionEvent, ctx: Context) -> None:
-        """React with a dataset's approve emoji (or a label emoji on a ticket) to add it."""
-        channel = event.channel_id or ""
+    @on_reaction(batch=True)
+    def reaction_added(self, events: list[ReactionEvent], ctx: Context) -> None:
+        """React with a dataset's approve emoji (or a label emoji on a ticket) to add it.
+
+        Reactions that arrive together are handled together: their messages are fetched
+        concurrently, the database is asked a few questions for all of them, and an approver
+        who approved several messages at once gets one summary per dataset (in ``thread`` mode,
+        one per message)."""
         collector = self.collector(ctx)
-        matches = []
-        for dataset in collector.datasets_for_channel(channel):
-            role = self._role(dataset, event.reaction, channel)
-            if role is not None:
-                matches.append((dataset, *role))
-        if not matches:
+        datasets = collector.datasets()
+        wanted: list[tuple[ReactionEvent, list[tuple[Dataset, str, str | None]]]] = []
+        for event in events:
+            channel = event.channel_id or ""
+            matches = []
+            for dataset in Collector.in_channel(datasets, channel):
+                role = self._role(dataset, event.reaction, channel)
+                if role is not None:
+                    matches.append((dataset, *role))
+            if not matches:
+                continue
+            allowed = [m for m in matches if self._is_approver(ctx, m[0], event.user_id)]
+            if not allowed:
+                names = ", ".join(m[0].name for m in matches)
+                self._tell(ctx, event, f"Only the approvers of {names} can add examples with that.")
+                continue
+            wanted.append((event, allowed))
+        if not wanted:
             return
-        allowed = [m for m in matches if self._is_approver(ctx, m[0], event.user_id)]
-        if not allowed:
-            names = ", ".join(m[0].name for m in matches)
-            self._tell(ctx, event, f"Only the approvers of {names} can add examples with that.")
-            return
-        message = ctx.chat.fetch_message(channel, event.message_ts)
-        opted_out = collector.opted_out_among(event.user_id, message.user_id if message else None)
-        if event.user_id in opted_out:
-            self._tell(ctx, event, "You opted out, so your reactions are not collected.")
-            return
-        if message is None:
-            self._tell(ctx, event, "I can't read that message (is it deleted, or am I not in "
-                                   "this channel?), so nothing was added.")  # fmt: skip
-            return
-        if message.user_id in opted_out:
-            self._tell(ctx, event, "Its author opted out of collection, so nothing was added.")
-            return
-        if message.bot_id and not self.cfg.collect_bot_messages:
-            self._tell(ctx, event, "Bot messages are not collected.")
-            return
-        if not message.text.strip() and message.has_files:
-            self._tell(ctx, event, "A message with only files has no text to learn from.")
-            return
-        draft_brief = self._draft_brief(ctx, channel, event.message_ts)
-        for dataset, kind, label in allowed:
-            prompt, source = draft_brief, "draft" if draft_brief else None
-            if channel not in dataset.channels:  # a reply dataset, in a ticket channel
-                if message.parent is None:
-                    self._tell(ctx, event, f"In a ticket channel, {dataset.name} learns from "
-                               "answers: react to a reply in the ticket's thread.")  # fmt: skip
-                    continue
-                prompt = reply_prompt(message.parent.text, self._ticket_label(ctx, message.parent))
-                source = "ticket"
-            outcome = collector.approve(
-                dataset, message, approver=event.user_id, emoji=event.reaction, kind=kind,
-                workspace=event.team_id or "", label=label, prompt=prompt, prompt_source=source,
-            )  # fmt: skip
+        refs = [(event.channel_id or "", event.message_ts) for event, _ in wanted]
+        messages = ctx.chat.fetch_messages(refs)
+        people = [p for (e, _), m in zip(wanted, messages, strict=True)
+                  for p in (e.user_id, m.user_id if m else None)]  # fmt: skip
+        opted_out = collector.opted_out_among(*people)
+        briefs = self._draft_briefs(ctx, refs)
+        requests: list[tuple[ReactionEvent, ApproveRequest]] = []
+        for (event, allowed), message in zip(wanted, messages, strict=True):
+            problem = self._unusable(event, message, opted_out)
+            if problem or message is None:
+                self._tell(ctx, event, problem)
+                continue
+            channel = event.channel_id or ""
+            draft_brief = briefs.get((channel, event.message_ts))
+            for dataset, kind, label in allowed:
+                prompt, source = draft_brief, "draft" if draft_brief else None
+                if channel not in dataset.channels:  # a reply dataset, in a ticket channel
+                    if message.parent is None:
+                        self._tell(ctx, event, f"In a ticket channel, {dataset.name} learns from "
+                                   "answers: react to a reply in the ticket's thread.")  # fmt: skip
+                        continue
+                    label_ = self._ticket_label(ctx, message.parent)
+                    prompt, source = reply_prompt(message.parent.text, label_), "ticket"
+                request = ApproveRequest(
+                    dataset, message, approver=event.user_id, emoji=event.reaction, kind=kind,
+                    workspace=event.team_id or "", label=label, prompt=prompt,
+                    prompt_source=source,
+                )  # fmt: skip
+                requests.append((event, request))
+        outcomes = collector.approve_many([request for _, request in requests])
+        summaries: dict[int, str] = {}
+        told: set[tuple[str, str, int]] = set()
+        for (event, request), outcome in zip(requests, outcomes, strict=True):
+            dataset = request.dataset
             if outcome.status == "refused" or outcome.status == "duplicate":
                 self._tell(ctx, event, f"Not added to {dataset.name}: {outcome.reason}.")
             elif outcome.status in ("added", "reactivated"):
                 if outcome.needs_brief and self.cfg.write_briefs:
                     ctx.publish("example.needs_brief", {"example_id": outcome.example_id})
-                self._tell(ctx, event, collector.summary_line(dataset))
+                once = (event.channel_id or "", event.user_id, dataset.id)
+                if self.cfg.notify == "ephemeral" and once in told:
+                    continue
+                told.add(once)
+                if dataset.id not in summaries:
+                    summaries[dataset.id] = collector.summary_line(dataset)
+                self._tell(ctx, event, summaries[dataset.id])
+
+    def _unusable(
+        self, event: ReactionEvent, message: ChatMessage | None, opted_out: set[str]
+    ) -> str:
+        """Why a reacted-to message cannot become an example ("" when it can)."""
+        if event.user_id in opted_out:
+            return "You opted out, so your reactions are not collected."
+        if message is None:
+            return ("I can't read that message (is it deleted, or am I not in this channel?), "
+                    "so nothing was added.")  # fmt: skip
+        if message.user_id in opted_out:
+            return "Its author opted out of collection, so nothing was added."
+        if message.bot_id and not self.cfg.collect_bot_messages:
+            return "Bot messages are not collected."
+        if not message.text.strip() and message.has_files:
+            return "A message with only files has no text to learn from."
+        return ""
 
     @staticmethod
     def _ticket_label(ctx: Context, ticket: ChatMessage) -> str | None:
@@ -198,12 +234,18 @@ class CollectPlugin(Plugin):
         return prediction.corrected_label or prediction.label or None
 
     @staticmethod
-    def _draft_brief(ctx: Context, channel: str, ts: str) -> str | None:
+    def _draft_briefs(ctx: Context, refs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The /draft briefs of the posts among these (channel, ts), in one query."""
         from bot.storage.models import Draft
 
-        return ctx.session.scalar(
-            select(Draft.brief).where(Draft.channel_id == channel, Draft.message_ts == ts)
+        rows = ctx.session.execute(
+            select(Draft.channel_id, Draft.message_ts, Draft.brief).where(
+                Draft.channel_id.in_({c for c, _ in refs}),
+                Draft.message_ts.in_({ts for _, ts in refs}),
+            )
         )
+        wanted = set(refs)
+        return {(c or "", ts or ""): brief for c, ts, brief in rows if (c, ts) in wanted and brief}
 
     @on_reaction(removed=True)
     def reaction_removed(self, event: ReactionEvent, ctx: Context) -> None:

@@ -156,6 +156,9 @@ class ConsoleChat:
             bot_id="B0BRANDBOT" if message.bot else None, replies=replies, parent=parent,
         )  # fmt: skip
 
+    def fetch_messages(self, refs: Sequence[tuple[str, str]]) -> list[ChatMessage | None]:
+        return [self.fetch_message(channel, ts) for channel, ts in refs]
+
     def channel_members(self, channel: str) -> list[str]:
         members = self.ws.channels.get(channel, {}).get("members")
         return list(members) if members else list(self.ws.users)

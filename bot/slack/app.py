@@ -23,11 +23,74 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.plugin import ActionEvent, ChatAPI, CommandEvent, Event
-from bot.runtime import NotAllowed, Outcome, Runtime
+from bot.runtime import NotAllowed, Outcome, Result, Runtime
 from bot.slack import events as translate
 
 log = logging.getLogger("brandbot.slack")
 ANY = re.compile(".*")
+
+
+class EventBatcher:
+    """Runs batchable events (``Runtime.batchable``) in batches, like a group commit.
+
+    One batch runs at a time; events that arrive meanwhile wait and form the next batch (at
+    most ``max_size``), so a quiet workspace sees no added delay and a burst of reactions
+    costs a few queries per batch. Each caller still gets its own event's result or error:
+    when a batch fails it is rerun event by event, so Slack retries only the event that failed.
+    """
+
+    def __init__(self, runtime: Runtime, pool: ThreadPoolExecutor, max_size: int = 64) -> None:
+        self.runtime = runtime
+        self.pool = pool
+        self.max_size = max_size
+        self._waiting: list[tuple[Event, asyncio.Future[Result]]] = []
+        self._running = False
+
+    async def submit(self, event: Event) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._waiting.append((event, future))
+        if not self._running:
+            self._start()
+        return await future
+
+    def _start(self) -> None:
+        batch, self._waiting = self._waiting[: self.max_size], self._waiting[self.max_size :]
+        self._running = True
+        events = [event for event, _ in batch]
+        done = asyncio.get_running_loop().run_in_executor(self.pool, self._run, events)
+        done.add_done_callback(lambda f: self._finish(batch, f))
+
+    def _run(self, events: list[Event]) -> list[Result | BaseException]:
+        try:
+            return list(self.runtime.handle_batch(events))
+        except Exception as exc:
+            if len(events) == 1:
+                return [exc]
+            log.warning("a batch of %d events failed; running them one by one", len(events),
+                        exc_info=True)  # fmt: skip
+        results: list[Result | BaseException] = []
+        for event in events:
+            try:
+                results.append(self.runtime.handle(event))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def _finish(
+        self, batch: list[tuple[Event, asyncio.Future[Result]]], done: asyncio.Future[Any]
+    ) -> None:
+        self._running = False
+        error = done.exception()
+        results = done.result() if error is None else [error] * len(batch)
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.cancelled():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        if self._waiting:
+            self._start()
 
 
 class SlackBridge:
@@ -46,6 +109,7 @@ class SlackBridge:
         self.runtime = runtime
         self.chat = chat
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="brandbot-handler")
+        self.batcher = EventBatcher(runtime, self.pool)
         self._tasks: set[asyncio.Future[Any]] = set()
         client = AsyncWebClient(
             token=bot_token,
@@ -105,7 +169,10 @@ class SlackBridge:
             return
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.pool, self.runtime.handle, event)
+            if self.runtime.batchable(event):
+                result = await self.batcher.submit(event)
+            else:
+                result = await loop.run_in_executor(self.pool, self.runtime.handle, event)
         except NotAllowed:
             return
         except Exception:

@@ -96,13 +96,11 @@ class _PooledWebAPI:
                                 AsyncConnectionErrorRetryHandler()],
             )  # fmt: skip
 
-        self.client = self._run(build())
+        self.client = self.run(build())
 
-    def _run(self, coro: Any) -> Any:
+    def run(self, coro: Any) -> Any:
+        """Run a coroutine on the API's loop and wait for its result (from any other thread)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def api_call(self, method: str, body: dict[str, Any]) -> Any:
-        return self._run(self.client.api_call(method, json=body))
 
     def close(self) -> None:
         if not self._thread.is_alive():
@@ -110,7 +108,7 @@ class _PooledWebAPI:
         session = self.client.session
         if session is not None:
             with contextlib.suppress(Exception):
-                self._run(session.close())
+                self.run(session.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
 
@@ -126,12 +124,7 @@ class SlackChat:
         self._bot_user_id: str | None = None
 
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            response = self.api.api_call(method, kwargs)
-        except SlackApiError as exc:
-            code = str(exc.response.get("error", "unknown_error"))
-            raise ChatError(code, f"Slack {method} failed: {code}") from None
-        data: dict[str, Any] = response.data if isinstance(response.data, dict) else {}
+        data: dict[str, Any] = self.api.run(self._acall(method, **kwargs))
         return data
 
     def close(self) -> None:
@@ -223,10 +216,32 @@ class SlackChat:
     def fetch_message(self, channel: str, ts: str) -> ChatMessage | None:
         """The message (a thread reply too), with its replies and its thread parent; None if
         it is gone or the bot cannot read it."""
+        message: ChatMessage | None = self.api.run(self._fetch(channel, ts))
+        return message
+
+    def fetch_messages(self, refs: Sequence[tuple[str, str]]) -> list[ChatMessage | None]:
+        """``fetch_message`` for several (channel, ts) at once, the calls made concurrently."""
+
+        async def fetch_all() -> list[ChatMessage | None]:
+            return list(await asyncio.gather(*(self._fetch(c, ts) for c, ts in refs)))
+
+        messages: list[ChatMessage | None] = self.api.run(fetch_all())
+        return messages
+
+    async def _acall(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = await self.api.client.api_call(method, json=kwargs)
+        except SlackApiError as exc:
+            code = str(exc.response.get("error", "unknown_error"))
+            raise ChatError(code, f"Slack {method} failed: {code}") from None
+        data: dict[str, Any] = response.data if isinstance(response.data, dict) else {}
+        return data
+
+    async def _fetch(self, channel: str, ts: str) -> ChatMessage | None:
         unreadable = {"channel_not_found", "not_in_channel", "missing_scope", "access_denied",
                       "message_not_found", "is_archived"}  # fmt: skip
         try:
-            data = self._call("conversations.replies", channel=channel, ts=ts, limit=200)
+            data = await self._acall("conversations.replies", channel=channel, ts=ts, limit=200)
             messages = list(data.get("messages", []))
         except ChatError as exc:
             if exc.code in unreadable:
@@ -236,7 +251,7 @@ class SlackChat:
             messages = []
         if not any(m.get("ts") == ts for m in messages):
             try:
-                data = self._call(
+                data = await self._acall(
                     "conversations.history",
                     channel=channel, latest=ts, oldest=ts, inclusive=True, limit=1,
                 )  # fmt: skip

@@ -238,6 +238,21 @@ class ProcessedEvents:
         )
         return self.session.execute(stmt).scalar() is not None
 
+    def claim_many(self, event_ids: list[str], kind: str) -> set[str]:
+        """``claim`` for several events in one statement; returns the ids newly claimed."""
+        if not event_ids:
+            return set()
+        now = utcnow()
+        ids = dict.fromkeys(event_ids)
+        rows = [{"event_id": e, "kind": kind, "processed_at": now} for e in ids]
+        stmt = (
+            _insert_for(self.session, ProcessedEvent)
+            .values(rows)
+            .on_conflict_do_nothing()
+            .returning(ProcessedEvent.event_id)
+        )
+        return set(self.session.scalars(stmt))
+
 
 class Outbox:
     def __init__(self, session: Session) -> None:

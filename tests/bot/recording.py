@@ -51,6 +51,9 @@ class RecordingChat:
     def fetch_message(self, channel: str, ts: str) -> ChatMessage | None:
         return self.messages.get((channel, ts))
 
+    def fetch_messages(self, refs: Sequence[tuple[str, str]]) -> list[ChatMessage | None]:
+        return [self.fetch_message(channel, ts) for channel, ts in refs]
+
     def channel_members(self, channel: str) -> list[str]:
         return self.members.get(channel, [])
 
