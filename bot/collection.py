@@ -178,8 +178,8 @@ class Collector:
             {"example_id": example.id, "band_key": key, "dataset_id": example.dataset_id}
             for key in dict.fromkeys(near_dup_keys(example.text))
         ]
-        if rows:  # one multi-row INSERT, not one statement per key
-            self.session.execute(insert(NearDupKey).values(rows))
+        if rows:  # batched into multi-row INSERTs, and compiled once
+            self.session.execute(insert(NearDupKey), rows)
 
     # ---- approving ----------------------------------------------------------------------
 
@@ -347,7 +347,7 @@ class Collector:
                 r.dataset.name, "added", example.id, needs_brief=needs_brief
             )
         if key_rows:
-            self.session.execute(insert(NearDupKey).values(key_rows))
+            self.session.execute(insert(NearDupKey), key_rows)
         for outcome, example in twins_added:
             outcome.example_id = example.id
 

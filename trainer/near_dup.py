@@ -21,6 +21,9 @@ import hashlib
 from collections.abc import Sequence
 from functools import lru_cache
 
+import numpy as np
+import numpy.typing as npt
+
 from trainer.cleaning import dedup_key
 
 __all__ = [
@@ -113,11 +116,49 @@ def minhash_signature(
 @lru_cache(maxsize=4096)
 def _signature(text: str, num_perm: int, k: int) -> tuple[int, ...]:
     """The signature, cached: a message is looked up and then stored with the same keys."""
-    hashed = [_shingle_hash(s) % _MERSENNE for s in shingles(text, k)]
+    hashed = np.fromiter(
+        (_shingle_hash(s) % _MERSENNE for s in shingles(text, k)), dtype=np.uint64
+    )
+    a, b = _permutation_arrays(num_perm)
+    if not hashed.size:
+        return tuple(_MERSENNE for _ in range(num_perm))
+    products = _mulmod(a[:, None], hashed[None, :])  # (num_perm, shingles)
+    return tuple(int(v) for v in _reduce(products + b[:, None]).min(axis=1))
+
+
+@lru_cache(maxsize=16)
+def _permutation_arrays(num_perm: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
     perms = _permutations(num_perm)
-    if not hashed:
-        return tuple(_MERSENNE for _ in perms)
-    return tuple(min((a * x + b) % _MERSENNE for x in hashed) for a, b in perms)
+    return (
+        np.array([a for a, _ in perms], dtype=np.uint64),
+        np.array([b for _, b in perms], dtype=np.uint64),
+    )
+
+
+_P = np.uint64(_MERSENNE)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_LOW29 = np.uint64((1 << 29) - 1)
+
+
+def _reduce(v: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """v mod (2**61 - 1) for v < 2**64, using 2**61 = 1 (mod p)."""
+    v = (v & _P) + (v >> np.uint64(61))
+    return np.where(v >= _P, v - _P, v)
+
+
+def _mulmod(a: npt.NDArray[np.uint64], x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """a * x mod (2**61 - 1) for a, x < 2**61, exactly, in 64-bit integers.
+
+    With a = ah*2**32 + al and x = xh*2**32 + xl: a*x = ah*xh*2**64 + (ah*xl + al*xh)*2**32 +
+    al*xl, and 2**64 = 8, 2**61 = 1 modulo p, so every partial product fits in 64 bits.
+    """
+    ah, al = a >> np.uint64(32), a & _LOW32
+    xh, xl = x >> np.uint64(32), x & _LOW32
+    high = _reduce(ah * xh * np.uint64(8))
+    mid = ah * xl + al * xh  # < 2**62
+    mid = _reduce((mid >> np.uint64(29)) + ((mid & _LOW29) << np.uint64(32)))
+    low = _reduce(al * xl)
+    return _reduce(_reduce(high + mid) + low)
 
 
 def signature_similarity(a: Sequence[int], b: Sequence[int]) -> float:

@@ -247,11 +247,10 @@ class ProcessedEvents:
         rows = [{"event_id": e, "kind": kind, "processed_at": now} for e in ids]
         stmt = (
             _insert_for(self.session, ProcessedEvent)
-            .values(rows)
             .on_conflict_do_nothing()
             .returning(ProcessedEvent.event_id)
-        )
-        return set(self.session.scalars(stmt))
+        )  # executed with many rows: batched into multi-row INSERTs, and compiled once
+        return set(self.session.scalars(stmt, rows))
 
 
 class Outbox:
