@@ -79,10 +79,12 @@ def serve_bare(port: int) -> None:
                 access_log=False)  # fmt: skip
 
 
-def start(kind: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start(
+    kind: str, port: int, env: dict[str, str], extra: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     if kind == "ours":
         cmd = [str(Path(sys.executable).parent / "brandbot"), "run", "--http",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+               "--host", "127.0.0.1", "--port", str(port), *extra]  # fmt: skip
     else:
         cmd = [sys.executable, str(Path(__file__)), "--serve-bare", str(port)]
     # The server's log goes to a file: an unread pipe would fill up and stall the server.

@@ -54,25 +54,36 @@ WORDS = [
 ]
 
 
-async def send_all(url: str, bodies: list[str], concurrency: int) -> list[int]:
+async def send_all(
+    url: str, bodies: list[str], concurrency: int, warm_up: list[str]
+) -> tuple[list[int], float]:
+    """Send ``warm_up`` (unmeasured), then ``bodies`` over the same connections; returns the
+    statuses of ``bodies`` and the seconds they took."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    statuses: list[int] = []
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
 
-        async def worker() -> None:
-            while not queue.empty():
-                body = queue.get_nowait()
-                headers = {"Content-Type": "application/json", **sign(SECRET, body)}
-                if '"retry"' in body:
-                    headers["X-Slack-Retry-Num"] = "1"
-                r = await client.post(url, content=body, headers=headers)
-                statuses.append(r.status_code)
+        async def send(batch: list[str]) -> list[int]:
+            statuses: list[int] = []
+            queue: asyncio.Queue[str] = asyncio.Queue()
+            for body in batch:
+                queue.put_nowait(body)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return statuses
+            async def worker() -> None:
+                while not queue.empty():
+                    body = queue.get_nowait()
+                    headers = {"Content-Type": "application/json", **sign(SECRET, body)}
+                    if '"retry"' in body:
+                        headers["X-Slack-Retry-Num"] = "1"
+                    r = await client.post(url, content=body, headers=headers)
+                    statuses.append(r.status_code)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return statuses
+
+        await send(warm_up)
+        started = time.perf_counter()
+        statuses = await send(bodies)
+        return statuses, time.perf_counter() - started
 
 
 def main() -> int:
@@ -81,6 +92,10 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--sqlite", action="store_true", help="use SQLite instead of PostgreSQL")
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="brandbot's HTTP processes (brandbot run --http --workers N; PostgreSQL only)",
+    )  # fmt: skip
     parser.add_argument(
         "--write-briefs",
         action="store_true",
@@ -109,6 +124,17 @@ def main() -> int:
                 body["retry"] = True
                 bodies.append(json.dumps(body))
             rng.shuffle(bodies)
+            # The warm-up (imports, auth.test, connections, every worker) reacts in a channel
+            # no dataset collects in, so it adds nothing.
+            fake.add_channel("C0BENCHOFF", "off-topic", members=[fake.bot_user_id, APPROVER])
+            warm_ts = fake.add_message("C0BENCHOFF", "warm-up", user=AUTHOR)
+            warm_up = [
+                json.dumps(payloads.event_callback(
+                    payloads.reaction_added(APPROVER, "white_check_mark", "C0BENCHOFF", warm_ts),
+                    event_id=f"EvWarm{i:04d}",
+                ))
+                for i in range(4 * args.concurrency)
+            ]  # fmt: skip
             config = Path(tmp) / "brandbot.toml"
             if not args.write_briefs:  # model-bound queued work, not the event path
                 config.write_text("[plugins.collect]\nwrite_briefs = false\n")
@@ -129,12 +155,13 @@ def main() -> int:
             elapsed: dict[str, float] = {}
             for kind in ("bare", "ours"):
                 port = free_port()
-                server = start(kind, port, env)
+                extra = ("--workers", str(args.workers)) if args.workers > 1 else ()
+                server = start(kind, port, env, extra)
                 url = f"http://127.0.0.1:{port}/slack/events"
                 try:
-                    started = time.perf_counter()
-                    statuses = asyncio.run(send_all(url, bodies, args.concurrency))
-                    elapsed[kind] = time.perf_counter() - started
+                    statuses, elapsed[kind] = asyncio.run(
+                        send_all(url, bodies, args.concurrency, warm_up)
+                    )
                 finally:
                     server.terminate()
                     server.wait(timeout=10)
@@ -151,7 +178,8 @@ def main() -> int:
     database = "SQLite" if args.sqlite else "PostgreSQL"
     print(f"collect benchmark: {total} reaction events ({total - unique} duplicates/retries)")
     briefs = "briefs written by the local model meanwhile" if args.write_briefs else "no briefs"
-    print(f"  {database}, {args.concurrency} concurrent senders, {briefs}")
+    workers = f", {args.workers} brandbot processes" if args.workers > 1 else ""
+    print(f"  {database}, {args.concurrency} concurrent senders, {briefs}{workers}")
     print(f"  bare bolt app that only acks: {elapsed['bare']:.2f} s, {bare:.0f} events/s")
     print(f"  brandbot: {elapsed['ours']:.2f} s, {rate:.0f} events/s (aim: 500/s), "
           f"{rate / bare:.2f}x the bare app")  # fmt: skip

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from bot.importer import MAX_TEXT_CHARS
@@ -54,6 +54,17 @@ def near_dup_keys(text: str) -> list[str]:
     return keys
 
 
+NEAR_CANDIDATES_PG = text("""
+    SELECT w.idx, k.example_id
+    FROM near_dup_keys AS k
+    JOIN unnest(CAST(:idx AS integer[]), CAST(:ds AS bigint[]), CAST(:keys AS varchar[]))
+        AS w(idx, dataset_id, band_key)
+      ON k.dataset_id = w.dataset_id AND k.band_key = w.band_key
+    GROUP BY w.idx, k.example_id
+    HAVING count(*) >= 2
+""")
+
+
 @dataclass(frozen=True)
 class ApproveRequest:
     """One reaction to record (``Collector.approve``'s arguments)."""
@@ -83,6 +94,16 @@ class _Prepared:
     digest: str
     tkey: str
     keys: tuple[str, ...]
+
+
+class _New:
+    """An example this batch adds; ``id`` is set once it is inserted."""
+
+    def __init__(self, prepared: _Prepared, split: str) -> None:
+        self.prepared = prepared
+        self.split = split
+        self.kind = "negative" if prepared.request.kind == "reject" else "positive"
+        self.id = 0
 
 
 @dataclass
@@ -247,7 +268,7 @@ class Collector:
         if not fresh:
             return
         dataset_ids = {p.request.dataset.id for p in fresh}
-        same: dict[tuple[int, str], int | Example] = {}
+        same: dict[tuple[int, str], int | _New] = {}
         splits: dict[tuple[int, str], set[str]] = {}
         for row in self.session.execute(
             select(Example.id, Example.dataset_id, Example.content_hash, Example.text_key,
@@ -259,19 +280,9 @@ class Collector:
         ):  # fmt: skip
             same.setdefault((row.dataset_id, row.content_hash), int(row.id))
             splits.setdefault((row.dataset_id, row.text_key), set()).add(row.split)
-        # Near-duplicate candidates share at least two LSH band keys (one shared band is mostly
-        # chance at the similarities that matter); their texts are then compared exactly.
-        holders: dict[tuple[int, str], list[int]] = {}
-        for example_id, dataset_id, band_key in self.session.execute(
-            select(NearDupKey.example_id, NearDupKey.dataset_id, NearDupKey.band_key).where(
-                NearDupKey.dataset_id.in_(dataset_ids),
-                NearDupKey.band_key.in_({k for p in fresh for k in p.keys}),
-            )
-        ):
-            holders.setdefault((dataset_id, band_key), []).append(int(example_id))
-        candidates = {p.index: self._shared_twice(p, holders) for p in fresh}
+        candidates = self._near_candidates(fresh)
         wanted = {c for found in candidates.values() for c in found}
-        texts: dict[int | Example, str] = {}
+        texts: dict[int | _New, str] = {}
         if wanted:
             for example_id, text in self.session.execute(
                 select(Example.id, Example.text).where(
@@ -279,13 +290,13 @@ class Collector:
                 )
             ):
                 texts[int(example_id)] = text
-        batch_holders: dict[tuple[int, str], list[Example]] = {}
-        added: list[tuple[_Prepared, Example]] = []
-        twins_added: list[tuple[Outcome, Example]] = []  # their ids are known after the flush
+        batch_holders: dict[tuple[int, str], list[_New]] = {}
+        added: list[_New] = []
+        twins_added: list[tuple[Outcome, _New]] = []  # their ids are known after the insert
 
-        def duplicate(p: _Prepared, of: int | Example, reason: str) -> None:
+        def duplicate(p: _Prepared, of: int | _New, reason: str) -> None:
             outcome = Outcome(p.request.dataset.name, "duplicate", None, reason)
-            if isinstance(of, Example):
+            if isinstance(of, _New):
                 twins_added.append((outcome, of))
             else:
                 outcome.example_id = of
@@ -298,7 +309,7 @@ class Collector:
                 duplicate(p, twin, "the same text is already an example")
                 continue
             if r.kind != "label":
-                near: list[int | Example] = [
+                near: list[int | _New] = [
                     *candidates[p.index],
                     *self._shared_twice(p, batch_holders),
                 ]
@@ -309,47 +320,80 @@ class Collector:
                     duplicate(p, hit, "a near-identical example exists")
                     continue
             identity = slack_message_key(r.workspace, r.message.channel_id, r.message.ts)
-            example = Example(
-                dataset_id=ds, task=r.dataset.task, prompt=p.prompt, prompt_source=p.prompt_source,
-                text=p.text, label=r.label, kind="negative" if r.kind == "reject" else "positive",
-                status="active", content_hash=p.digest, text_key=p.tkey, source="reaction",
-                split=self._choose_split(splits.get((ds, p.tkey), set()), identity),
-                workspace_id=r.workspace, channel_id=r.message.channel_id, message_ts=r.message.ts,
-                thread_ts=r.message.thread_ts, author_id=r.message.user_id, approver_id=r.approver,
-            )  # fmt: skip
-            same[(ds, p.digest)] = example
-            splits.setdefault((ds, p.tkey), set()).add(example.split)
-            texts[example] = p.text
+            new = _New(p, self._choose_split(splits.get((ds, p.tkey), set()), identity))
+            same[(ds, p.digest)] = new
+            splits.setdefault((ds, p.tkey), set()).add(new.split)
+            texts[new] = p.text
             for key in p.keys:
-                batch_holders.setdefault((ds, key), []).append(example)
-            added.append((p, example))
+                batch_holders.setdefault((ds, key), []).append(new)
+            added.append(new)
         if not added:
             return
-        self.session.add_all([example for _, example in added])
-        self.session.flush()  # one multi-row INSERT that returns the ids
-        key_rows = []
-        for p, example in added:
-            r = p.request
-            self.session.add(
-                Approval(example_id=example.id, user_id=r.approver, emoji=r.emoji, kind=r.kind)
+        rows = []
+        for new in added:
+            p, r = new.prepared, new.prepared.request
+            rows.append(
+                dict(
+                    dataset_id=r.dataset.id, task=r.dataset.task, prompt=p.prompt,
+                    prompt_source=p.prompt_source, text=p.text, label=r.label, kind=new.kind,
+                    status="active", content_hash=p.digest, text_key=p.tkey, source="reaction",
+                    split=new.split, workspace_id=r.workspace, channel_id=r.message.channel_id,
+                    message_ts=r.message.ts, thread_ts=r.message.thread_ts,
+                    author_id=r.message.user_id, approver_id=r.approver,
+                )
+            )  # fmt: skip
+        # Bulk statements, each batched into multi-row INSERTs: the ids come back in order.
+        ids = self.session.scalars(
+            insert(Example).returning(Example.id, sort_by_parameter_order=True), rows
+        ).all()
+        approvals, key_rows, audits = [], [], []
+        for new, example_id in zip(added, ids, strict=True):
+            new.id = int(example_id)
+            p, r = new.prepared, new.prepared.request
+            approvals.append(
+                {"example_id": new.id, "user_id": r.approver, "emoji": r.emoji, "kind": r.kind}
             )
             key_rows += [
-                {"example_id": example.id, "band_key": k, "dataset_id": example.dataset_id}
-                for k in p.keys
+                {"example_id": new.id, "band_key": k, "dataset_id": r.dataset.id} for k in p.keys
             ]
-            self.audit.record(
-                "example.add", actor=r.approver, dataset_id=example.dataset_id,
-                example_id=example.id, content_hash=example.content_hash, kind=example.kind,
-                split=example.split,
+            audits.append(
+                {"actor": r.approver, "dataset_id": r.dataset.id, "example_id": new.id,
+                 "content_hash": p.digest, "details": {"kind": new.kind, "split": new.split}}
             )  # fmt: skip
             needs_brief = r.dataset.task == "draft" and p.prompt is None and r.kind == "approve"
-            outcomes[p.index] = Outcome(
-                r.dataset.name, "added", example.id, needs_brief=needs_brief
+            outcomes[p.index] = Outcome(r.dataset.name, "added", new.id, needs_brief=needs_brief)
+        self.session.execute(insert(Approval), approvals)
+        self.session.execute(insert(NearDupKey), key_rows)
+        self.audit.record_many("example.add", audits)
+        for outcome, new in twins_added:
+            outcome.example_id = new.id
+
+    def _near_candidates(self, fresh: list[_Prepared]) -> dict[int, list[int]]:
+        """For each prepared text (by index): the stored examples that share at least two of
+        its LSH band keys (one shared band is mostly chance at the similarities that matter).
+
+        PostgreSQL counts the shared keys itself, so only the candidates come back; elsewhere
+        the matching keys are fetched and counted here.
+        """
+        if self.session.get_bind().dialect.name == "postgresql":
+            wanted = [(p.index, p.request.dataset.id, k) for p in fresh for k in p.keys]
+            rows = self.session.execute(NEAR_CANDIDATES_PG, {
+                "idx": [w[0] for w in wanted], "ds": [w[1] for w in wanted],
+                "keys": [w[2] for w in wanted],
+            })  # fmt: skip
+            found: dict[int, list[int]] = {p.index: [] for p in fresh}
+            for index, example_id in rows:
+                found[int(index)].append(int(example_id))
+            return found
+        holders: dict[tuple[int, str], list[int]] = {}
+        for example_id, dataset_id, band_key in self.session.execute(
+            select(NearDupKey.example_id, NearDupKey.dataset_id, NearDupKey.band_key).where(
+                NearDupKey.dataset_id.in_({p.request.dataset.id for p in fresh}),
+                NearDupKey.band_key.in_({k for p in fresh for k in p.keys}),
             )
-        if key_rows:
-            self.session.execute(insert(NearDupKey), key_rows)
-        for outcome, example in twins_added:
-            outcome.example_id = example.id
+        ):
+            holders.setdefault((dataset_id, band_key), []).append(int(example_id))
+        return {p.index: self._shared_twice(p, holders) for p in fresh}
 
     @staticmethod
     def _shared_twice(prepared: _Prepared, holders: dict[tuple[int, str], list[_T]]) -> list[_T]:

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -69,7 +70,10 @@ def request_kind(payload: dict[str, Any]) -> str:
 
 
 def build_web_app(
-    bridge: SlackBridge | None, signing_secret: str | None, readiness: Readiness
+    bridge: SlackBridge | None,
+    signing_secret: str | None,
+    readiness: Readiness,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
 ) -> Starlette:
     verifier = SignatureVerifier(signing_secret) if signing_secret else None
 
@@ -125,10 +129,11 @@ def build_web_app(
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/slack/events", slack_events, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-        ]
+        ],
     )

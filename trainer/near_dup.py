@@ -116,9 +116,7 @@ def minhash_signature(
 @lru_cache(maxsize=4096)
 def _signature(text: str, num_perm: int, k: int) -> tuple[int, ...]:
     """The signature, cached: a message is looked up and then stored with the same keys."""
-    hashed = np.fromiter(
-        (_shingle_hash(s) % _MERSENNE for s in shingles(text, k)), dtype=np.uint64
-    )
+    hashed = np.fromiter((_shingle_hash(s) % _MERSENNE for s in shingles(text, k)), dtype=np.uint64)
     a, b = _permutation_arrays(num_perm)
     if not hashed.size:
         return tuple(_MERSENNE for _ in range(num_perm))

@@ -34,6 +34,14 @@ def run(
     as_json: bool = typer.Option(
         False, "--json", help="Print the set-up report as one JSON document and exit."
     ),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        help="With --http: serve from this many processes (PostgreSQL only). Two use both "
+        "cores of a small machine; point them at a model server (BRANDBOT_INFERENCE_URL) so "
+        "they do not each load the local model.",
+    ),
 ) -> None:
     """Run the bot.
 
@@ -46,10 +54,11 @@ def run(
       brandbot run
       printf '/brandbot help\nquit\n' | brandbot run
       brandbot run --http --port 3000
+      brandbot run --http --workers 2     # PostgreSQL: two processes share the port
     """
     cfg = settings()
     if cfg.slack_bot_token is not None:
-        _run_slack(http=http, host=host, port=port)
+        _run_slack(http=http, host=host, port=port, workers=workers)
         return
     report = _setup(sample)
     if as_json:
@@ -63,21 +72,23 @@ def run(
     run_console(cfg, database())
 
 
-def _run_slack(*, http: bool, host: str, port: int | None) -> None:
-    from bot.observability import configure_logging
-    from bot.slack.runner import SlackRuntime
+def _run_slack(*, http: bool, host: str, port: int | None, workers: int = 1) -> None:
+    from bot.slack.runner import SlackRuntime, configure_process_logging
 
     cfg = settings()
-    secrets = [
-        s.get_secret_value()
-        for s in (cfg.slack_bot_token, cfg.slack_app_token, cfg.slack_signing_secret,
-                  cfg.inference_api_key)
-        if s is not None
-    ]  # fmt: skip
-    configure_logging(secrets)
+    configure_process_logging(cfg)
+    if workers > 1 and not http:
+        raise CliError("--workers serves the HTTP Events API: add --http")
     if http:
         if cfg.slack_signing_secret is None:
             raise CliError("--http needs SLACK_SIGNING_SECRET (Basic Information in the Slack app)")
+        if workers > 1:
+            database()  # migrate once, before the workers start
+            try:
+                SlackRuntime.run_http_workers(cfg, host, port or 3000, workers)
+            except ValueError as exc:
+                raise CliError(str(exc)) from None
+            return
         SlackRuntime(cfg, database()).run_http(host, port or 3000)
     elif cfg.slack_app_token is not None:
         SlackRuntime(cfg, database()).run_socket_mode(host, port)

@@ -4,7 +4,9 @@ backlog) or Socket Mode (with the same health and metrics port when one is given
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
@@ -103,6 +105,15 @@ class SlackRuntime:
         self.bridge.pool.shutdown(wait=False)
         self.chat.close()
 
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: Any) -> AsyncIterator[None]:
+        """Background work (outbox pump, scheduler bid) for the life of one worker process."""
+        self.start_background()
+        try:
+            yield
+        finally:
+            self.stop()
+
     def uvicorn_server(self, host: str, port: int) -> uvicorn.Server:
         config = uvicorn.Config(
             self.web,
@@ -122,6 +133,30 @@ class SlackRuntime:
             self.uvicorn_server(host, port).run()
         finally:
             self.stop()
+
+    @staticmethod
+    def run_http_workers(settings: Settings, host: str, port: int, workers: int) -> None:
+        """Serve HTTP from ``workers`` processes sharing one listening socket (uvicorn's
+        supervisor restarts a worker that dies). Each builds its own runtime from the
+        environment (``worker_app``); the database must be PostgreSQL, which every process can
+        write at once, and whose advisory lock lets exactly one of them run the schedule."""
+        if workers > 1 and settings.resolved_database_url.startswith("sqlite"):
+            raise ValueError(
+                "--workers above 1 needs PostgreSQL (BRANDBOT_DATABASE_URL): SQLite has one "
+                "writer at a time and its schedule lock only holds within one process"
+            )
+        log.info("serving Slack over HTTP on %s:%s/slack/events, %d workers", host, port, workers)
+        uvicorn.run(
+            "bot.slack.runner:worker_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            backlog=BACKLOG,
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=30,
+        )
 
     def run_socket_mode(self, host: str, port: int | None) -> None:
         from slack_bolt.adapter.socket_mode.websockets import AsyncSocketModeHandler
@@ -159,3 +194,27 @@ class SlackRuntime:
         """Ask a running ``run_socket_mode`` (in another thread) to disconnect and return."""
         if self._loop is not None and self._stopping is not None:
             self._loop.call_soon_threadsafe(self._stopping.set)
+
+
+def worker_app() -> Any:
+    """The ASGI app of one ``--workers`` process: settings and database from the environment."""
+    from bot.settings import load_settings
+
+    settings = load_settings()
+    configure_process_logging(settings)
+    runtime = SlackRuntime(settings, Database(settings.resolved_database_url))
+    runtime.web.router.lifespan_context = runtime.lifespan
+    return runtime.web
+
+
+def configure_process_logging(settings: Settings) -> None:
+    """Structured logs for a Slack-connected process, with every secret it holds masked."""
+    from bot.observability import configure_logging
+
+    secrets = [
+        s.get_secret_value()
+        for s in (settings.slack_bot_token, settings.slack_app_token,
+                  settings.slack_signing_secret, settings.inference_api_key)
+        if s is not None
+    ]  # fmt: skip
+    configure_logging(secrets)

@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -309,6 +309,12 @@ class Audit:
                 details=details,
             )
         )
+
+    def record_many(self, action: str, entries: list[dict[str, Any]]) -> None:
+        """``record`` for several entries of one action, as one batched INSERT. Each entry
+        holds ``actor``, ``dataset_id``, ``example_id``, ``content_hash`` and ``details``."""
+        if entries:
+            self.session.execute(insert(AuditEntry), [{"action": action, **e} for e in entries])
 
     def entries(self, dataset_id: int | None = None) -> list[AuditEntry]:
         stmt = select(AuditEntry).order_by(AuditEntry.id)
