@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -13,13 +15,15 @@ from sqlalchemy import select
 
 from bot.collection import purge_ticket_text
 from bot.importer import import_candidates, parse_chat_record
+from bot.plugin import ReactionEvent
 from bot.plugin_loader import PluginEntry
+from bot.runtime import Outcome, Result
 from bot.storage import Database
 from bot.storage.models import Approval, AuditEntry, ChannelNotice, Example, OutboxEvent, utcnow
 from bot.storage.repositories import Datasets
 from bot.testkit import payloads
 from bot.testkit.payloads import signed_post
-from bot.testkit.slack import FakeSlack
+from bot.testkit.slack import FakeSlack, SlackError
 from plugins.admin import AdminPlugin
 from plugins.collect import CollectPlugin, write_brief
 from plugins.help import HelpPlugin
@@ -67,6 +71,9 @@ class Env:
     def event(self, event: dict[str, Any], event_id: str | None = None) -> int:
         body = payloads.event_callback(event, event_id=event_id)
         return signed_post(self.bot.events_url, self.secret, body).status_code
+
+    def post(self, body: dict[str, Any], retry_num: int | None = None) -> int:
+        return signed_post(self.bot.events_url, self.secret, body, retry_num=retry_num).status_code
 
     def react(self, user: str, emoji: str, channel: str, ts: str, removed: bool = False) -> int:
         make = payloads.reaction_removed if removed else payloads.reaction_added
@@ -415,3 +422,101 @@ def test_new_since_the_last_training_counts_only_later_active_examples(env: Env)
     env.react(MAYA, "white_check_mark", COPY, second, removed=True)
     with env.db.session() as s:
         assert Collector(s).totals(Datasets(s).get("kk_copy")) == (1, 0)
+
+
+# ---- reactions that arrive together ------------------------------------------------------
+
+
+def _reaction(user: str, emoji: str, channel: str, ts: str, event_id: str) -> ReactionEvent:
+    return ReactionEvent(user, channel, event_id, "T0TEST", reaction=emoji, message_ts=ts)
+
+
+def test_a_batch_of_reactions_gives_what_one_by_one_would(env: Env) -> None:
+    a = env.fake.add_message(COPY, POST, user=PRIYA)
+    same = env.fake.add_message(COPY, POST, user=PRIYA)
+    near = env.fake.add_message(COPY, POST.replace("a knob of", "a good knob of"), user=PRIYA)
+    other = env.fake.add_message(
+        COPY, "Tasting evenings are back in Bristol on Friday.", user=PRIYA
+    )
+    ticket = env.fake.add_message(TICKETS, "I was charged twice for order KK-1", user=PRIYA)
+    events = [
+        _reaction(MAYA, "white_check_mark", COPY, a, "Ev1"),
+        _reaction(MAYA, "white_check_mark", COPY, a, "Ev1"),  # Slack's retry, same batch
+        _reaction(JONAS, "white_check_mark", COPY, a, "Ev2"),  # a second approver
+        _reaction(MAYA, "white_check_mark", COPY, same, "Ev3"),
+        _reaction(MAYA, "white_check_mark", COPY, near, "Ev4"),
+        _reaction(MAYA, "white_check_mark", COPY, other, "Ev5"),
+        _reaction(PRIYA, "white_check_mark", COPY, other, "Ev6"),  # not an approver
+        _reaction(TOM, "credit_card", TICKETS, ticket, "Ev7"),
+    ]
+    results = env.bot.runtime.handle_batch(list(events))  # JONAS's approval adds nobody a line
+    outcomes = [r.outcome.value if isinstance(r, Result) else r for r in results]
+    assert outcomes == ["handled", "duplicate", *["handled"] * 6]
+    examples = env.examples()
+    assert [(e.message_ts, e.kind, e.label) for e in examples] == [
+        (a, "positive", None), (other, "positive", None), (ticket, "positive", "billing"),
+    ]  # fmt: skip
+    with env.db.session() as s:
+        approvers = sorted(s.scalars(select(Approval.user_id).where(Approval.example_id
+                                                                    == examples[0].id)))  # fmt: skip
+        actions = [e.action for e in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+    assert approvers == sorted([MAYA, JONAS])
+    assert sorted(actions) == ["example.add"] * 3 + ["example.approve"]
+    said = [(c.args["user"], c.args["text"]) for c in env.fake.calls_for("chat.postEphemeral")]
+    assert said == [
+        (PRIYA, "Only the approvers of kk_copy can add examples with that."),
+        (MAYA, "Added to kk_copy: 2 examples, 2 new since the last training."),  # once for all
+        (MAYA, "Not added to kk_copy: the same text is already an example."),
+        (MAYA, "Not added to kk_copy: a near-identical example exists."),
+        (TOM, "Added to kk_tickets: 1 example, 1 new since the last training."),
+    ]
+    again = env.bot.runtime.handle_batch([_reaction(MAYA, "white_check_mark", COPY, a, "Ev1")])
+    assert [r.outcome for r in again if isinstance(r, Result)] == [Outcome.DUPLICATE]
+
+
+def test_one_failing_event_in_a_batch_fails_alone_and_its_retry_succeeds(env: Env) -> None:
+    good = [env.fake.add_message(COPY, f"Post {i}: {POST[: 20 + 9 * i]}", user=PRIYA)
+            for i in range(5)]  # fmt: skip
+    bad = env.fake.add_message(COPY, "Kettle club members get early access to the new tins.")
+
+    def replies(call: Any) -> dict[str, Any]:
+        if call.args.get("ts") == bad:
+            raise SlackError("internal_error")  # Slack having a bad moment for this one
+        return {"messages": [env.fake.message(call.args["channel"], call.args["ts"])]}
+
+    env.fake.handle("conversations.replies", replies)
+    bodies = [
+        payloads.event_callback(payloads.reaction_added(MAYA, "white_check_mark", COPY, ts),
+                                event_id=f"EvBatch{i}")
+        for i, ts in enumerate([*good, bad])
+    ]  # fmt: skip
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        statuses = list(pool.map(lambda b: env.post(b), bodies))
+    assert statuses == [200] * 5 + [500]  # Slack retries only the event that failed
+    assert sorted(e.message_ts for e in env.examples()) == sorted(good)
+    env.fake.handle("conversations.replies", None)
+    assert env.post(bodies[-1], retry_num=1) == 200
+    assert sorted(e.message_ts for e in env.examples()) == sorted([*good, bad])
+    assert env.post(bodies[0], retry_num=2) == 200  # a late retry of a done event adds nothing
+    assert len(env.examples()) == 6
+
+
+def test_concurrent_reactions_over_http_create_each_example_once(env: Env) -> None:
+    words = (POST + " Tasting evenings are back at the Bristol shop, first Friday of every month"
+             " with scones, smoked oolong, jasmine pearls and a storyteller").split()  # fmt: skip
+    texts = [" ".join(random.Random(i).sample(words, 14)) for i in range(24)]
+    posts = [env.fake.add_message(COPY, text, user=PRIYA) for text in texts]
+    bodies = [
+        payloads.event_callback(payloads.reaction_added(MAYA, "white_check_mark", COPY, ts),
+                                event_id=f"EvConc{i}")
+        for i, ts in enumerate(posts)
+    ]  # fmt: skip
+    bodies += bodies[:6]  # retries racing their originals
+    with ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(lambda b: env.post(b), bodies))
+    assert statuses == [200] * len(bodies)
+    examples = env.examples()
+    assert sorted(e.message_ts for e in examples) == sorted(posts)
+    with env.db.session() as s:
+        adds = s.scalars(select(AuditEntry).where(AuditEntry.action == "example.add")).all()
+    assert sorted(a.example_id for a in adds) == sorted(e.id for e in examples)

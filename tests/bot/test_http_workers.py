@@ -1,0 +1,121 @@
+"""``brandbot run --http --workers N``: several processes share the port on PostgreSQL; each
+event still takes effect once. Real processes, real signed requests, the fake Slack Web API."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from bot.storage import Database
+from bot.storage.models import Example
+from bot.storage.repositories import Datasets
+from bot.testkit import payloads
+from bot.testkit.payloads import signed_post
+from bot.testkit.slack import FakeSlack
+from tests.conftest import BRANDBOT
+
+COPY, MAYA, PRIYA = "C0BRANDCPY", "U0MAYA0001", "U0PRIYA001"
+TEXT = "autumn chai lands thursday with cardamom clove ginger over strong assam tasting evenings"
+WORDS = TEXT.split(" ")
+
+
+def _env(tmp_path: Path, fake: FakeSlack, secret: str, db_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRANDBOT_", "SLACK_"))}
+    env.update(
+        SLACK_BOT_TOKEN=fake.bot_token, SLACK_SIGNING_SECRET=secret, SLACK_API_URL=fake.api_url,
+        BRANDBOT_DATA_DIR=str(tmp_path / "data"), BRANDBOT_DATABASE_URL=db_url,
+        BRANDBOT_CONFIG=str(tmp_path / "brandbot.toml"),
+    )  # fmt: skip
+    return env
+
+
+def test_workers_need_postgresql(
+    tmp_path: Path, sqlite_url: str, fake_slack: FakeSlack, slack_signing_secret: str
+) -> None:
+    proc = subprocess.run(
+        [BRANDBOT, "run", "--http", "--workers", "2", "--port", "0"],
+        env=_env(tmp_path, fake_slack, slack_signing_secret, sqlite_url),
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "--workers above 1 needs PostgreSQL" in proc.stderr + proc.stdout
+
+
+@pytest.mark.postgres
+def test_two_worker_processes_share_the_port_and_apply_each_event_once(
+    tmp_path: Path, postgres_url: str, fake_slack: FakeSlack, slack_signing_secret: str
+) -> None:
+    db = Database(postgres_url)
+    db.upgrade()
+    with db.session() as s:
+        Datasets(s).create("kk_copy", "draft", channels=[COPY], approvers=[MAYA])
+    fake_slack.add_user(MAYA, "maya")
+    fake_slack.add_user(PRIYA, "priya")
+    fake_slack.add_channel(COPY, "brand-copy", members=[fake_slack.bot_user_id, MAYA, PRIYA])
+    posts = [
+        fake_slack.add_message(COPY, " ".join(random.Random(i).sample(WORDS, 14)), user=PRIYA)
+        for i in range(20)
+    ]
+    bodies = [
+        payloads.event_callback(payloads.reaction_added(MAYA, "white_check_mark", COPY, ts),
+                                event_id=f"EvWorkers{i}")
+        for i, ts in enumerate(posts)
+    ]  # fmt: skip
+    port = _free_port()
+    server = subprocess.Popen(
+        [BRANDBOT, "run", "--http", "--workers", "2", "--host", "127.0.0.1", "--port", str(port)],
+        env=_env(tmp_path, fake_slack, slack_signing_secret, postgres_url),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, server)
+        assert len(_workers(server.pid)) == 2  # uvicorn's supervisor runs two worker processes
+        with ThreadPoolExecutor(8) as pool:  # a new connection per request
+            statuses = list(pool.map(
+                lambda b: signed_post(f"{url}/slack/events", slack_signing_secret, b).status_code,
+                bodies + bodies[:5],  # retries too
+            ))  # fmt: skip
+        assert statuses == [200] * 25
+        with db.session() as s:
+            assert s.scalar(select(func.count()).select_from(Example)) == 20
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+        db.dispose()
+    assert server.returncode == 0, err[-2000:]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(url: str, server: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.stderr.read() if server.stderr else ""
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the workers did not start")
+
+
+def _workers(pid: int) -> list[int]:
+    """Child processes started by multiprocessing's spawn (not its resource tracker)."""
+    found = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [p for p in found if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
