@@ -11,9 +11,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import case, delete, func, insert, select, text, update
+from sqlalchemy import Table, case, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from bot.importer import MAX_TEXT_CHARS
@@ -54,6 +54,14 @@ def near_dup_keys(text: str) -> list[str]:
     return keys
 
 
+# The tables themselves: bulk inserts through them skip the ORM's per-row bookkeeping.
+EXAMPLES = cast(Table, Example.__table__)
+APPROVALS = cast(Table, Approval.__table__)
+NEAR_DUP_KEYS = cast(Table, NearDupKey.__table__)
+INSERT_KEYS_PG = text("""
+    INSERT INTO near_dup_keys (example_id, band_key, dataset_id)
+    SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:keys AS varchar[]), CAST(:ds AS bigint[]))
+""")
 NEAR_CANDIDATES_PG = text("""
     SELECT w.idx, k.example_id
     FROM near_dup_keys AS k
@@ -200,7 +208,20 @@ class Collector:
             for key in dict.fromkeys(near_dup_keys(example.text))
         ]
         if rows:  # batched into multi-row INSERTs, and compiled once
-            self.session.execute(insert(NearDupKey), rows)
+            self._insert_keys(rows)
+
+    def _insert_keys(self, rows: list[dict[str, Any]]) -> None:
+        """Insert near-dup key rows: on PostgreSQL as three arrays the server unnests (one
+        small statement however many rows), elsewhere as a batched executemany."""
+        if not rows:
+            return
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(INSERT_KEYS_PG, {
+                "ids": [r["example_id"] for r in rows], "keys": [r["band_key"] for r in rows],
+                "ds": [r["dataset_id"] for r in rows],
+            })  # fmt: skip
+        else:
+            self.session.execute(insert(NEAR_DUP_KEYS), rows)
 
     # ---- approving ----------------------------------------------------------------------
 
@@ -344,7 +365,8 @@ class Collector:
             )  # fmt: skip
         # Bulk statements, each batched into multi-row INSERTs: the ids come back in order.
         ids = self.session.scalars(
-            insert(Example).returning(Example.id, sort_by_parameter_order=True), rows
+            insert(EXAMPLES).returning(EXAMPLES.c.id, sort_by_parameter_order=True),
+            rows,
         ).all()
         approvals, key_rows, audits = [], [], []
         for new, example_id in zip(added, ids, strict=True):
@@ -362,8 +384,8 @@ class Collector:
             )  # fmt: skip
             needs_brief = r.dataset.task == "draft" and p.prompt is None and r.kind == "approve"
             outcomes[p.index] = Outcome(r.dataset.name, "added", new.id, needs_brief=needs_brief)
-        self.session.execute(insert(Approval), approvals)
-        self.session.execute(insert(NearDupKey), key_rows)
+        self.session.execute(insert(APPROVALS), approvals)
+        self._insert_keys(key_rows)
         self.audit.record_many("example.add", audits)
         for outcome, new in twins_added:
             outcome.example_id = new.id

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -314,7 +314,8 @@ class Audit:
         """``record`` for several entries of one action, as one batched INSERT. Each entry
         holds ``actor``, ``dataset_id``, ``example_id``, ``content_hash`` and ``details``."""
         if entries:
-            self.session.execute(insert(AuditEntry), [{"action": action, **e} for e in entries])
+            rows = [{"action": action, **e} for e in entries]
+            self.session.execute(insert(cast(Table, AuditEntry.__table__)), rows)
 
     def entries(self, dataset_id: int | None = None) -> list[AuditEntry]:
         stmt = select(AuditEntry).order_by(AuditEntry.id)
