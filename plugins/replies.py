@@ -16,6 +16,7 @@ unique per ticket and each step claims it with a conditional update.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -35,6 +36,7 @@ from bot.plugin import (
     on_event,
     on_message,
     on_view_submission,
+    schedule,
     text_edit_modal,
 )
 from bot.replies import fit_ticket, reply_datasets, reply_mode, reply_prompt
@@ -52,6 +54,13 @@ OFFER = "A suggested reply can be drafted for this ticket (only you will see it)
 class RepliesSettings(BaseModel):
     max_tokens: int = Field(default=200, ge=16, le=2048)
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    stuck_after_minutes: int = Field(
+        default=15,
+        ge=1,
+        description="A suggestion still queued, waiting for its label, or (in thread mode) "
+        "generating after this long is taken up again by the sweep every five minutes: a "
+        "restart loses the in-memory job queue.",
+    )
 
 
 def suggestion_text(row: Suggestion, dataset: Dataset) -> str:
@@ -162,6 +171,31 @@ class RepliesPlugin(Plugin):
                     offered.message_ts = ts
             return
         self.generate(services, suggestion_id, None, False)
+
+    @schedule("*/5 * * * *")
+    def sweep(self, event: InternalEvent, ctx: Context) -> None:
+        """Take up suggestions a restart (or a lost label) left behind.
+
+        Jobs live in the process's memory, so a restart drops a queued ``advance`` or cuts off a
+        thread-mode generation; a ticket whose label never comes waits forever. Generation is
+        idempotent (only the first result is shown), so a slow one taken up twice shows once.
+        """
+        cutoff = utcnow() - dt.timedelta(minutes=self.cfg.stuck_after_minutes)
+        stuck = ctx.session.scalars(
+            select(Suggestion).where(
+                Suggestion.created_at < cutoff,
+                (Suggestion.status.in_(("queued", "waiting")))
+                | (
+                    (Suggestion.status == "generating")
+                    & (Suggestion.mode == "thread")
+                    & Suggestion.message_ts.is_(None)
+                ),
+            )
+        ).all()
+        for row in stuck:
+            log.info("suggestion %s was left %s; taking it up again", row.id, row.status)
+            row.status = "queued"
+            ctx.submit_after_commit(self.advance, ctx.services, row.id, name="replies.advance")
 
     # ---- generation (a queued job) -----------------------------------------------------
 

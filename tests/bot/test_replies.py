@@ -3,6 +3,7 @@ behind the inference client, the fake Slack Web API, and the database (SQLite an
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from sqlalchemy import select
 from bot.plugin_loader import PluginEntry
 from bot.replies import CUT_NOTE, cut_middle, fit_ticket, reply_prompt
 from bot.storage import Database
-from bot.storage.models import Example, OptOut, Prediction, Suggestion
+from bot.storage.models import Example, OptOut, Prediction, Suggestion, utcnow
 from bot.storage.repositories import Datasets
 from bot.testkit import payloads
 from bot.testkit.payloads import signed_post
@@ -350,3 +351,33 @@ def test_forget_and_retention_clear_ticket_text_kept_with_suggestions(
         assert purge_ticket_text(s, utcnow().replace(year=2000))["suggestions"] == 0
         assert purge_ticket_text(s, utcnow().replace(year=2100))["suggestions"] == 1
     assert suggestion(db, ts).ticket_text is None
+
+
+def test_the_sweep_takes_up_suggestions_a_restart_left_behind(
+    bot: Served, fake_slack: FakeSlack, db: Database
+) -> None:
+    old = utcnow() - dt.timedelta(minutes=30)
+    tickets = {}
+    for status in ("queued", "waiting", "generating", "fresh"):
+        text = f"Where is my order? ({status})"
+        tickets[status] = fake_slack.add_message(TICKETS, text, user=CUSTOMER)
+        with db.session() as s:
+            ds = Datasets(s).get("kk_replies")
+            s.add(Suggestion(
+                dataset_id=ds.id, channel_id=TICKETS, ticket_ts=tickets[status], author_id=CUSTOMER,
+                ticket_text=text, mode="thread",
+                status="generating" if status == "fresh" else status,
+                created_at=utcnow() if status == "fresh" else old,
+            ))  # fmt: skip
+    (sweep,) = [b for b in bot.runtime.scheduled() if b.name == "RepliesPlugin.sweep"]
+    bot.runtime.run_scheduled(sweep)
+    settle(bot)
+    for status in ("queued", "waiting", "generating"):
+        assert suggestion(db, tickets[status]).status == "ready", status
+        shown = [p for p in thread_posts(fake_slack, tickets[status]) if "Suggested" in p["text"]]
+        assert len(shown) == 1, status
+    assert suggestion(db, tickets["fresh"]).status == "generating"  # may still be running
+    assert not thread_posts(fake_slack, tickets["fresh"])
+    bot.runtime.run_scheduled(sweep)  # nothing left behind: nothing happens twice
+    settle(bot)
+    assert len(fake_slack.calls_for("chat.postMessage")) == 3
