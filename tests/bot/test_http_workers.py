@@ -23,7 +23,11 @@ from bot.testkit.slack import FakeSlack
 from tests.conftest import BRANDBOT
 
 COPY, MAYA, PRIYA = "C0BRANDCPY", "U0MAYA0001", "U0PRIYA001"
-TEXT = "autumn chai lands thursday with cardamom clove ginger over strong assam tasting evenings"
+TEXT = (
+    "autumn chai lands thursday with cardamom clove ginger over strong assam while tasting "
+    "evenings return to the bristol shop every first friday with scones smoked oolong jasmine "
+    "pearls and a storyteller from the hills"
+)
 WORDS = TEXT.split(" ")
 
 
