@@ -182,14 +182,27 @@ def build_report(session: Session, run_id: int) -> Report:
             f"In production: label correction rate {_fmt(signals['label_correction_rate'])}."
         )
     metric = PRIMARY[dataset.task]
-    history = [
+    history = metric_history(session, dataset, run, metric)
+    return Report(f"{dataset.name}: run {run.id}", lines, chart(run, history, metric))
+
+
+def metric_history(
+    session: Session, dataset: Dataset, run: TrainingRun, metric: str
+) -> list[tuple[str, float]]:
+    """The chart's points: the base model (as this run measured it), then every adapter of
+    the dataset in version order, so the first adapter's gain over the base shows too."""
+    history = []
+    base = ((run.metrics or {}).get("base") or {}).get(metric)
+    if isinstance(base, int | float):
+        history.append(("base", float(base)))
+    history += [
         (a.name, float(a.metrics[metric]))
         for a in session.scalars(
             select(Adapter).where(Adapter.dataset_id == dataset.id).order_by(Adapter.version)
         )
         if isinstance((a.metrics or {}).get(metric), int | float)
     ]
-    return Report(f"{dataset.name}: run {run.id}", lines, chart(run, history, metric))
+    return history
 
 
 def _sample_drafts(session: Session, run: TrainingRun) -> list[str]:

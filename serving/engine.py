@@ -37,6 +37,8 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from transformers import cache_utils
 
+from serving.tokens import as_ids
+
 log = logging.getLogger(__name__)
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
@@ -420,7 +422,7 @@ class LocalEngine:
             tokenize=True,
             return_dict=False,
         )
-        return _as_ids(ids)
+        return as_ids(ids)
 
     def label_continuations(
         self, messages: Sequence[dict[str, Any]], labels: Sequence[str]
@@ -1186,17 +1188,6 @@ def _pack_linears(model: torch.nn.Module, batch_hint: int = _PACK_HINT) -> int:
             module.forward = types.MethodType(_packed_linear_forward, module)  # type: ignore[method-assign]
             count += 1
     return count
-
-
-def _as_ids(value: Any) -> list[int]:
-    """apply_chat_template's result as a flat list of ids, across transformers versions."""
-    if isinstance(value, dict) or hasattr(value, "keys"):
-        value = value["input_ids"]
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if value and isinstance(value[0], list):
-        value = value[0]
-    return [int(v) for v in value]
 
 
 def softmax(scores: Sequence[float]) -> list[float]:

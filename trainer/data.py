@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from serving.tokens import as_ids
+
 IGNORE_INDEX = -100
 #: end-of-turn tokens of common chat templates, tried when the tokenizer's EOS is not in the turn
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>")
@@ -131,16 +133,6 @@ def end_of_turn_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
-def _as_ids(value: Any) -> list[int]:
-    if isinstance(value, dict) or hasattr(value, "keys"):
-        value = value["input_ids"]
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if value and isinstance(value[0], list):
-        value = value[0]
-    return [int(v) for v in value]
-
-
 def encode_example(tokenizer: Any, example: TrainExample) -> tuple[list[int], int]:
     """``(ids, answer_start)`` for one example through the tokenizer's chat template.
 
@@ -148,12 +140,12 @@ def encode_example(tokenizer: Any, example: TrainExample) -> tuple[list[int], in
     end-of-turn token. A template whose full rendering does not start with the prompt rendering
     falls back to prompt + answer tokens + EOS.
     """
-    prompt = _as_ids(
+    prompt = as_ids(
         tokenizer.apply_chat_template(
             example.messages(with_answer=False), add_generation_prompt=True, tokenize=True
         )
     )
-    full = _as_ids(tokenizer.apply_chat_template(example.messages(), tokenize=True))
+    full = as_ids(tokenizer.apply_chat_template(example.messages(), tokenize=True))
     eot = end_of_turn_ids(tokenizer)
     if full[: len(prompt)] == prompt and len(full) > len(prompt):
         answer = full[len(prompt) :]

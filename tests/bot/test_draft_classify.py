@@ -29,13 +29,6 @@ MAYA, PRIYA, TOM = "U0MAYA0001", "U0PRIYA001", "U0TOM00001"
 PLUGINS = [PluginEntry("draft", DraftPlugin), PluginEntry("classify", ClassifyPlugin)]
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> Iterator[LocalEngine]:
-    eng = LocalEngine(tiny_model_dir, served_name="brandbot-base")
-    yield eng
-    eng.close()
-
-
 @pytest.fixture
 def db(db_url: str) -> Iterator[Database]:
     database = Database(db_url)

@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,13 +36,6 @@ PLUGINS = [
     PluginEntry("collect", CollectPlugin),
 ]
 CONFIG: dict[str, object] = {"replies": {"max_tokens": 24, "temperature": 0.0}}
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> Iterator[LocalEngine]:
-    eng = LocalEngine(tiny_model_dir, served_name="brandbot-base")
-    yield eng
-    eng.close()
 
 
 @pytest.fixture

@@ -76,3 +76,28 @@ def test_suggestion_signals_and_the_report_line(sqlite_url: str) -> None:
         report = build_report(s, run.id)
         assert any(line.startswith("Suggested replies since the last report: 4") for line in
                    report.lines)  # fmt: skip
+
+
+def test_the_report_chart_starts_from_the_base_model(db_url: str) -> None:
+    from bot.reporting import metric_history
+    from bot.storage.models import Adapter, TrainingRun
+
+    db = Database(db_url)
+    db.upgrade()
+    with db.session() as s:
+        ds = Datasets(s).create("chart", "draft", channels=["C0CHART01"])
+        run = TrainingRun(dataset_id=ds.id, status="succeeded",
+                          metrics={"base": {"answer_perplexity": 40.5}, "new": {"answer_perplexity": 24.9}})  # fmt: skip
+        s.add(run)
+        s.flush()
+        for version, ppl in [(1, 30.0), (2, 24.9)]:
+            s.add(Adapter(dataset_id=ds.id, name=f"chart-v{version}", version=version,
+                          path="/nowhere", metrics={"answer_perplexity": ppl}))  # fmt: skip
+        s.flush()
+        history = metric_history(s, ds, run, "answer_perplexity")
+        assert history == [("base", 40.5), ("chart-v1", 30.0), ("chart-v2", 24.9)]
+        run.metrics = {}
+        assert [name for name, _ in metric_history(s, ds, run, "answer_perplexity")] == [
+            "chart-v1",
+            "chart-v2",
+        ]  # a run without a base measurement plots the adapters only
