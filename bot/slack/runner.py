@@ -27,6 +27,11 @@ from bot.web import Readiness, build_web_app
 
 log = logging.getLogger("brandbot.slack")
 BACKLOG = 2048
+# A real listen backlog (a small one drops connections under bursts), our own logging, and
+# keep-alive long enough for Slack's connection reuse.
+UVICORN_OPTIONS: dict[str, Any] = {
+    "backlog": BACKLOG, "log_config": None, "access_log": False, "timeout_keep_alive": 30,
+}  # fmt: skip
 
 
 class SlackRuntime:
@@ -115,15 +120,7 @@ class SlackRuntime:
             self.stop()
 
     def uvicorn_server(self, host: str, port: int) -> uvicorn.Server:
-        config = uvicorn.Config(
-            self.web,
-            host=host,
-            port=port,
-            backlog=BACKLOG,
-            log_config=None,
-            access_log=False,
-            timeout_keep_alive=30,
-        )
+        config = uvicorn.Config(self.web, host=host, port=port, **UVICORN_OPTIONS)
         return uvicorn.Server(config)
 
     def run_http(self, host: str, port: int) -> None:
@@ -152,10 +149,7 @@ class SlackRuntime:
             host=host,
             port=port,
             workers=workers,
-            backlog=BACKLOG,
-            log_config=None,
-            access_log=False,
-            timeout_keep_alive=30,
+            **UVICORN_OPTIONS,
         )
 
     def run_socket_mode(self, host: str, port: int | None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,13 +20,7 @@ from bot.slack.chat import SlackChat
 from bot.storage import Database
 from bot.testkit.slack import FakeSlack
 from bot.web import Readiness, build_web_app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.conftest import free_port
 
 
 @dataclass

@@ -6,11 +6,9 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -20,7 +18,7 @@ from bot.storage.repositories import Datasets
 from bot.testkit import payloads
 from bot.testkit.payloads import signed_post
 from bot.testkit.slack import FakeSlack
-from tests.conftest import BRANDBOT
+from tests.conftest import BRANDBOT, free_port, wait_until_up
 
 COPY, MAYA, PRIYA = "C0BRANDCPY", "U0MAYA0001", "U0PRIYA001"
 TEXT = (
@@ -73,7 +71,7 @@ def test_two_worker_processes_share_the_port_and_apply_each_event_once(
                                 event_id=f"EvWorkers{i}")
         for i, ts in enumerate(posts)
     ]  # fmt: skip
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [BRANDBOT, "run", "--http", "--workers", "2", "--host", "127.0.0.1", "--port", str(port)],
         env=_env(tmp_path, fake_slack, slack_signing_secret, postgres_url),
@@ -81,7 +79,7 @@ def test_two_worker_processes_share_the_port_and_apply_each_event_once(
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, server)
+        wait_until_up(f"{url}/healthz", server)
         assert len(_workers(server.pid)) == 2  # uvicorn's supervisor runs two worker processes
         with ThreadPoolExecutor(8) as pool:  # a new connection per request
             statuses = list(pool.map(
@@ -96,27 +94,6 @@ def test_two_worker_processes_share_the_port_and_apply_each_event_once(
         _, err = server.communicate(timeout=30)
         db.dispose()
     assert server.returncode == 0, err[-2000:]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_healthy(url: str, server: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert server.poll() is None, server.stderr.read() if server.stderr else ""
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the workers did not start")
 
 
 def _workers(pid: int) -> list[int]:

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import openai
 
 from serving.client import HttpClient
-from tests.conftest import BRANDBOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import BRANDBOT, free_port, wait_until_up
 
 
 def test_brandbot_serve_answers_the_openai_client(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -38,16 +30,7 @@ def test_brandbot_serve_answers_the_openai_client(tiny_model_dir: Path, tmp_path
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "brandbot serve did not come up"
-            time.sleep(0.2)
+        wait_until_up(f"{url}/health", proc, timeout=60)
         oai = openai.OpenAI(base_url=f"{url}/v1", api_key="k3y", max_retries=0)
         assert [m.id for m in oai.models.list().data] == ["team-base"]
         out = oai.chat.completions.create(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -15,17 +14,12 @@ from serving.client import (
     make_client,
 )
 from serving.engine import LocalEngine
+from tests.conftest import free_port
 from tests.serving.conftest import API_KEY, SERVED
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_closed_port_raises_unavailable_with_url() -> None:
-    port = closed_port()
+    port = free_port()
     client = HttpClient(f"http://127.0.0.1:{port}", retries=2, backoff=0.01)
     started = time.monotonic()
     with pytest.raises(InferenceUnavailable) as err:
