@@ -99,11 +99,17 @@ class CollectPlugin(Plugin):
 
     # ---- reactions ----------------------------------------------------------------------
 
-    def _is_approver(self, ctx: Context, dataset: Dataset, user: str) -> bool:
+    def _is_approver(
+        self, ctx: Context, dataset: Dataset, user: str, groups: dict[str, set[str]] | None = None
+    ) -> bool:
+        """``groups`` caches user group members across the events of one batch."""
         if user in dataset.approvers:
             return True
+        groups = {} if groups is None else groups
         for group in dataset.approver_groups:
-            if user in ctx.chat.usergroup_members(group):
+            if group not in groups:
+                groups[group] = set(ctx.chat.usergroup_members(group))
+            if user in groups[group]:
                 return True
         if not dataset.approvers and not dataset.approver_groups:
             return user in ctx.services.settings.admins
@@ -137,6 +143,7 @@ class CollectPlugin(Plugin):
         one per message)."""
         collector = self.collector(ctx)
         datasets = collector.datasets()
+        groups: dict[str, set[str]] = {}
         wanted: list[tuple[ReactionEvent, list[tuple[Dataset, str, str | None]]]] = []
         for event in events:
             channel = event.channel_id or ""
@@ -147,7 +154,7 @@ class CollectPlugin(Plugin):
                     matches.append((dataset, *role))
             if not matches:
                 continue
-            allowed = [m for m in matches if self._is_approver(ctx, m[0], event.user_id)]
+            allowed = [m for m in matches if self._is_approver(ctx, m[0], event.user_id, groups)]
             if not allowed:
                 names = ", ".join(m[0].name for m in matches)
                 self._tell(ctx, event, f"Only the approvers of {names} can add examples with that.")

@@ -520,3 +520,20 @@ def test_concurrent_reactions_over_http_create_each_example_once(env: Env) -> No
     with env.db.session() as s:
         adds = s.scalars(select(AuditEntry).where(AuditEntry.action == "example.add")).all()
     assert sorted(a.example_id for a in adds) == sorted(e.id for e in examples)
+
+
+def test_approver_groups_are_asked_once_per_batch(env: Env) -> None:
+    with env.db.session() as s:
+        Datasets(s).update(Datasets(s).get("kk_copy"), approvers=[], approver_groups=["S0BRAND01"])
+    env.fake.add_usergroup("S0BRAND01", [JONAS])
+    posts = [env.fake.add_message(COPY, text, user=PRIYA) for text in (
+        POST, "Tasting evenings are back in Bristol on Friday.", "Hojicha is roasted green tea.",
+    )]  # fmt: skip
+    events = [
+        _reaction(JONAS, "white_check_mark", COPY, ts, f"EvG{i}") for i, ts in enumerate(posts)
+    ]
+    events.append(_reaction(MAYA, "white_check_mark", COPY, posts[0], "EvG9"))  # not in the group
+    env.bot.runtime.handle_batch(events)
+    assert sorted(e.message_ts for e in env.examples()) == sorted(posts)
+    assert len(env.fake.calls_for("usergroups.users.list")) == 1
+    assert "Only the approvers of kk_copy can add examples with that." in env.ephemerals()
