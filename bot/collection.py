@@ -207,15 +207,18 @@ class Collector:
             {"example_id": example.id, "band_key": key, "dataset_id": example.dataset_id}
             for key in dict.fromkeys(near_dup_keys(example.text))
         ]
-        if rows:  # batched into multi-row INSERTs, and compiled once
-            self._insert_keys(rows)
+        self._insert_keys(rows)
+
+    @property
+    def _on_postgres(self) -> bool:
+        return self.session.get_bind().dialect.name == "postgresql"
 
     def _insert_keys(self, rows: list[dict[str, Any]]) -> None:
         """Insert near-dup key rows: on PostgreSQL as three arrays the server unnests (one
         small statement however many rows), elsewhere as a batched executemany."""
         if not rows:
             return
-        if self.session.get_bind().dialect.name == "postgresql":
+        if self._on_postgres:
             self.session.execute(INSERT_KEYS_PG, {
                 "ids": [r["example_id"] for r in rows], "keys": [r["band_key"] for r in rows],
                 "ds": [r["dataset_id"] for r in rows],
@@ -348,8 +351,14 @@ class Collector:
             for key in p.keys:
                 batch_holders.setdefault((ds, key), []).append(new)
             added.append(new)
-        if not added:
-            return
+        if added:
+            self._insert_added(added, outcomes)
+        for outcome, new in twins_added:
+            outcome.example_id = new.id
+
+    def _insert_added(self, added: list[_New], outcomes: list[Outcome | None]) -> None:
+        """Insert the batch's new examples with their approvals, near-dup keys and audit
+        entries (bulk statements), and record each one's outcome."""
         rows = []
         for new in added:
             p, r = new.prepared, new.prepared.request
@@ -363,7 +372,7 @@ class Collector:
                     author_id=r.message.user_id, approver_id=r.approver,
                 )
             )  # fmt: skip
-        # Bulk statements, each batched into multi-row INSERTs: the ids come back in order.
+        # Batched into multi-row INSERTs: the ids come back in the rows' order.
         ids = self.session.scalars(
             insert(EXAMPLES).returning(EXAMPLES.c.id, sort_by_parameter_order=True),
             rows,
@@ -387,8 +396,6 @@ class Collector:
         self.session.execute(insert(APPROVALS), approvals)
         self._insert_keys(key_rows)
         self.audit.record_many("example.add", audits)
-        for outcome, new in twins_added:
-            outcome.example_id = new.id
 
     def _near_candidates(self, fresh: list[_Prepared]) -> dict[int, list[int]]:
         """For each prepared text (by index): the stored examples that share at least two of
@@ -397,7 +404,7 @@ class Collector:
         PostgreSQL counts the shared keys itself, so only the candidates come back; elsewhere
         the matching keys are fetched and counted here.
         """
-        if self.session.get_bind().dialect.name == "postgresql":
+        if self._on_postgres:
             wanted = [(p.index, p.request.dataset.id, k) for p in fresh for k in p.keys]
             rows = self.session.execute(NEAR_CANDIDATES_PG, {
                 "idx": [w[0] for w in wanted], "ds": [w[1] for w in wanted],

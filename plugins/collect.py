@@ -142,24 +142,7 @@ class CollectPlugin(Plugin):
         who approved several messages at once gets one summary per dataset (in ``thread`` mode,
         one per message)."""
         collector = self.collector(ctx)
-        datasets = collector.datasets()
-        groups: dict[str, set[str]] = {}
-        wanted: list[tuple[ReactionEvent, list[tuple[Dataset, str, str | None]]]] = []
-        for event in events:
-            channel = event.channel_id or ""
-            matches = []
-            for dataset in Collector.in_channel(datasets, channel):
-                role = self._role(dataset, event.reaction, channel)
-                if role is not None:
-                    matches.append((dataset, *role))
-            if not matches:
-                continue
-            allowed = [m for m in matches if self._is_approver(ctx, m[0], event.user_id, groups)]
-            if not allowed:
-                names = ", ".join(m[0].name for m in matches)
-                self._tell(ctx, event, f"Only the approvers of {names} can add examples with that.")
-                continue
-            wanted.append((event, allowed))
+        wanted = self._allowed(ctx, events, collector.datasets())
         if not wanted:
             return
         refs = [(event.channel_id or "", event.message_ts) for event, _ in wanted]
@@ -208,6 +191,31 @@ class CollectPlugin(Plugin):
                 if dataset.id not in summaries:
                     summaries[dataset.id] = collector.summary_line(dataset)
                 self._tell(ctx, event, summaries[dataset.id])
+
+    def _allowed(
+        self, ctx: Context, events: list[ReactionEvent], datasets: list[Dataset]
+    ) -> list[tuple[ReactionEvent, list[tuple[Dataset, str, str | None]]]]:
+        """The events that mean something to a dataset and come from its approvers, each with
+        (dataset, role, label) per dataset; the others are dropped, with a word to those who
+        reacted with a dataset's emoji but may not approve."""
+        groups: dict[str, set[str]] = {}
+        wanted = []
+        for event in events:
+            channel = event.channel_id or ""
+            matches = []
+            for dataset in Collector.in_channel(datasets, channel):
+                role = self._role(dataset, event.reaction, channel)
+                if role is not None:
+                    matches.append((dataset, *role))
+            if not matches:
+                continue
+            allowed = [m for m in matches if self._is_approver(ctx, m[0], event.user_id, groups)]
+            if not allowed:
+                names = ", ".join(m[0].name for m in matches)
+                self._tell(ctx, event, f"Only the approvers of {names} can add examples with that.")
+                continue
+            wanted.append((event, allowed))
+        return wanted
 
     def _unusable(
         self, event: ReactionEvent, message: ChatMessage | None, opted_out: set[str]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -90,10 +91,8 @@ def wait_until_up(url: str, proc: subprocess.Popen[str], timeout: float = 90) ->
             out = proc.stdout.read() if proc.stdout else ""
             err = proc.stderr.read() if proc.stderr else ""
             raise AssertionError(f"the server exited: {out}{err}"[-3000:])
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet
             if httpx.get(url, timeout=1).status_code == 200:
                 return
-        except httpx.HTTPError:
-            pass
         time.sleep(0.2)
     raise AssertionError(f"{url} did not come up in {timeout:.0f} s")

@@ -33,7 +33,7 @@ ANY = re.compile(".*")
 class EventBatcher:
     """Runs batchable events (``Runtime.batchable``) in batches, like a group commit.
 
-    One batch runs at a time (``running``); events that arrive meanwhile wait and form the next
+    One batch runs at a time; events that arrive meanwhile wait and form the next
     batch (at most ``max_size``), so a quiet workspace sees no added delay and a burst of
     reactions costs a few queries per batch. (Two batches at a time measured no faster on
     PostgreSQL, and only add conflicts between them.) Each caller still gets its own event's
@@ -41,26 +41,23 @@ class EventBatcher:
     event that failed.
     """
 
-    def __init__(
-        self, runtime: Runtime, pool: ThreadPoolExecutor, *, running: int = 1, max_size: int = 64
-    ) -> None:
+    def __init__(self, runtime: Runtime, pool: ThreadPoolExecutor, max_size: int = 64) -> None:
         self.runtime = runtime
         self.pool = pool
         self.max_size = max_size
-        self.max_running = running
         self._waiting: list[tuple[Event, asyncio.Future[Result]]] = []
-        self._running = 0
+        self._running = False
 
     async def submit(self, event: Event) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting.append((event, future))
-        if self._running < self.max_running:
+        if not self._running:
             self._start()
         return await future
 
     def _start(self) -> None:
         batch, self._waiting = self._waiting[: self.max_size], self._waiting[self.max_size :]
-        self._running += 1
+        self._running = True
         events = [event for event, _ in batch]
         done = asyncio.get_running_loop().run_in_executor(self.pool, self._run, events)
         done.add_done_callback(lambda f: self._finish(batch, f))
@@ -84,7 +81,7 @@ class EventBatcher:
     def _finish(
         self, batch: list[tuple[Event, asyncio.Future[Result]]], done: asyncio.Future[Any]
     ) -> None:
-        self._running -= 1
+        self._running = False
         error = done.exception()
         results = done.result() if error is None else [error] * len(batch)
         for (_, future), result in zip(batch, results, strict=True):
@@ -94,7 +91,7 @@ class EventBatcher:
                 future.set_exception(result)
             else:
                 future.set_result(result)
-        if self._waiting and self._running < self.max_running:
+        if self._waiting:
             self._start()
 
 
