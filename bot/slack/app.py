@@ -39,23 +39,53 @@ class EventBatcher:
     PostgreSQL, and only add conflicts between them.) Each caller still gets its own event's
     result or error: when a batch fails it is rerun event by event, so Slack retries only the
     event that failed.
+
+    Under load a batch waits up to ``linger`` seconds for as many events as the last batch
+    had (they are usually the answers to it, on their way back): without that, the first of
+    them would start a batch of one and the rest would queue behind it. After a quiet spell
+    (no batch for ``quiet_after`` seconds) or a batch of one, an event starts at once.
     """
 
-    def __init__(self, runtime: Runtime, pool: ThreadPoolExecutor, max_size: int = 64) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        pool: ThreadPoolExecutor,
+        max_size: int = 64,
+        *,
+        linger: float = 0.01,
+        quiet_after: float = 1.0,
+    ) -> None:
         self.runtime = runtime
         self.pool = pool
         self.max_size = max_size
+        self.linger = linger
+        self.quiet_after = quiet_after
         self._waiting: list[tuple[Event, asyncio.Future[Result]]] = []
         self._running = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_size = 0
+        self._last_done = float("-inf")
 
     async def submit(self, event: Event) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting.append((event, future))
         if not self._running:
-            self._start()
+            self._start_or_linger()
         return await future
 
+    def _start_or_linger(self) -> None:
+        loop = asyncio.get_running_loop()
+        expected = min(self._last_size, self.max_size)
+        busy = loop.time() - self._last_done < self.quiet_after
+        if len(self._waiting) >= expected or not busy:
+            self._start()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.linger, self._start)
+
     def _start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         batch, self._waiting = self._waiting[: self.max_size], self._waiting[self.max_size :]
         self._running = True
         events = [event for event, _ in batch]
@@ -82,6 +112,7 @@ class EventBatcher:
         self, batch: list[tuple[Event, asyncio.Future[Result]]], done: asyncio.Future[Any]
     ) -> None:
         self._running = False
+        self._last_size, self._last_done = len(batch), asyncio.get_running_loop().time()
         error = done.exception()
         results = done.result() if error is None else [error] * len(batch)
         for (_, future), result in zip(batch, results, strict=True):
@@ -92,7 +123,7 @@ class EventBatcher:
             else:
                 future.set_result(result)
         if self._waiting:
-            self._start()
+            self._start_or_linger()
 
 
 class SlackBridge:

@@ -1,0 +1,95 @@
+"""The Slack bridge's batcher: who waits for whom, with a runtime that records its batches."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import cast
+
+from bot.plugin import Event, ReactionEvent
+from bot.runtime import Outcome, Result, Runtime
+from bot.slack.app import EventBatcher
+
+
+class BatchRecorder:
+    """Stands in for the runtime: records the size of each batch it is handed."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def handle_batch(self, events: list[Event]) -> list[Result]:
+        self.sizes.append(len(events))
+        return [Result(Outcome.HANDLED) for _ in events]
+
+    def handle(self, event: Event) -> Result:
+        raise AssertionError("no batch fails here")
+
+
+def reaction(n: int) -> ReactionEvent:
+    return ReactionEvent(
+        user_id="U1", channel_id="C1", event_id=f"Ev{n}", reaction="white_check_mark",
+        message_ts=f"1.{n}", added=True,
+    )  # fmt: skip
+
+
+def batcher(recorder: BatchRecorder, linger: float, quiet_after: float = 1.0) -> EventBatcher:
+    pool = ThreadPoolExecutor(max_workers=2)
+    return EventBatcher(cast(Runtime, recorder), pool, linger=linger, quiet_after=quiet_after)
+
+
+async def burst(b: EventBatcher, first: int, count: int) -> list[Result]:
+    runs = [b.submit(reaction(n)) for n in range(first, first + count)]
+    return await asyncio.wait_for(asyncio.gather(*runs), timeout=10)
+
+
+def test_a_lone_event_never_waits() -> None:
+    recorder = BatchRecorder()
+
+    async def main() -> None:
+        b = batcher(recorder, linger=60.0)
+        results = await burst(b, 0, 1)
+        assert [r.outcome for r in results] == [Outcome.HANDLED]
+
+    asyncio.run(main())
+    assert recorder.sizes == [1]
+
+
+def test_under_load_a_batch_waits_for_as_many_events_as_the_last_one_had() -> None:
+    recorder = BatchRecorder()
+
+    async def main() -> None:
+        b = batcher(recorder, linger=60.0)
+        await burst(b, 0, 3)  # the first starts alone, the other two wait for it
+        assert recorder.sizes == [1, 2]
+        await burst(b, 3, 2)  # the first of these waits for the second instead of running alone
+        assert recorder.sizes == [1, 2, 2]
+
+    asyncio.run(main())
+
+
+def test_the_wait_is_bounded_by_linger() -> None:
+    recorder = BatchRecorder()
+
+    async def main() -> None:
+        b = batcher(recorder, linger=0.05)
+        await burst(b, 0, 3)
+        started = asyncio.get_running_loop().time()
+        await burst(b, 3, 1)  # a second event was expected and never comes
+        waited = asyncio.get_running_loop().time() - started
+        assert 0.04 <= waited < 5
+
+    asyncio.run(main())
+    assert recorder.sizes == [1, 2, 1]
+
+
+def test_after_a_quiet_spell_an_event_starts_at_once() -> None:
+    recorder = BatchRecorder()
+
+    async def main() -> None:
+        b = batcher(recorder, linger=60.0, quiet_after=0.05)
+        await burst(b, 0, 3)
+        await asyncio.sleep(0.1)
+        await burst(b, 3, 1)  # would wait a minute if the last batch still counted
+
+    asyncio.run(main())
+    assert recorder.sizes == [1, 2, 1]
