@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, case, delete, func, insert, select, text, update
+from sqlalchemy import Table, case, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from bot.importer import MAX_TEXT_CHARS
 from bot.plugin import ChatMessage
+from bot.storage.bulk import insert_rows
 from bot.storage.models import (
     Adapter,
     Approval,
@@ -58,10 +59,6 @@ def near_dup_keys(text: str) -> list[str]:
 EXAMPLES = cast(Table, Example.__table__)
 APPROVALS = cast(Table, Approval.__table__)
 NEAR_DUP_KEYS = cast(Table, NearDupKey.__table__)
-INSERT_KEYS_PG = text("""
-    INSERT INTO near_dup_keys (example_id, band_key, dataset_id)
-    SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:keys AS varchar[]), CAST(:ds AS bigint[]))
-""")
 NEAR_CANDIDATES_PG = text("""
     SELECT w.idx, k.example_id
     FROM near_dup_keys AS k
@@ -207,24 +204,11 @@ class Collector:
             {"example_id": example.id, "band_key": key, "dataset_id": example.dataset_id}
             for key in dict.fromkeys(near_dup_keys(example.text))
         ]
-        self._insert_keys(rows)
+        insert_rows(self.session, NEAR_DUP_KEYS, rows)
 
     @property
     def _on_postgres(self) -> bool:
         return self.session.get_bind().dialect.name == "postgresql"
-
-    def _insert_keys(self, rows: list[dict[str, Any]]) -> None:
-        """Insert near-dup key rows: on PostgreSQL as three arrays the server unnests (one
-        small statement however many rows), elsewhere as a batched executemany."""
-        if not rows:
-            return
-        if self._on_postgres:
-            self.session.execute(INSERT_KEYS_PG, {
-                "ids": [r["example_id"] for r in rows], "keys": [r["band_key"] for r in rows],
-                "ds": [r["dataset_id"] for r in rows],
-            })  # fmt: skip
-        else:
-            self.session.execute(insert(NEAR_DUP_KEYS), rows)
 
     # ---- approving ----------------------------------------------------------------------
 
@@ -372,14 +356,15 @@ class Collector:
                     author_id=r.message.user_id, approver_id=r.approver,
                 )
             )  # fmt: skip
-        # Batched into multi-row INSERTs: the ids come back in the rows' order.
-        ids = self.session.scalars(
-            insert(EXAMPLES).returning(EXAMPLES.c.id, sort_by_parameter_order=True),
-            rows,
-        ).all()
+        ids = {
+            (ds, channel, ts): int(example_id)
+            for example_id, ds, channel, ts in insert_rows(
+                self.session, EXAMPLES, rows, ("id", "dataset_id", "channel_id", "message_ts")
+            )
+        }
         approvals, key_rows, audits = [], [], []
-        for new, example_id in zip(added, ids, strict=True):
-            new.id = int(example_id)
+        for new in added:
+            new.id = ids[new.prepared.request.key]
             p, r = new.prepared, new.prepared.request
             approvals.append(
                 {"example_id": new.id, "user_id": r.approver, "emoji": r.emoji, "kind": r.kind}
@@ -393,8 +378,8 @@ class Collector:
             )  # fmt: skip
             needs_brief = r.dataset.task == "draft" and p.prompt is None and r.kind == "approve"
             outcomes[p.index] = Outcome(r.dataset.name, "added", new.id, needs_brief=needs_brief)
-        self.session.execute(insert(APPROVALS), approvals)
-        self._insert_keys(key_rows)
+        insert_rows(self.session, APPROVALS, approvals)
+        insert_rows(self.session, NEAR_DUP_KEYS, key_rows)
         self.audit.record_many("example.add", audits)
 
     def _near_candidates(self, fresh: list[_Prepared]) -> dict[int, list[int]]:

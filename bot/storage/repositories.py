@@ -8,11 +8,12 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bot.storage.bulk import insert_rows
 from bot.storage.models import (
     Adapter,
     AdapterVersion,
@@ -313,9 +314,8 @@ class Audit:
     def record_many(self, action: str, entries: list[dict[str, Any]]) -> None:
         """``record`` for several entries of one action, as one batched INSERT. Each entry
         holds ``actor``, ``dataset_id``, ``example_id``, ``content_hash`` and ``details``."""
-        if entries:
-            rows = [{"action": action, **e} for e in entries]
-            self.session.execute(insert(cast(Table, AuditEntry.__table__)), rows)
+        rows = [{"action": action, **e} for e in entries]
+        insert_rows(self.session, cast(Table, AuditEntry.__table__), rows)
 
     def entries(self, dataset_id: int | None = None) -> list[AuditEntry]:
         stmt = select(AuditEntry).order_by(AuditEntry.id)
