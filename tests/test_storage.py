@@ -210,3 +210,47 @@ def test_postgres_is_really_postgres(postgres_url: str) -> None:
     db = Database(postgres_url)
     with db.engine.connect() as conn:
         assert "PostgreSQL" in conn.execute(text("select version()")).scalar_one()
+
+
+def test_claim_many_claims_each_new_id_once(db: Database) -> None:
+    with db.session() as s:
+        assert ProcessedEvents(s).claim_many(["Ev1", "Ev2", "Ev1"], "reaction") == {"Ev1", "Ev2"}
+    with db.session() as s:
+        assert ProcessedEvents(s).claim_many(["Ev2", "Ev3"], "reaction") == {"Ev3"}
+        assert ProcessedEvents(s).claim_many([], "reaction") == set()
+
+
+def test_bulk_audit_entries_keep_their_details(db: Database) -> None:
+    entries = [
+        {"actor": f"U{i}", "dataset_id": None, "example_id": i, "content_hash": f"h{i}",
+         "details": {"kind": "positive", "n": i}}
+        for i in range(3)
+    ]  # fmt: skip
+    with db.session() as s:
+        Audit(s).record_many("example.add", entries)
+    with db.session() as s:
+        got = [(e.actor, e.example_id, e.details) for e in Audit(s).entries()]
+    assert got == [(f"U{i}", i, {"kind": "positive", "n": i}) for i in range(3)]
+
+
+def _backend_pid(db: Database) -> int:
+    with db.session() as s:
+        return int(s.execute(text("select pg_backend_pid()")).scalar_one())
+
+
+@pytest.mark.parametrize("ping_after_idle", [0.0, 3600.0])
+def test_a_connection_lost_while_idle_is_replaced_when_it_was_idle_long_enough(
+    postgres_url: str, ping_after_idle: float
+) -> None:
+    db, admin = Database(postgres_url, ping_after_idle=ping_after_idle), Database(postgres_url)
+    try:
+        pid = _backend_pid(db)  # the pool keeps this connection
+        with admin.session() as s:
+            assert s.execute(text("select pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
+        if ping_after_idle:  # in steady use nothing pings: the dead connection fails once
+            with pytest.raises(DatabaseUnavailable):
+                _backend_pid(db)
+        assert _backend_pid(db) != pid
+    finally:
+        db.dispose()
+        admin.dispose()

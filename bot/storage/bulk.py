@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Insert, Table, bindparam, cast, func, insert, select
+from sqlalchemy import Executable, Table, bindparam, cast, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -23,34 +24,43 @@ def insert_rows(
     table: Table,
     rows: Sequence[dict[str, Any]],
     returning: Sequence[str] = (),
+    *,
+    skip_conflicts: bool = False,
 ) -> list[tuple[Any, ...]]:
     """Insert ``rows`` (dicts with the same keys) into ``table`` in one round trip where the
     database allows; returns the ``returning`` columns of the inserted rows, in no particular
-    order on PostgreSQL (match them to the rows by a unique key). Columns left out get their
-    Python-side defaults, computed once per call."""
+    order (match them to the rows by a unique key). Columns left out get their Python-side
+    defaults, computed once per call. With ``skip_conflicts`` a row that violates a unique
+    constraint is left out (ON CONFLICT DO NOTHING) and returns nothing."""
     if not rows:
         return []
     columns = tuple(rows[0])
-    if session.get_bind().dialect.name != "postgresql":
-        stmt = insert(table)
+    dialect = session.get_bind().dialect.name
+    if dialect != "postgresql":
+        stmt: Any = sqlite.insert(table) if dialect == "sqlite" else insert(table)
+        if skip_conflicts:
+            stmt = stmt.on_conflict_do_nothing()
         if returning:
-            cols = [table.c[name] for name in returning]
-            result = session.execute(stmt.returning(*cols, sort_by_parameter_order=True), rows)
-            return [tuple(row) for row in result]
+            stmt = stmt.returning(*[table.c[name] for name in returning])
+            return [tuple(row) for row in session.execute(stmt, list(rows))]
         session.execute(stmt, list(rows))
         return []
-    statement = _unnest_insert(table, columns, tuple(returning))
+    statement = _unnest_insert(table, columns, tuple(returning), skip_conflicts)
     result = session.execute(statement, {f"a_{c}": [row[c] for row in rows] for c in columns})
     return [tuple(row) for row in result] if returning else []
 
 
 @lru_cache(maxsize=64)
-def _unnest_insert(table: Table, columns: tuple[str, ...], returning: tuple[str, ...]) -> Insert:
+def _unnest_insert(
+    table: Table, columns: tuple[str, ...], returning: tuple[str, ...], skip_conflicts: bool
+) -> Executable:
     arrays = []
     for name in columns:
         array_type = ARRAY(table.c[name].type)
         arrays.append(func.unnest(cast(bindparam(f"a_{name}", type_=array_type), array_type)))
-    statement = insert(table).from_select(list(columns), select(*arrays))
+    statement = postgresql.insert(table).from_select(list(columns), select(*arrays))
+    if skip_conflicts:
+        statement = statement.on_conflict_do_nothing()
     if returning:
-        statement = statement.returning(*[table.c[name] for name in returning])
+        return statement.returning(*[table.c[name] for name in returning])
     return statement

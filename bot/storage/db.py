@@ -7,6 +7,7 @@ old schema. Connection failures become ``DatabaseUnavailable`` with one readable
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -17,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -47,10 +48,35 @@ def migrations_config(url: str) -> Config:
     return cfg
 
 
+def _ping_idle_connections(engine: Engine, after: float) -> None:
+    """Check a pooled connection before use only when it sat idle for ``after`` seconds.
+
+    ``pool_pre_ping`` pings on every checkout: a round trip per transaction, a tenth of a busy
+    batch of events. A connection in steady use is alive; one idle long enough for the server
+    to have restarted (or a proxy to have cut it) is pinged, and replaced when it is gone. Under
+    load, a restart then fails at most the transactions already under way, and the pool is
+    renewed by the first of those errors, as SQLAlchemy does for any disconnect.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < after:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"connection lost while idle: {exc}") from exc
+
+
 class Database:
     """One database: an engine, a session factory, and its migrations."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, ping_after_idle: float = 10.0) -> None:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
@@ -62,7 +88,6 @@ class Database:
         else:
             # Enough connections for the handler threads, the outbox pump and the scheduler lock.
             kwargs.update(
-                pool_pre_ping=True,
                 pool_size=20,
                 max_overflow=20,
                 connect_args={"connect_timeout": 5},
@@ -70,6 +95,8 @@ class Database:
         self.engine: Engine = create_engine(url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            _ping_idle_connections(self.engine, ping_after_idle)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

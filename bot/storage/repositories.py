@@ -246,12 +246,9 @@ class ProcessedEvents:
         now = utcnow()
         ids = dict.fromkeys(event_ids)
         rows = [{"event_id": e, "kind": kind, "processed_at": now} for e in ids]
-        stmt = (
-            _insert_for(self.session, ProcessedEvent)
-            .on_conflict_do_nothing()
-            .returning(ProcessedEvent.event_id)
-        )  # executed with many rows: batched into multi-row INSERTs, and compiled once
-        return set(self.session.scalars(stmt, rows))
+        table = cast(Table, ProcessedEvent.__table__)
+        claimed = insert_rows(self.session, table, rows, ("event_id",), skip_conflicts=True)
+        return {event_id for (event_id,) in claimed}
 
 
 class Outbox:
