@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -116,7 +117,7 @@ def build_web_app(
         return response
 
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "worker": os.getpid()})
 
     async def readyz(_: Request) -> Response:
         import asyncio

@@ -133,24 +133,26 @@ class SlackRuntime:
 
     @staticmethod
     def run_http_workers(settings: Settings, host: str, port: int, workers: int) -> None:
-        """Serve HTTP from ``workers`` processes sharing one listening socket (uvicorn's
-        supervisor restarts a worker that dies). Each builds its own runtime from the
-        environment (``worker_app``); the database must be PostgreSQL, which every process can
-        write at once, and whose advisory lock lets exactly one of them run the schedule."""
+        """Serve HTTP from ``workers`` processes on one port, each with its own listening
+        socket so the kernel spreads connections over them (``bot.slack.workers``); a worker
+        that dies is restarted. Each builds its own runtime from the environment
+        (``worker_app``); the database must be PostgreSQL, which every process can write at
+        once, and whose advisory lock lets exactly one of them run the schedule."""
+        from bot.slack.workers import Supervisor, reuse_port_available, serve_worker
+
         if workers > 1 and settings.resolved_database_url.startswith("sqlite"):
             raise ValueError(
                 "--workers above 1 needs PostgreSQL (BRANDBOT_DATABASE_URL): SQLite has one "
                 "writer at a time and its schedule lock only holds within one process"
             )
         log.info("serving Slack over HTTP on %s:%s/slack/events, %d workers", host, port, workers)
-        uvicorn.run(
-            "bot.slack.runner:worker_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            **UVICORN_OPTIONS,
-        )
+        factory = "bot.slack.runner:worker_app"
+        if reuse_port_available():
+            Supervisor(workers, serve_worker, (factory, host, port, UVICORN_OPTIONS)).run()
+        else:  # one shared socket: the first worker to accept keeps the connection
+            uvicorn.run(
+                factory, factory=True, host=host, port=port, workers=workers, **UVICORN_OPTIONS
+            )
 
     def run_socket_mode(self, host: str, port: int | None) -> None:
         from slack_bolt.adapter.socket_mode.websockets import AsyncSocketModeHandler

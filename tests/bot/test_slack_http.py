@@ -4,6 +4,7 @@ server, effects checked in the database (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -261,7 +262,7 @@ def test_buttons_views_and_shortcuts(
 
 
 def test_health_readiness_and_metrics(bot: Served, slack_signing_secret: str) -> None:
-    assert httpx.get(f"{bot.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{bot.url}/healthz").json() == {"status": "ok", "worker": os.getpid()}
     ready = httpx.get(f"{bot.url}/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
     signed_post(bot.events_url, slack_signing_secret, reaction("Ev0000009"))
