@@ -96,8 +96,11 @@ def _permutations(num_perm: int) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+@lru_cache(maxsize=1 << 15)
 def _shingle_hash(shingle: str) -> int:
-    return int.from_bytes(hashlib.blake2b(shingle.encode(), digest_size=8).digest(), "big")
+    """A shingle's 64-bit hash, below the modulus; cached, since texts share most shingles."""
+    digest = hashlib.blake2b(shingle.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % _MERSENNE
 
 
 def minhash_signature(
@@ -116,7 +119,7 @@ def minhash_signature(
 @lru_cache(maxsize=4096)
 def _signature(text: str, num_perm: int, k: int) -> tuple[int, ...]:
     """The signature, cached: a message is looked up and then stored with the same keys."""
-    hashed = np.fromiter((_shingle_hash(s) % _MERSENNE for s in shingles(text, k)), dtype=np.uint64)
+    hashed = np.fromiter(map(_shingle_hash, shingles(text, k)), dtype=np.uint64)
     a, b = _permutation_arrays(num_perm)
     if not hashed.size:
         return tuple(_MERSENNE for _ in range(num_perm))
