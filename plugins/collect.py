@@ -15,7 +15,7 @@ import re
 from typing import Literal
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bot.collection import ApproveRequest, Collector, forget_user, purge_ticket_text
@@ -39,10 +39,22 @@ from bot.plugin import (
     schedule,
 )
 from bot.replies import reply_mode, reply_prompt
-from bot.storage.models import ChannelNotice, Dataset, Example, OptOut, Prediction, utcnow
+from bot.storage.models import (
+    ChannelNotice,
+    Dataset,
+    Draft,
+    Example,
+    OptOut,
+    Prediction,
+    utcnow,
+)
 from bot.storage.repositories import Audit
 
 log = logging.getLogger("brandbot.collect")
+DRAFT_BRIEFS = select(Draft.channel_id, Draft.message_ts, Draft.brief).where(
+    Draft.channel_id.in_(bindparam("channels", expanding=True)),
+    Draft.message_ts.in_(bindparam("stamps", expanding=True)),
+)  # built once: the batch path runs it for every batch of reactions
 LINK = re.compile(r"archives/([CGD][A-Z0-9]+)/p(\d{10})(\d{6})")
 NOTICE = (
     "Hi, I'm brandbot. In this channel I learn from messages that approvers mark with "
@@ -251,14 +263,9 @@ class CollectPlugin(Plugin):
     @staticmethod
     def _draft_briefs(ctx: Context, refs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The /draft briefs of the posts among these (channel, ts), in one query."""
-        from bot.storage.models import Draft
-
-        rows = ctx.session.execute(
-            select(Draft.channel_id, Draft.message_ts, Draft.brief).where(
-                Draft.channel_id.in_({c for c, _ in refs}),
-                Draft.message_ts.in_({ts for _, ts in refs}),
-            )
-        )
+        rows = ctx.session.connection().execute(DRAFT_BRIEFS, {
+            "channels": list({c for c, _ in refs}), "stamps": list({ts for _, ts in refs}),
+        })  # fmt: skip
         wanted = set(refs)
         return {(c or "", ts or ""): brief for c, ts, brief in rows if (c, ts) in wanted and brief}
 
