@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import random
@@ -88,6 +89,23 @@ async def send_all(
         return statuses, time.perf_counter() - started
 
 
+def wait_for_workers(port: int, workers: int, timeout: float = 120) -> None:
+    """Block until every worker answers: connections opened while only the first one listens
+    would all stay with it (each worker has its own socket; the kernel spreads new ones)."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(seen)} of {workers} workers answered")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/healthz")
+            seen.add(int(json.loads(conn.getresponse().read())["worker"]))
+        finally:
+            conn.close()
+        time.sleep(0.05)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
@@ -159,6 +177,8 @@ def main() -> int:
                 port = free_port()
                 extra = ("--workers", str(args.workers)) if args.workers > 1 else ()
                 server = start(kind, port, env, extra)
+                if kind == "ours" and args.workers > 1:
+                    wait_for_workers(port, args.workers)
                 url = f"http://127.0.0.1:{port}/slack/events"
                 try:
                     statuses, elapsed[kind] = asyncio.run(
