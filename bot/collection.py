@@ -75,6 +75,22 @@ SAME_OR_SPLIT = select(
 ACTIVE_TEXTS = select(EXAMPLES.c.id, EXAMPLES.c.text).where(
     EXAMPLES.c.id.in_(bindparam("ids", expanding=True)), EXAMPLES.c.status == "active"
 )
+EXAMPLES_AT = select(Example).where(
+    Example.dataset_id.in_(bindparam("datasets", expanding=True)),
+    Example.channel_id.in_(bindparam("channels", expanding=True)),
+    Example.message_ts.in_(bindparam("stamps", expanding=True)),
+)
+_LAST_TRAINED = (
+    select(func.max(TrainingRun.started_at))
+    .where(TrainingRun.dataset_id == bindparam("dataset"), TrainingRun.status == "succeeded")
+    .scalar_subquery()
+)
+TOTALS = select(
+    func.count(),
+    func.coalesce(func.sum(case(
+        (_LAST_TRAINED.is_(None), 1), (EXAMPLES.c.created_at > _LAST_TRAINED, 1), else_=0
+    )), 0),
+).where(EXAMPLES.c.dataset_id == bindparam("dataset"), EXAMPLES.c.status == "active")  # fmt: skip
 NEAR_CANDIDATES_PG = text("""
     SELECT w.idx, k.example_id
     FROM near_dup_keys AS k
@@ -451,13 +467,10 @@ class Collector:
         """The examples of these (dataset id, channel, ts), in one query."""
         if not keys:
             return {}
-        rows = self.session.scalars(
-            select(Example).where(
-                Example.dataset_id.in_({k[0] for k in keys}),
-                Example.channel_id.in_({k[1] for k in keys}),
-                Example.message_ts.in_({k[2] for k in keys}),
-            )
-        )
+        rows = self.session.scalars(EXAMPLES_AT, {
+            "datasets": list({k[0] for k in keys}), "channels": list({k[1] for k in keys}),
+            "stamps": list({k[2] for k in keys}),
+        })  # fmt: skip
         wanted = set(keys)
         found = {}
         for example in rows:
@@ -640,17 +653,7 @@ class Collector:
     def totals(self, dataset: Dataset) -> tuple[int, int]:
         """(active examples, of which new since the last successful training run), in one
         query: the notice after every approval must stay cheap."""
-        last = (
-            select(func.max(TrainingRun.started_at))
-            .where(TrainingRun.dataset_id == dataset.id, TrainingRun.status == "succeeded")
-            .scalar_subquery()
-        )
-        is_new = case((last.is_(None), 1), (Example.created_at > last, 1), else_=0)
-        total, new = self.session.execute(
-            select(func.count(), func.coalesce(func.sum(is_new), 0)).where(
-                Example.dataset_id == dataset.id, Example.status == "active"
-            )
-        ).one()
+        total, new = self.session.connection().execute(TOTALS, {"dataset": dataset.id}).one()
         return int(total), int(new)
 
     def summary_line(self, dataset: Dataset) -> str:
