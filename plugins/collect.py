@@ -139,11 +139,16 @@ class CollectPlugin(Plugin):
             return "reject", None
         return None
 
-    def _tell(self, ctx: Context, event: ReactionEvent, text: str) -> None:
-        if self.cfg.notify == "thread":
-            ctx.chat.post(event.channel_id or "", text, thread_ts=event.message_ts)
-        else:
-            ctx.chat.ephemeral(event.channel_id or "", event.user_id, text)
+    def _send(self, notices: list[tuple[ReactionEvent, str]]) -> None:
+        """Tell approvers what their reactions did: in the message's thread or privately. Runs
+        after the commit (``submit_after_commit``), so nobody hears "Added" of a batch that
+        rolled back, and a notice Slack refuses loses no example."""
+        chat = self.services.chat
+        for event, text in notices:
+            if self.cfg.notify == "thread":
+                chat.post(event.channel_id or "", text, thread_ts=event.message_ts)
+            else:
+                chat.ephemeral(event.channel_id or "", event.user_id, text)
 
     @on_reaction(batch=True)
     def reaction_added(self, events: list[ReactionEvent], ctx: Context) -> None:
@@ -153,8 +158,16 @@ class CollectPlugin(Plugin):
         concurrently, the database is asked a few questions for all of them, and an approver
         who approved several messages at once gets one summary per dataset (in ``thread`` mode,
         one per message)."""
+        notices: list[tuple[ReactionEvent, str]] = []
+        self._collect(events, ctx, notices)
+        if notices:
+            ctx.submit_after_commit(self._send, notices, name="collect.notices")
+
+    def _collect(
+        self, events: list[ReactionEvent], ctx: Context, notices: list[tuple[ReactionEvent, str]]
+    ) -> None:
         collector = self.collector(ctx)
-        wanted = self._allowed(ctx, events, collector.datasets())
+        wanted = self._allowed(ctx, events, collector.datasets(), notices)
         if not wanted:
             return
         refs = [(event.channel_id or "", event.message_ts) for event, _ in wanted]
@@ -167,7 +180,7 @@ class CollectPlugin(Plugin):
         for (event, allowed), message in zip(wanted, messages, strict=True):
             problem = self._unusable(event, message, opted_out)
             if problem or message is None:
-                self._tell(ctx, event, problem)
+                notices.append((event, problem))
                 continue
             channel = event.channel_id or ""
             draft_brief = briefs.get((channel, event.message_ts))
@@ -175,8 +188,13 @@ class CollectPlugin(Plugin):
                 prompt, source = draft_brief, "draft" if draft_brief else None
                 if channel not in dataset.channels:  # a reply dataset, in a ticket channel
                     if message.parent is None:
-                        self._tell(ctx, event, f"In a ticket channel, {dataset.name} learns from "
-                                   "answers: react to a reply in the ticket's thread.")  # fmt: skip
+                        hint = "react to a reply in the ticket's thread"
+                        notices.append(
+                            (
+                                event,
+                                f"In a ticket channel, {dataset.name} learns from answers: {hint}.",
+                            )
+                        )
                         continue
                     label_ = self._ticket_label(ctx, message.parent)
                     prompt, source = reply_prompt(message.parent.text, label_), "ticket"
@@ -192,7 +210,7 @@ class CollectPlugin(Plugin):
         for (event, request), outcome in zip(requests, outcomes, strict=True):
             dataset = request.dataset
             if outcome.status == "refused" or outcome.status == "duplicate":
-                self._tell(ctx, event, f"Not added to {dataset.name}: {outcome.reason}.")
+                notices.append((event, f"Not added to {dataset.name}: {outcome.reason}."))
             elif outcome.status in ("added", "reactivated"):
                 if outcome.needs_brief and self.cfg.write_briefs:
                     ctx.publish("example.needs_brief", {"example_id": outcome.example_id})
@@ -202,10 +220,14 @@ class CollectPlugin(Plugin):
                 told.add(once)
                 if dataset.id not in summaries:
                     summaries[dataset.id] = collector.summary_line(dataset)
-                self._tell(ctx, event, summaries[dataset.id])
+                notices.append((event, summaries[dataset.id]))
 
     def _allowed(
-        self, ctx: Context, events: list[ReactionEvent], datasets: list[Dataset]
+        self,
+        ctx: Context,
+        events: list[ReactionEvent],
+        datasets: list[Dataset],
+        notices: list[tuple[ReactionEvent, str]],
     ) -> list[tuple[ReactionEvent, list[tuple[Dataset, str, str | None]]]]:
         """The events that mean something to a dataset and come from its approvers, each with
         (dataset, role, label) per dataset; the others are dropped, with a word to those who
@@ -224,7 +246,9 @@ class CollectPlugin(Plugin):
             allowed = [m for m in matches if self._is_approver(ctx, m[0], event.user_id, groups)]
             if not allowed:
                 names = ", ".join(m[0].name for m in matches)
-                self._tell(ctx, event, f"Only the approvers of {names} can add examples with that.")
+                notices.append(
+                    (event, f"Only the approvers of {names} can add examples with that.")
+                )
                 continue
             wanted.append((event, allowed))
         return wanted

@@ -31,8 +31,8 @@ def insert_rows(
     """Insert ``rows`` (dicts with the same keys) into ``table`` in one round trip where the
     database allows; returns the ``returning`` columns of the inserted rows, in no particular
     order (match them to the rows by a unique key). Columns left out get their Python-side
-    defaults, computed once per call. With ``skip_conflicts`` a row that violates a unique
-    constraint is left out (ON CONFLICT DO NOTHING) and returns nothing."""
+    defaults (on PostgreSQL computed once per call). With ``skip_conflicts`` a row that
+    violates a unique constraint is left out (ON CONFLICT DO NOTHING) and returns nothing."""
     if not rows:
         return []
     columns = tuple(rows[0])

@@ -91,6 +91,7 @@ class Env:
         raise AssertionError("no response")
 
     def ephemerals(self) -> list[str]:
+        self.bot.runtime.services.jobs.wait_idle()  # notices go out after the commit
         return [str(c.args.get("text")) for c in self.fake.calls_for("chat.postEphemeral")]
 
     def examples(self, **where: Any) -> list[Example]:
@@ -462,6 +463,7 @@ def test_a_batch_of_reactions_gives_what_one_by_one_would(env: Env) -> None:
         actions = [e.action for e in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
     assert approvers == sorted([MAYA, JONAS])
     assert sorted(actions) == ["example.add"] * 3 + ["example.approve"]
+    env.bot.runtime.services.jobs.wait_idle()  # notices go out after the commit
     said = [(c.args["user"], c.args["text"]) for c in env.fake.calls_for("chat.postEphemeral")]
     assert said == [
         (PRIYA, "Only the approvers of kk_copy can add examples with that."),
@@ -537,3 +539,11 @@ def test_approver_groups_are_asked_once_per_batch(env: Env) -> None:
     assert sorted(e.message_ts for e in env.examples()) == sorted(posts)
     assert len(env.fake.calls_for("usergroups.users.list")) == 1
     assert "Only the approvers of kk_copy can add examples with that." in env.ephemerals()
+
+
+def test_a_notice_slack_refuses_loses_no_example(env: Env) -> None:
+    ts = env.fake.add_message(COPY, POST, user=PRIYA)
+    env.fake.fail("chat.postEphemeral", "user_not_in_channel")
+    assert env.react(MAYA, "white_check_mark", COPY, ts) == 200  # no retry: the example is kept
+    assert len(env.ephemerals()) == 1  # tried once after the commit, refused, logged
+    assert [e.message_ts for e in env.examples()] == [ts]
