@@ -92,13 +92,17 @@ TOTALS = select(
     )), 0),
 ).where(EXAMPLES.c.dataset_id == bindparam("dataset"), EXAMPLES.c.status == "active")  # fmt: skip
 NEAR_CANDIDATES_PG = text("""
-    SELECT w.idx, k.example_id
-    FROM near_dup_keys AS k
-    JOIN unnest(CAST(:idx AS integer[]), CAST(:ds AS bigint[]), CAST(:keys AS varchar[]))
-        AS w(idx, dataset_id, band_key)
-      ON k.dataset_id = w.dataset_id AND k.band_key = w.band_key
-    GROUP BY w.idx, k.example_id
-    HAVING count(*) >= 2
+    SELECT c.idx, c.example_id, e.text
+    FROM (
+        SELECT w.idx, k.example_id
+        FROM near_dup_keys AS k
+        JOIN unnest(CAST(:idx AS integer[]), CAST(:ds AS bigint[]), CAST(:keys AS varchar[]))
+            AS w(idx, dataset_id, band_key)
+          ON k.dataset_id = w.dataset_id AND k.band_key = w.band_key
+        GROUP BY w.idx, k.example_id
+        HAVING count(*) >= 2
+    ) AS c
+    JOIN examples AS e ON e.id = c.example_id AND e.status = 'active'
 """)
 
 
@@ -317,13 +321,8 @@ class Collector:
         }):  # fmt: skip
             same.setdefault((row.dataset_id, row.content_hash), int(row.id))
             splits.setdefault((row.dataset_id, row.text_key), set()).add(row.split)
-        candidates = self._near_candidates(fresh)
-        wanted = {c for found in candidates.values() for c in found}
-        texts: dict[int | _New, str] = {}
-        if wanted:
-            rows = self.session.connection().execute(ACTIVE_TEXTS, {"ids": list(wanted)})
-            for example_id, text in rows:
-                texts[int(example_id)] = text
+        candidates, stored = self._near_candidates(fresh)
+        texts: dict[int | _New, str] = {example_id: t for example_id, t in stored.items()}
         batch_holders: dict[tuple[int, str], list[_New]] = {}
         added: list[_New] = []
         twins_added: list[tuple[Outcome, _New]] = []  # their ids are known after the insert
@@ -408,23 +407,28 @@ class Collector:
         insert_rows(self.session, NEAR_DUP_KEYS, key_rows)
         self.audit.record_many("example.add", audits)
 
-    def _near_candidates(self, fresh: list[_Prepared]) -> dict[int, list[int]]:
-        """For each prepared text (by index): the stored examples that share at least two of
-        its LSH band keys (one shared band is mostly chance at the similarities that matter).
+    def _near_candidates(
+        self, fresh: list[_Prepared]
+    ) -> tuple[dict[int, list[int]], dict[int, str]]:
+        """For each prepared text (by index): the active stored examples that share at least
+        two of its LSH band keys (one shared band is mostly chance at the similarities that
+        matter); and those examples' texts.
 
-        PostgreSQL counts the shared keys itself, so only the candidates come back; elsewhere
-        the matching keys are fetched and counted here.
+        PostgreSQL counts the shared keys itself and returns candidates with their texts in
+        one query; elsewhere the matching keys are fetched and counted here.
         """
+        found: dict[int, list[int]] = {p.index: [] for p in fresh}
+        texts: dict[int, str] = {}
         if self._on_postgres:
             wanted = [(p.index, p.request.dataset.id, k) for p in fresh for k in p.keys]
             rows = self.session.execute(NEAR_CANDIDATES_PG, {
                 "idx": [w[0] for w in wanted], "ds": [w[1] for w in wanted],
                 "keys": [w[2] for w in wanted],
             })  # fmt: skip
-            found: dict[int, list[int]] = {p.index: [] for p in fresh}
-            for index, example_id in rows:
+            for index, example_id, text_ in rows:
                 found[int(index)].append(int(example_id))
-            return found
+                texts[int(example_id)] = text_
+            return found, texts
         holders: dict[tuple[int, str], list[int]] = {}
         for example_id, dataset_id, band_key in self.session.execute(
             select(NearDupKey.example_id, NearDupKey.dataset_id, NearDupKey.band_key).where(
@@ -433,7 +437,14 @@ class Collector:
             )
         ):
             holders.setdefault((dataset_id, band_key), []).append(int(example_id))
-        return {p.index: self._shared_twice(p, holders) for p in fresh}
+        shared = {p.index: self._shared_twice(p, holders) for p in fresh}
+        ids = {c for found_ in shared.values() for c in found_}
+        if ids:
+            rows = self.session.connection().execute(ACTIVE_TEXTS, {"ids": list(ids)})
+            texts = {int(example_id): text_ for example_id, text_ in rows}
+        for index, candidates in shared.items():
+            found[index] = [c for c in candidates if c in texts]
+        return found, texts
 
     @staticmethod
     def _shared_twice(prepared: _Prepared, holders: dict[tuple[int, str], list[_T]]) -> list[_T]:
