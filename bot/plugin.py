@@ -244,6 +244,7 @@ class Context:
     _after_commit: list[tuple[Callable[..., Any], tuple[Any, ...], str | None]] = field(
         default_factory=list
     )
+    _then: list[tuple[Callable[..., Any], tuple[Any, ...]]] = field(default_factory=list)
 
     @property
     def chat(self) -> ChatAPI:
@@ -283,6 +284,13 @@ class Context:
         """Queue slow work once this handler's transaction has committed, so the job sees
         the rows the handler wrote (submitting inside the transaction races the commit)."""
         self._after_commit.append((fn, args, name))
+
+    def after_commit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Call ``fn(*args)`` right after this handler's transaction commits, on the same
+        thread, before the event is answered: quick work such as telling someone what
+        happened, which must not be said of a transaction that rolled back nor wait behind
+        queued jobs. Its errors are logged; the event has taken effect and is not failed."""
+        self._then.append((fn, args))
 
     def publish(self, topic: str, payload: dict[str, Any]) -> None:
         """Write an outbox event in this handler's transaction."""

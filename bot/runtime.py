@@ -291,6 +291,13 @@ class Runtime:
         for ctx in contexts:
             for fn, args, name in ctx._after_commit:
                 self.services.jobs.submit(fn, *args, name=name)
+            for then, args in ctx._then:
+                try:
+                    then(*args)
+                except Exception:
+                    name = getattr(then, "__qualname__", repr(then))
+                    error_id = uuid.uuid4().hex[:8]
+                    log.exception("after-commit call %s failed", name, extra={"error_id": error_id})
 
     def _call(self, bound: Bound, event: Any, ctx: Context) -> Any:
         start = time.perf_counter()

@@ -141,7 +141,7 @@ class CollectPlugin(Plugin):
 
     def _send(self, notices: list[tuple[ReactionEvent, str]]) -> None:
         """Tell approvers what their reactions did: in the message's thread or privately. Runs
-        after the commit (``submit_after_commit``), so nobody hears "Added" of a batch that
+        right after the commit (``after_commit``), so nobody hears "Added" of a batch that
         rolled back, and a notice Slack refuses loses no example."""
         chat = self.services.chat
         for event, text in notices:
@@ -161,7 +161,7 @@ class CollectPlugin(Plugin):
         notices: list[tuple[ReactionEvent, str]] = []
         self._collect(events, ctx, notices)
         if notices:
-            ctx.submit_after_commit(self._send, notices, name="collect.notices")
+            ctx.after_commit(self._send, notices)
 
     def _collect(
         self, events: list[ReactionEvent], ctx: Context, notices: list[tuple[ReactionEvent, str]]

@@ -91,7 +91,6 @@ class Env:
         raise AssertionError("no response")
 
     def ephemerals(self) -> list[str]:
-        self.bot.runtime.services.jobs.wait_idle()  # notices go out after the commit
         return [str(c.args.get("text")) for c in self.fake.calls_for("chat.postEphemeral")]
 
     def examples(self, **where: Any) -> list[Example]:
@@ -463,7 +462,6 @@ def test_a_batch_of_reactions_gives_what_one_by_one_would(env: Env) -> None:
         actions = [e.action for e in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
     assert approvers == sorted([MAYA, JONAS])
     assert sorted(actions) == ["example.add"] * 3 + ["example.approve"]
-    env.bot.runtime.services.jobs.wait_idle()  # notices go out after the commit
     said = [(c.args["user"], c.args["text"]) for c in env.fake.calls_for("chat.postEphemeral")]
     assert said == [
         (PRIYA, "Only the approvers of kk_copy can add examples with that."),

@@ -247,7 +247,6 @@ def test_an_agents_own_reply_approved_with_a_reaction_is_stored_with_the_ticket_
     (example,) = examples
     assert (example.text, example.author_id, example.approver_id) == (answer, ANA, TOM)
     assert example.prompt == reply_prompt(ticket, label) and example.prompt_source == "ticket"
-    bot.runtime.services.jobs.wait_idle()  # notices go out after the commit
     told = [str(c.args.get("text")) for c in fake_slack.calls_for("chat.postEphemeral")]
     assert any("react to a reply in the ticket's thread" in t for t in told)
 

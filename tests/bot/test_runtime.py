@@ -294,3 +294,47 @@ def test_concurrent_consumers_deliver_each_outbox_event_once(setup: Any) -> None
         t.join()
     assert count(db, AuditEntry, action="delivered") == 20
     assert len(chat.of("post")) == 20
+
+
+class Teller(Plugin):
+    """Tells someone after its transaction commits (``Context.after_commit``)."""
+
+    told: list[tuple[str, int]] = []
+
+    @on_reaction("tada")
+    def cheer(self, event: ReactionEvent, ctx: Context) -> None:
+        Audit(ctx.session).record("cheer", actor=event.user_id)
+        ctx.after_commit(self.tell, event.user_id)
+        if event.user_id == "U0ROLLBACK":
+            raise RuntimeError("the transaction rolls back")
+
+    def tell(self, user: str) -> None:
+        if user == "U0REFUSED":
+            raise RuntimeError("Slack refused the message")
+        Teller.told.append((user, count(self.services.db, AuditEntry, actor=user)))
+
+
+def test_after_commit_calls_run_once_committed_never_on_rollback_and_cannot_fail_the_event(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = Database(db_url)
+    db.upgrade()
+    services = Services(settings=Settings(), db=db, chat=RecordingChat(), jobs=JobQueue())
+    runtime = Runtime(services, instantiate([PluginEntry("teller", Teller)], {}, services))
+    Teller.told = []
+
+    def cheer(user: str, event_id: str) -> ReactionEvent:
+        return ReactionEvent(user_id=user, channel_id="C0CHAN", event_id=event_id,
+                             reaction="tada", message_ts="1.1")  # fmt: skip
+
+    try:
+        assert runtime.handle(cheer("U0ONE", "Ev1")).outcome is Outcome.HANDLED
+        assert Teller.told == [("U0ONE", 1)]  # another session already sees the row
+        with pytest.raises(RuntimeError):
+            runtime.handle(cheer("U0ROLLBACK", "Ev2"))
+        assert Teller.told == [("U0ONE", 1)]
+        assert runtime.handle(cheer("U0REFUSED", "Ev3")).outcome is Outcome.HANDLED
+        assert count(db, AuditEntry, actor="U0REFUSED") == 1  # kept, and not retried
+        assert "after-commit call Teller.tell failed" in caplog.text
+    finally:
+        db.dispose()
