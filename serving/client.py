@@ -307,11 +307,20 @@ class HttpClient(InferenceClient):
 
     # --- transport ---------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        reason = "no attempt"
+    def _attempts(self) -> Iterator[int]:
+        """Attempt numbers, 0 to ``retries``, sleeping with exponential backoff before each
+        retry; the caller ``continue``s to retry and returns or raises to stop."""
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
+            yield attempt
+
+    def _unreachable(self, reason: str) -> InferenceUnavailable:
+        return InferenceUnavailable(f"model server unreachable at {self.url}: {reason}")
+
+    def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        reason = "no attempt"
+        for _ in self._attempts():
             try:
                 response = self.http.request(method, path, json=body)
             except httpx.TransportError as exc:
@@ -323,7 +332,7 @@ class HttpClient(InferenceClient):
             if response.status_code >= 400:
                 raise InferenceError(_message(response), response.status_code)
             return response
-        raise InferenceUnavailable(f"model server unreachable at {self.url}: {reason}")
+        raise self._unreachable(reason)
 
     def _json(self, method: str, path: str, body: Any = None) -> Any:
         return self._request(method, path, body).json()
@@ -406,9 +415,7 @@ class HttpClient(InferenceClient):
         body = self._chat_body(messages, model, max_tokens, temperature, top_p, stop)
         body["stream"] = True
         reason = "no attempt"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+        for _ in self._attempts():
             try:
                 with self.http.stream("POST", "/v1/chat/completions", json=body) as response:
                     if response.status_code >= 500:
@@ -423,10 +430,8 @@ class HttpClient(InferenceClient):
             except httpx.ConnectError as exc:  # only before anything was streamed
                 reason = f"{type(exc).__name__}: {exc}"
             except httpx.TransportError as exc:
-                raise InferenceUnavailable(
-                    f"model server unreachable at {self.url}: {type(exc).__name__}: {exc}"
-                ) from exc
-        raise InferenceUnavailable(f"model server unreachable at {self.url}: {reason}")
+                raise self._unreachable(f"{type(exc).__name__}: {exc}") from exc
+        raise self._unreachable(reason)
 
     def classify(
         self, messages: Sequence[Message], labels: Sequence[str], *, model: str | None = None
