@@ -244,7 +244,9 @@ class Context:
     _after_commit: list[tuple[Callable[..., Any], tuple[Any, ...], str | None]] = field(
         default_factory=list
     )
-    _then: list[tuple[Callable[..., Any], tuple[Any, ...]]] = field(default_factory=list)
+    _calls_after_commit: list[tuple[Callable[..., Any], tuple[Any, ...]]] = field(
+        default_factory=list
+    )
 
     @property
     def chat(self) -> ChatAPI:
@@ -290,7 +292,7 @@ class Context:
         thread, before the event is answered: quick work such as telling someone what
         happened, which must not be said of a transaction that rolled back nor wait behind
         queued jobs. Its errors are logged; the event has taken effect and is not failed."""
-        self._then.append((fn, args))
+        self._calls_after_commit.append((fn, args))
 
     def publish(self, topic: str, payload: dict[str, Any]) -> None:
         """Write an outbox event in this handler's transaction."""

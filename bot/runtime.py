@@ -291,7 +291,7 @@ class Runtime:
         for ctx in contexts:
             for fn, args, name in ctx._after_commit:
                 self.services.jobs.submit(fn, *args, name=name)
-            for then, args in ctx._then:
+            for then, args in ctx._calls_after_commit:
                 try:
                     then(*args)
                 except Exception:

@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -74,7 +73,6 @@ def build_web_app(
     bridge: SlackBridge | None,
     signing_secret: str | None,
     readiness: Readiness,
-    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
 ) -> Starlette:
     verifier = SignatureVerifier(signing_secret) if signing_secret else None
 
@@ -130,7 +128,6 @@ def build_web_app(
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
-        lifespan=lifespan,
         routes=[
             Route("/slack/events", slack_events, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
