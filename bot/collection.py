@@ -95,14 +95,18 @@ NEAR_CANDIDATES_PG = text("""
     SELECT c.idx, c.example_id, e.text
     FROM (
         SELECT w.idx, k.example_id
-        FROM near_dup_keys AS k
-        JOIN unnest(CAST(:idx AS integer[]), CAST(:ds AS bigint[]), CAST(:keys AS varchar[]))
+        FROM unnest(CAST(:idx AS integer[]), CAST(:ds AS bigint[]), CAST(:keys AS varchar[]))
             AS w(idx, dataset_id, band_key)
-          ON k.dataset_id = w.dataset_id AND k.band_key = w.band_key
+        CROSS JOIN LATERAL (
+            SELECT example_id FROM near_dup_keys
+            WHERE dataset_id = w.dataset_id AND band_key = w.band_key OFFSET 0
+        ) AS k
         GROUP BY w.idx, k.example_id
         HAVING count(*) >= 2
     ) AS c
-    JOIN examples AS e ON e.id = c.example_id AND e.status = 'active'
+    CROSS JOIN LATERAL (
+        SELECT text FROM examples WHERE id = c.example_id AND status = 'active' OFFSET 0
+    ) AS e
 """)
 
 

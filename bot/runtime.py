@@ -234,7 +234,11 @@ class Runtime:
         bounds = self.match(event)
         return bool(bounds) and all(b.spec.batch for b in bounds)
 
-    def handle_batch(self, events: list[Event]) -> list[Result | Exception]:
+    def handle_batch(
+        self,
+        events: list[Event],
+        on_commit: Callable[[list[Result | Exception]], None] | None = None,
+    ) -> list[Result | Exception]:
         """Run batchable events (see ``batchable``) together: one transaction, each batch
         handler called once with the events it matches. Each event still takes effect exactly
         once per ``event_id``, including a retry that arrives in the same batch.
@@ -242,6 +246,10 @@ class Runtime:
         Returns one Result per event, or the NotAllowed it met. Raises what a handler raised,
         after rolling the whole batch back: the caller then runs the events one by one
         (``handle``), so only the event that fails is reported as failed.
+
+        ``on_commit`` gets the same results as soon as the transaction has committed, before
+        the handlers' after-commit calls (notices to Slack) run: a caller can answer the
+        events there instead of waiting for those calls.
         """
         results: list[Result | Exception | None] = [None] * len(events)
         runnable: list[tuple[int, Event, list[Bound]]] = []
@@ -284,8 +292,11 @@ class Runtime:
                 ctx = Context(self.services, session, None)
                 contexts.append(ctx)
                 self._call(bound, batch, ctx)
+        done = [r if r is not None else Result(Outcome.UNHANDLED) for r in results]
+        if on_commit is not None:
+            on_commit(done)
         self._run_after_commit(contexts)
-        return [r if r is not None else Result(Outcome.UNHANDLED) for r in results]
+        return done
 
     def _run_after_commit(self, contexts: list[Context]) -> None:
         for ctx in contexts:

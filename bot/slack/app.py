@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,7 +40,8 @@ class EventBatcher:
     reactions costs a few queries per batch. (Two batches at a time measured no faster on
     PostgreSQL, and only add conflicts between them.) Each caller still gets its own event's
     result or error: when a batch fails it is rerun event by event, so Slack retries only the
-    event that failed.
+    event that failed. A batch's events are answered when it commits; its after-commit calls
+    (notices to Slack) then run on its thread while the next batch starts.
 
     Under load a batch waits up to ``linger`` seconds for as many events as the last batch
     had (they are usually the answers to it, on their way back): without that, the first of
@@ -65,6 +68,7 @@ class EventBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._last_size = 0
         self._last_done = float("-inf")
+        self._runs: set[futures.Future[None]] = set()
 
     async def submit(self, event: Event) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -88,16 +92,50 @@ class EventBatcher:
             self._timer = None
         batch, self._waiting = self._waiting[: self.max_size], self._waiting[self.max_size :]
         self._running = True
-        events = [event for event, _ in batch]
-        done = asyncio.get_running_loop().run_in_executor(self.pool, self._run, events)
-        done.add_done_callback(lambda f: self._finish(batch, f))
+        loop = asyncio.get_running_loop()
+        answered = threading.Event()
 
-    def _run(self, events: list[Event]) -> list[Result | BaseException]:
+        def answer(results: Sequence[Result | BaseException]) -> None:
+            answered.set()
+            try:
+                loop.call_soon_threadsafe(self._finish, batch, results)
+            except RuntimeError:  # the loop is closed: the server stopped, nobody waits
+                log.debug("a batch finished after the server stopped")
+
+        def crashed(done: asyncio.Future[None]) -> None:
+            error = None if done.cancelled() else done.exception()
+            if error is not None and not answered.is_set():
+                self._finish(batch, [error] * len(batch))
+
+        events = [event for event, _ in batch]
+        run = self.pool.submit(self._run, events, answer, answered)
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)
+        asyncio.wrap_future(run, loop=loop).add_done_callback(crashed)
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Block until the batches under way are done, their after-commit calls (notices to
+        Slack) included: an event's answer comes before those (tests, shutdown)."""
+        futures.wait(list(self._runs), timeout=timeout)
+
+    def _run(
+        self,
+        events: list[Event],
+        answer: Callable[[Sequence[Result | BaseException]], None],
+        answered: threading.Event,
+    ) -> None:
+        """Runs in the pool and answers once: at the commit, before the batch's after-commit
+        calls (a notice to Slack never holds up the acks), or with the one-by-one results."""
         try:
-            return list(self.runtime.handle_batch(events))
+            self.runtime.handle_batch(events, on_commit=answer)
+            return
         except Exception as exc:
+            if answered.is_set():  # committed and answered; only after-commit work failed
+                log.exception("after-commit work of a batch failed")
+                return
             if len(events) == 1:
-                return [exc]
+                answer([exc])
+                return
             log.warning("a batch of %d events failed; running them one by one", len(events),
                         exc_info=True)  # fmt: skip
         results: list[Result | BaseException] = []
@@ -106,17 +144,17 @@ class EventBatcher:
                 results.append(self.runtime.handle(event))
             except Exception as exc:
                 results.append(exc)
-        return results
+        answer(results)
 
     def _finish(
-        self, batch: list[tuple[Event, asyncio.Future[Result]]], done: asyncio.Future[Any]
+        self,
+        batch: list[tuple[Event, asyncio.Future[Result]]],
+        results: Sequence[Result | BaseException],
     ) -> None:
         self._running = False
         self._last_size, self._last_done = len(batch), asyncio.get_running_loop().time()
-        error = done.exception()
-        results = done.result() if error is None else [error] * len(batch)
         for (_, future), result in zip(batch, results, strict=True):
-            if future.cancelled():
+            if future.done():
                 continue
             if isinstance(result, BaseException):
                 future.set_exception(result)

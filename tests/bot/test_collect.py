@@ -69,11 +69,14 @@ class Env:
         self.bot, self.fake, self.secret, self.db = bot, fake, secret, db
 
     def event(self, event: dict[str, Any], event_id: str | None = None) -> int:
-        body = payloads.event_callback(event, event_id=event_id)
-        return signed_post(self.bot.events_url, self.secret, body).status_code
+        return self.post(payloads.event_callback(event, event_id=event_id))
 
     def post(self, body: dict[str, Any], retry_num: int | None = None) -> int:
-        return signed_post(self.bot.events_url, self.secret, body, retry_num=retry_num).status_code
+        """Post a signed event; returns its HTTP status once the notices it caused are out
+        (they are sent after Slack's answer)."""
+        status = signed_post(self.bot.events_url, self.secret, body, retry_num=retry_num)
+        self.bot.bridge.batcher.wait_idle()
+        return status.status_code
 
     def react(self, user: str, emoji: str, channel: str, ts: str, removed: bool = False) -> int:
         make = payloads.reaction_removed if removed else payloads.reaction_added

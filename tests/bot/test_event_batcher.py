@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
@@ -12,14 +14,25 @@ from bot.slack.app import EventBatcher
 
 
 class BatchRecorder:
-    """Stands in for the runtime: records the size of each batch it is handed."""
+    """Stands in for the runtime: records the size of each batch it is handed. After the
+    "commit" its after-commit work waits until ``after_commit_may_run`` is set."""
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
+        self.after_commit_may_run = threading.Event()
+        self.after_commit_may_run.set()
+        self.after_commit_done: list[int] = []
 
-    def handle_batch(self, events: list[Event]) -> list[Result]:
+    def handle_batch(
+        self, events: list[Event], on_commit: Callable[[list[Result]], None] | None = None
+    ) -> list[Result]:
         self.sizes.append(len(events))
-        return [Result(Outcome.HANDLED) for _ in events]
+        results = [Result(Outcome.HANDLED) for _ in events]
+        if on_commit is not None:
+            on_commit(results)
+        assert self.after_commit_may_run.wait(timeout=10)
+        self.after_commit_done.append(len(events))
+        return results
 
     def handle(self, event: Event) -> Result:
         raise AssertionError("no batch fails here")
@@ -32,8 +45,10 @@ def reaction(n: int) -> ReactionEvent:
     )  # fmt: skip
 
 
-def batcher(recorder: BatchRecorder, linger: float, quiet_after: float = 1.0) -> EventBatcher:
-    pool = ThreadPoolExecutor(max_workers=2)
+def batcher(
+    recorder: BatchRecorder, linger: float, quiet_after: float = 1.0, threads: int = 2
+) -> EventBatcher:
+    pool = ThreadPoolExecutor(max_workers=threads)
     return EventBatcher(cast(Runtime, recorder), pool, linger=linger, quiet_after=quiet_after)
 
 
@@ -93,3 +108,20 @@ def test_after_a_quiet_spell_an_event_starts_at_once() -> None:
 
     asyncio.run(main())
     assert recorder.sizes == [1, 2, 1]
+
+
+def test_events_are_answered_at_the_commit_not_after_the_after_commit_work() -> None:
+    recorder = BatchRecorder()
+    recorder.after_commit_may_run.clear()  # a notice to Slack that takes its time
+
+    async def main() -> None:
+        b = batcher(recorder, linger=0.0, threads=4)
+        results = await burst(b, 0, 2)  # would time out if the answers waited for the notices
+        assert [r.outcome for r in results] == [Outcome.HANDLED] * 2
+        assert recorder.after_commit_done == []
+        more = await burst(b, 2, 1)  # and the next batch need not wait for them either
+        assert [r.outcome for r in more] == [Outcome.HANDLED]
+        recorder.after_commit_may_run.set()
+
+    asyncio.run(main())
+    assert recorder.sizes == [1, 1, 1]

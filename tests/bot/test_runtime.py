@@ -15,6 +15,7 @@ from bot.plugin import (
     Button,
     CommandEvent,
     Context,
+    Event,
     InternalEvent,
     MessageEvent,
     Plugin,
@@ -31,7 +32,7 @@ from bot.plugin import (
 )
 from bot.plugin_loader import PluginEntry, PluginError, instantiate
 from bot.plugin_loader import select as select_plugins
-from bot.runtime import APOLOGY, NotAllowed, Outcome, Runtime
+from bot.runtime import APOLOGY, NotAllowed, Outcome, Result, Runtime
 from bot.settings import Settings
 from bot.storage import Database
 from bot.storage.models import AuditEntry, OutboxEvent, ProcessedEvent
@@ -336,5 +337,51 @@ def test_after_commit_calls_run_once_committed_never_on_rollback_and_cannot_fail
         assert runtime.handle(cheer("U0REFUSED", "Ev3")).outcome is Outcome.HANDLED
         assert count(db, AuditEntry, actor="U0REFUSED") == 1  # kept, and not retried
         assert "after-commit call Teller.tell failed" in caplog.text
+    finally:
+        db.dispose()
+
+
+class BatchTeller(Plugin):
+    """``Teller`` for batches: one after-commit call per batch."""
+
+    told: list[list[str]] = []
+
+    @on_reaction("clap", batch=True)
+    def cheer(self, events: list[ReactionEvent], ctx: Context) -> None:
+        for event in events:
+            Audit(ctx.session).record("cheer", actor=event.user_id)
+        ctx.after_commit(BatchTeller.told.append, [e.user_id for e in events])
+
+
+def test_a_batch_is_answered_once_committed_and_before_its_after_commit_calls(
+    db_url: str,
+) -> None:
+    db = Database(db_url)
+    db.upgrade()
+    services = Services(settings=Settings(), db=db, chat=RecordingChat(), jobs=JobQueue())
+    runtime = Runtime(services, instantiate([PluginEntry("teller", BatchTeller)], {}, services))
+    BatchTeller.told = []
+    seen: list[tuple[list[Outcome], int, list[list[str]]]] = []
+
+    def on_commit(results: list[Result | Exception]) -> None:
+        committed = count(db, AuditEntry, action="cheer")  # another session sees the rows
+        outcomes = [r.outcome for r in results if isinstance(r, Result)]
+        seen.append((outcomes, committed, list(BatchTeller.told)))
+
+    events: list[Event] = [
+        ReactionEvent(user_id=user, channel_id="C0CHAN", event_id=f"Ev{user}", reaction="clap",
+                      message_ts="1.1")
+        for user in ("U0ONE", "U0TWO", "U0ONE")  # the second U0ONE: a retry in the same batch
+    ]  # fmt: skip
+    try:
+        results = runtime.handle_batch(events, on_commit=on_commit)
+        handled, duplicate = Outcome.HANDLED, Outcome.DUPLICATE
+        assert seen == [([handled, handled, duplicate], 2, [])]
+        assert [r.outcome for r in results if isinstance(r, Result)] == [
+            handled,
+            handled,
+            duplicate,
+        ]
+        assert BatchTeller.told == [["U0ONE", "U0TWO"]]
     finally:
         db.dispose()
