@@ -9,6 +9,7 @@ never enters train. Nothing here talks to chat: callers fetch the message and te
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -95,11 +96,10 @@ NEAR_CANDIDATES_PG = text("""
     SELECT c.idx, c.example_id, e.text
     FROM (
         SELECT w.idx, k.example_id
-        FROM unnest(CAST(:idx AS integer[]), CAST(:ds AS bigint[]), CAST(:keys AS varchar[]))
-            AS w(idx, dataset_id, band_key)
+        FROM json_to_recordset(CAST(:wanted AS json)) AS w(idx integer, ds bigint, key varchar)
         CROSS JOIN LATERAL (
             SELECT example_id FROM near_dup_keys
-            WHERE dataset_id = w.dataset_id AND band_key = w.band_key OFFSET 0
+            WHERE dataset_id = w.ds AND band_key = w.key OFFSET 0
         ) AS k
         GROUP BY w.idx, k.example_id
         HAVING count(*) >= 2
@@ -419,16 +419,17 @@ class Collector:
         matter); and those examples' texts.
 
         PostgreSQL counts the shared keys itself and returns candidates with their texts in
-        one query; elsewhere the matching keys are fetched and counted here.
+        one query. It probes the lookup index once per wanted key (``LATERAL ... OFFSET 0``):
+        a join let the planner scan every stored key, which grows with the dataset. Elsewhere
+        the matching keys are fetched and counted here.
         """
         found: dict[int, list[int]] = {p.index: [] for p in fresh}
         texts: dict[int, str] = {}
         if self._on_postgres:
-            wanted = [(p.index, p.request.dataset.id, k) for p in fresh for k in p.keys]
-            rows = self.session.execute(NEAR_CANDIDATES_PG, {
-                "idx": [w[0] for w in wanted], "ds": [w[1] for w in wanted],
-                "keys": [w[2] for w in wanted],
-            })  # fmt: skip
+            wanted: list[dict[str, Any]] = []
+            for p in fresh:
+                wanted += [{"idx": p.index, "ds": p.request.dataset.id, "key": k} for k in p.keys]
+            rows = self.session.execute(NEAR_CANDIDATES_PG, {"wanted": json.dumps(wanted)})
             for index, example_id, text_ in rows:
                 found[int(index)].append(int(example_id))
                 texts[int(example_id)] = text_

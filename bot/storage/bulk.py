@@ -1,22 +1,24 @@
 """Bulk INSERTs for hot paths: many rows in one short statement.
 
-On PostgreSQL every column travels as one array that the server unnests (a JSON column as one
-JSON document), so the statement's text is the same whatever the number of rows: psycopg parses
-it once and PostgreSQL prepares it. A multi-row ``VALUES`` list is instead a new, long statement
-for each batch size, and parsing it client-side cost about a tenth of the collect path's CPU.
+On PostgreSQL the rows travel as one JSON document that the server turns into records
+(``json_to_recordset``), so the statement's text is the same whatever the number of rows:
+psycopg parses it once and PostgreSQL prepares it. A multi-row ``VALUES`` list is instead a
+new, long statement for each batch size (parsing it client-side cost about a tenth of the
+collect path's CPU), and one array per column costs psycopg a quoting check per element (the
+near-dup keys of a batch are hundreds); ``json.dumps`` writes the whole batch in C.
 Elsewhere (SQLite) the rows go as an ordinary batched executemany.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, Executable, Table, Text, bindparam, cast, func, insert, select
+from sqlalchemy import JSON, Executable, Table, Text, bindparam, cast, column, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 
@@ -46,34 +48,30 @@ def insert_rows(
             return [tuple(row) for row in session.execute(stmt, list(rows))]
         session.execute(stmt, list(rows))
         return []
-    statement = _unnest_insert(table, columns, tuple(returning), skip_conflicts)
-    as_json = _json_columns(table)
-    params = {
-        f"a_{c}": json.dumps([row[c] for row in rows]) if c in as_json else [row[c] for row in rows]
-        for c in columns
-    }
-    result = session.execute(statement, params)
+    statement = _recordset_insert(table, columns, tuple(returning), skip_conflicts)
+    result = session.execute(statement, {"rows": json.dumps(rows, default=_json_value)})
     return [tuple(row) for row in result] if returning else []
 
 
-@lru_cache(maxsize=64)
-def _json_columns(table: Table) -> frozenset[str]:
-    return frozenset(c.name for c in table.c if isinstance(c.type, JSON))
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.date):  # datetimes too; PostgreSQL reads ISO 8601
+        return value.isoformat()
+    raise TypeError(f"a {type(value).__name__} cannot go into a bulk insert")
 
 
 @lru_cache(maxsize=64)
-def _unnest_insert(
+def _recordset_insert(
     table: Table, columns: tuple[str, ...], returning: tuple[str, ...], skip_conflicts: bool
 ) -> Executable:
-    arrays = []
-    for name in columns:
-        if name in _json_columns(table):  # one JSON array: no per-element quoting in an array
-            document = cast(bindparam(f"a_{name}", type_=Text), JSON)
-            arrays.append(func.json_array_elements(document))
-            continue
-        array_type = ARRAY(table.c[name].type)
-        arrays.append(func.unnest(cast(bindparam(f"a_{name}", type_=array_type), array_type)))
-    statement = postgresql.insert(table).from_select(list(columns), select(*arrays))
+    document = cast(bindparam("rows", type_=Text), JSON)
+    records = (
+        func.json_to_recordset(document)
+        .table_valued(*[column(name, table.c[name].type) for name in columns])
+        .render_derived(name="r", with_types=True)
+    )
+    statement = postgresql.insert(table).from_select(
+        list(columns), select(*[records.c[name] for name in columns])
+    )
     if skip_conflicts:
         statement = statement.on_conflict_do_nothing()
     if returning:
