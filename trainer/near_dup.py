@@ -120,20 +120,21 @@ def minhash_signature(
 def _signature(text: str, num_perm: int, k: int) -> tuple[int, ...]:
     """The signature, cached: a message is looked up and then stored with the same keys."""
     hashed = np.fromiter(map(_shingle_hash, shingles(text, k)), dtype=np.uint64)
-    a, b = _permutation_arrays(num_perm)
     if not hashed.size:
         return tuple(_MERSENNE for _ in range(num_perm))
-    products = _mulmod(a[:, None], hashed[None, :])  # (num_perm, shingles)
-    return tuple(int(v) for v in _reduce(products + b[:, None]).min(axis=1))
+    a_high, a_low, b = _permutation_arrays(num_perm)
+    return tuple(_affine_min(a_high, a_low, b, hashed).tolist())
 
 
 @lru_cache(maxsize=16)
-def _permutation_arrays(num_perm: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+def _permutation_arrays(
+    num_perm: int,
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """The permutations' a (split into its high 29 and low 32 bits) and b, as columns."""
     perms = _permutations(num_perm)
-    return (
-        np.array([a for a, _ in perms], dtype=np.uint64),
-        np.array([b for _, b in perms], dtype=np.uint64),
-    )
+    a = np.array([a for a, _ in perms], dtype=np.uint64)[:, None]
+    b = np.array([b for _, b in perms], dtype=np.uint64)[:, None]
+    return a >> np.uint64(32), a & _LOW32, b
 
 
 _P = np.uint64(_MERSENNE)
@@ -141,25 +142,30 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 _LOW29 = np.uint64((1 << 29) - 1)
 
 
-def _reduce(v: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """v mod (2**61 - 1) for v < 2**64, using 2**61 = 1 (mod p)."""
-    v = (v & _P) + (v >> np.uint64(61))
-    return np.where(v >= _P, v - _P, v)
-
-
-def _mulmod(a: npt.NDArray[np.uint64], x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """a * x mod (2**61 - 1) for a, x < 2**61, exactly, in 64-bit integers.
+def _affine_min(
+    a_high: npt.NDArray[np.uint64],
+    a_low: npt.NDArray[np.uint64],
+    b: npt.NDArray[np.uint64],
+    x: npt.NDArray[np.uint64],
+) -> npt.NDArray[np.uint64]:
+    """For each permutation (row): min over x of (a*x + b) mod (2**61 - 1), exactly, in 64-bit
+    integers (a, b, x < 2**61).
 
     With a = ah*2**32 + al and x = xh*2**32 + xl: a*x = ah*xh*2**64 + (ah*xl + al*xh)*2**32 +
-    al*xl, and 2**64 = 8, 2**61 = 1 modulo p, so every partial product fits in 64 bits.
+    al*xl, and 2**64 = 8, 2**61 = 1 modulo p. Each part is brought below about 2**61 without a
+    full reduction, so their sum plus b stays below 2**64; one reduction at the end suffices.
     """
-    ah, al = a >> np.uint64(32), a & _LOW32
-    xh, xl = x >> np.uint64(32), x & _LOW32
-    high = _reduce(ah * xh * np.uint64(8))
-    mid = ah * xl + al * xh  # < 2**62
-    mid = _reduce((mid >> np.uint64(29)) + ((mid & _LOW29) << np.uint64(32)))
-    low = _reduce(al * xl)
-    return _reduce(_reduce(high + mid) + low)
+    x_high, x_low = x >> np.uint64(32), x & _LOW32
+    high = a_high * x_high * np.uint64(8)  # < 2**61
+    mid = a_high * x_low + a_low * x_high  # < 2**62; times 2**32 is mid_hi*2**61 + mid_lo*2**32
+    mid = (mid >> np.uint64(29)) + ((mid & _LOW29) << np.uint64(32))  # < 2**61 + 2**33
+    low = a_low * x_low  # < 2**64
+    low = (low & _P) + (low >> np.uint64(61))  # < 2**61 + 8
+    v = high + mid + low + b  # < 2**63 + 2**61
+    v = (v & _P) + (v >> np.uint64(61))  # < 2**61 + 8
+    v = np.where(v >= _P, v - _P, v)
+    smallest: npt.NDArray[np.uint64] = v.min(axis=1)
+    return smallest
 
 
 def signature_similarity(a: Sequence[int], b: Sequence[int]) -> float:
@@ -180,9 +186,10 @@ def lsh_keys(signature: Sequence[int], bands: int = DEFAULT_BANDS) -> list[str]:
     if bands < 1 or len(signature) % bands:
         raise ValueError(f"a signature of {len(signature)} values cannot be cut into {bands} bands")
     rows = len(signature) // bands
+    data = np.asarray(signature, dtype=">u8").tobytes()  # each value as 8 big-endian bytes
+    step = rows * 8
     keys: list[str] = []
     for band in range(bands):
-        chunk = signature[band * rows : (band + 1) * rows]
-        data = b"".join(v.to_bytes(8, "big") for v in chunk)
-        keys.append(f"{band:02d}:{hashlib.blake2b(data, digest_size=8).hexdigest()}")
+        digest = hashlib.blake2b(data[band * step : (band + 1) * step], digest_size=8)
+        keys.append(f"{band:02d}:{digest.hexdigest()}")
     return keys

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +132,27 @@ def test_keys_are_pinned_so_stored_keys_stay_valid() -> None:
     sig = minhash_signature("Earl Grey, hot.")
     assert sig[:3] == (513282092389648449, 129592483105906604, 135011960894702106)
     assert lsh_keys(sig)[:2] == ["00:45a1efe332b3a267", "01:b3de3a6f6c2335b5"]
+
+
+def test_signatures_and_keys_match_the_textbook_formula_in_python_integers() -> None:
+    # The vectorised arithmetic must give exactly min((a*h(s) + b) mod (2**61 - 1)) per
+    # permutation, and keys must be BLAKE2b over each band's big-endian values.
+    from trainer.near_dup import _MERSENNE, _permutations, _shingle_hash
+
+    rng = random.Random(11)
+    words = POST.split() + SAME_PRODUCT.split() + ["£12.50", "x" * 40, "9" * 30]
+    texts = ["", "tea", "Earl Grey, hot."] + [" ".join(rng.choices(words, k=rng.randint(1, 60)))
+                                                for _ in range(120)]  # fmt: skip
+    for text in texts:
+        hashes = [_shingle_hash(s) for s in shingles(text)]
+        expected = tuple(
+            min(((a * h + b) % _MERSENNE for h in hashes), default=_MERSENNE)
+            for a, b in _permutations(64)
+        )
+        assert minhash_signature(text) == expected, text
+        bands = [expected[i : i + 4] for i in range(0, 64, 4)]
+        assert lsh_keys(expected) == [
+            f"{n:02d}:" + hashlib.blake2b(b"".join(v.to_bytes(8, "big") for v in band),
+                                          digest_size=8).hexdigest()
+            for n, band in enumerate(bands)
+        ]  # fmt: skip
