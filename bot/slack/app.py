@@ -180,7 +180,11 @@ class SlackBridge:
         self.runtime = runtime
         self.chat = chat
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="brandbot-handler")
-        self.batcher = EventBatcher(runtime, self.pool)
+        # Batches have threads of their own: one batch runs at a time, and a few earlier ones
+        # may still be sending their notices. When Slack is slow that holds up the next batch,
+        # never the slash commands.
+        self.batch_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="brandbot-batch")
+        self.batcher = EventBatcher(runtime, self.batch_pool)
         self._tasks: set[asyncio.Future[Any]] = set()
         client = AsyncWebClient(
             token=bot_token,
@@ -221,6 +225,11 @@ class SlackBridge:
                 self.chat.ephemeral(event.channel_id, event.user_id, text)
 
         return reply
+
+    def close(self) -> None:
+        """Stop taking work; handlers under way finish on their threads."""
+        self.pool.shutdown(wait=False)
+        self.batch_pool.shutdown(wait=False)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait for background handlers (tests, shutdown)."""

@@ -107,7 +107,7 @@ class SlackRuntime:
     def stop(self) -> None:
         self.pump.stop()
         self.leader.stop()
-        self.bridge.pool.shutdown(wait=False)
+        self.bridge.close()
         self.chat.close()
 
     @contextlib.asynccontextmanager

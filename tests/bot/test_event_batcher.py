@@ -125,3 +125,21 @@ def test_events_are_answered_at_the_commit_not_after_the_after_commit_work() -> 
 
     asyncio.run(main())
     assert recorder.sizes == [1, 1, 1]
+
+
+def test_with_every_batch_thread_still_sending_notices_the_next_batch_waits_for_one() -> None:
+    recorder = BatchRecorder()
+    recorder.after_commit_may_run.clear()
+
+    async def main() -> None:
+        b = batcher(recorder, linger=0.0, threads=2)
+        await burst(b, 0, 1)
+        await burst(b, 1, 1)  # both threads now send notices
+        third = asyncio.ensure_future(burst(b, 2, 1))
+        await asyncio.sleep(0.3)
+        assert not third.done() and recorder.sizes == [1, 1]
+        recorder.after_commit_may_run.set()
+        assert [r.outcome for r in await third] == [Outcome.HANDLED]
+
+    asyncio.run(main())
+    assert recorder.sizes == [1, 1, 1]
