@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from functools import lru_cache
 
 HELDOUT_FRACTION = 0.15
 _SPACE = re.compile(r"\s+")
@@ -20,8 +21,10 @@ def normalize_text(text: str) -> str:
     return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
 
 
+@lru_cache(maxsize=1024)
 def dedup_key(text: str) -> str:
-    """Case- and punctuation-insensitive form used to spot near-duplicates."""
+    """Case- and punctuation-insensitive form used to spot near-duplicates. Cached: a text's
+    content hash, text key and shingles each start from it."""
     folded = _NON_WORD.sub(" ", normalize_text(text).casefold())
     return _SPACE.sub(" ", folded).strip()
 

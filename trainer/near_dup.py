@@ -61,7 +61,7 @@ def shingles(text: str, k: int = DEFAULT_K) -> frozenset[str]:
         return frozenset()
     if len(key) <= k:
         return frozenset((key,))
-    return frozenset(key[i : i + k] for i in range(len(key) - k + 1))
+    return frozenset([key[i : i + k] for i in range(len(key) - k + 1)])
 
 
 def jaccard(a: frozenset[str] | set[str], b: frozenset[str] | set[str]) -> float:
