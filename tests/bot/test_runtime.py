@@ -315,13 +315,18 @@ class Teller(Plugin):
         Teller.told.append((user, count(self.services.db, AuditEntry, actor=user)))
 
 
-def test_after_commit_calls_run_once_committed_never_on_rollback_and_cannot_fail_the_event(
-    db_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def runtime_over(db_url: str, plugin: type[Plugin]) -> tuple[Database, Runtime]:
+    """A migrated database and a runtime with just this plugin (dispose of the database)."""
     db = Database(db_url)
     db.upgrade()
     services = Services(settings=Settings(), db=db, chat=RecordingChat(), jobs=JobQueue())
-    runtime = Runtime(services, instantiate([PluginEntry("teller", Teller)], {}, services))
+    return db, Runtime(services, instantiate([PluginEntry("teller", plugin)], {}, services))
+
+
+def test_after_commit_calls_run_once_committed_never_on_rollback_and_cannot_fail_the_event(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    db, runtime = runtime_over(db_url, Teller)
     Teller.told = []
 
     def cheer(user: str, event_id: str) -> ReactionEvent:
@@ -356,10 +361,7 @@ class BatchTeller(Plugin):
 def test_a_batch_is_answered_once_committed_and_before_its_after_commit_calls(
     db_url: str,
 ) -> None:
-    db = Database(db_url)
-    db.upgrade()
-    services = Services(settings=Settings(), db=db, chat=RecordingChat(), jobs=JobQueue())
-    runtime = Runtime(services, instantiate([PluginEntry("teller", BatchTeller)], {}, services))
+    db, runtime = runtime_over(db_url, BatchTeller)
     BatchTeller.told = []
     seen: list[tuple[list[Outcome], int, list[list[str]]]] = []
 
