@@ -8,24 +8,33 @@ Two implementations of :class:`InferenceClient`:
 - :class:`LocalClient` calls the in-process :class:`~serving.engine.LocalEngine`.
 
 Label confidences are computed the same way by both (DESIGN.md): each label is scored as the
-assistant's whole answer — its tokens plus the chat template's end-of-turn tokens — and the
+assistant's whole answer — its tokens and the chat template's end-of-turn token — and the
 confidences are the softmax over those summed log-probabilities. Over HTTP the client asks
-``/tokenize`` for the exact token sequences, then ``/v1/completions`` with ``prompt_logprobs``
-for their log-probabilities: both exist in vLLM 0.33 and in ``brandbot serve``.
+``/tokenize`` for the exact token sequences, then :mod:`serving.http_scoring` for their
+log-probabilities, in the one way that is safe on the server at hand.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
 
 from serving.engine import EngineError, LocalEngine, SamplingParams, UnknownModel, softmax
+from serving.http_scoring import (
+    ScoringUnsupported,
+    check_vllm_version,
+    score_by_prompt_logprobs,
+    score_by_reads,
+)
+from serving.tokens import answer_tokens
 
 Message = dict[str, Any]
 T = TypeVar("T")
@@ -76,6 +85,7 @@ class ModelInfo:
     parent: str | None = None
     root: str | None = None
     max_model_len: int | None = None
+    owned_by: str | None = None
 
 
 def classification(labels: Sequence[str], summed: Sequence[float]) -> Classification:
@@ -304,6 +314,9 @@ class HttpClient(InferenceClient):
         self.retries = retries
         self.backoff = backoff
         self._served = served_model_name
+        self._scoring_safe: bool | None = None
+        self._reads_pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     # --- transport ---------------------------------------------------------------------------
 
@@ -438,36 +451,57 @@ class HttpClient(InferenceClient):
     ) -> Classification:
         names = _check_labels(labels)
         name = self._model(model)
-        prompt = self._tokenize(list(messages), add_generation_prompt=True)
-        sequences = []
+        chat = list(messages)
+        prompt = self._tokenize(chat, add_generation_prompt=True)
+        closing = self._tokenize(
+            [*chat, {"role": "assistant", "content": ""}], add_generation_prompt=False
+        )[len(prompt) :]
+        answers = []
         for label in names:
-            answer = {"role": "assistant", "content": label}
-            full = self._tokenize([*messages, answer], add_generation_prompt=False)
-            if full[: len(prompt)] != prompt or len(full) == len(prompt):
-                raise InferenceError(
-                    "the chat template does not render an assistant answer after the prompt"
-                )
-            sequences.append(full)
-        data = self._json(
-            "POST",
-            "/v1/completions",
-            {
-                "model": name,
-                "prompt": sequences,
-                "max_tokens": 1,
-                "temperature": 0,
-                "prompt_logprobs": 0,
-            },
-        )
-        by_index = {c["index"]: c for c in data["choices"]}
-        summed = []
-        for i, full in enumerate(sequences):
-            entries = by_index[i]["prompt_logprobs"]
-            total = 0.0
-            for pos in range(len(prompt), len(full)):
-                total += float(entries[pos][str(full[pos])]["logprob"])
-            summed.append(total)
+            full = self._tokenize(
+                [*chat, {"role": "assistant", "content": label}], add_generation_prompt=False
+            )
+            try:
+                answers.append(answer_tokens(prompt, full, closing))
+            except ValueError as exc:
+                raise InferenceError(str(exc)) from None
+        try:
+            if self._prompt_logprobs_safe():
+                summed = score_by_prompt_logprobs(self._json_post, name, prompt, answers)
+            else:
+                summed = score_by_reads(self._json_post, name, prompt, answers, self._pool())
+        except ScoringUnsupported as exc:
+            raise InferenceError(str(exc)) from None
         return classification(names, summed)
+
+    def _json_post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._json("POST", path, body)
+
+    def _prompt_logprobs_safe(self) -> bool:
+        """Whether label scores may use ``prompt_logprobs``: only on ``brandbot serve``.
+
+        Any other server (vLLM, or one that does not say) gets next-token reads; a vLLM too
+        old for those is refused with a message that names the version to use.
+        """
+        if self._scoring_safe is None:
+            base = next((m for m in self.models() if m.parent is None), None)
+            safe = base is not None and base.owned_by == "brandbot"
+            if not safe:
+                try:
+                    version = self.http.get("/version", timeout=10.0)
+                except httpx.TransportError as exc:
+                    raise self._unreachable(f"{type(exc).__name__}: {exc}") from exc
+                if version.status_code == 200:
+                    check_vllm_version(str(version.json().get("version", "")))
+            self._scoring_safe = safe
+        return self._scoring_safe
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """Threads for the concurrent reads of one classification (several may share it)."""
+        with self._pool_lock:
+            if self._reads_pool is None:
+                self._reads_pool = ThreadPoolExecutor(16, thread_name_prefix="label-reads")
+            return self._reads_pool
 
     def _tokenize(self, messages: list[Message], *, add_generation_prompt: bool) -> list[int]:
         data = self._json(
@@ -480,7 +514,9 @@ class HttpClient(InferenceClient):
     def models(self) -> list[ModelInfo]:
         data = self._json("GET", "/v1/models")
         return [
-            ModelInfo(m["id"], m.get("parent"), m.get("root"), m.get("max_model_len"))
+            ModelInfo(
+                m["id"], m.get("parent"), m.get("root"), m.get("max_model_len"), m.get("owned_by")
+            )
             for m in data.get("data", [])
         ]
 
@@ -500,6 +536,8 @@ class HttpClient(InferenceClient):
             return False
 
     def close(self) -> None:
+        if self._reads_pool is not None:
+            self._reads_pool.shutdown(wait=True)
         self.http.close()
 
 

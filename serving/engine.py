@@ -37,7 +37,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from transformers import cache_utils
 
-from serving.tokens import as_ids
+from serving.tokens import answer_tokens, as_ids
 
 log = logging.getLogger(__name__)
 
@@ -427,25 +427,24 @@ class LocalEngine:
     def label_continuations(
         self, messages: Sequence[dict[str, Any]], labels: Sequence[str]
     ) -> tuple[list[int], list[list[int]]]:
-        """The prompt ids and, per label, the tokens of the assistant turn that answers it.
-
-        A label's continuation is the chat template's rendering of ``{"role": "assistant",
-        "content": label}`` after the generation prompt: the label's tokens AND the end-of-turn
-        tokens, so ``bill`` and ``billing`` are scored as whole answers. The HTTP client builds
-        the same sequences through ``/tokenize``, which is why vLLM gives the same numbers.
+        """The prompt ids and, per label, the tokens of the assistant turn that answers it:
+        the label's tokens and the end-of-turn token (:func:`serving.tokens.answer_tokens`).
+        The HTTP client builds the same sequences through ``/tokenize``, which is why vLLM
+        gives the same numbers.
         """
         prompt = self.chat_prompt(messages)
+        closing = self.render(
+            [*messages, {"role": "assistant", "content": ""}], add_generation_prompt=False
+        )[len(prompt) :]
         out = []
         for label in labels:
             full = self.render(
                 [*messages, {"role": "assistant", "content": label}], add_generation_prompt=False
             )
-            if full[: len(prompt)] != prompt or len(full) == len(prompt):
-                # the HTTP client refuses the same case: both must score the same sequences
-                raise EngineError(
-                    "the chat template does not render an assistant answer after the prompt"
-                )
-            out.append(full[len(prompt) :])
+            try:
+                out.append(answer_tokens(prompt, full, closing))
+            except ValueError as exc:
+                raise EngineError(str(exc)) from None
         return prompt, out
 
     def generate(
