@@ -2,17 +2,21 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test setup lint typecheck unit bench clean
+.PHONY: run test setup setup-vllm lint typecheck unit bench clean
 
 run: setup
 	$(VENV)/bin/brandbot run
 
-test: setup
+test: setup setup-vllm
 	bash scripts/ensure-postgres.sh
 	$(MAKE) lint typecheck unit
 
 setup:
 	bash scripts/setup.sh $(VENV)
+
+# vLLM in its own environment (.venv-vllm): the test suite starts a real vLLM server from it.
+setup-vllm:
+	bash scripts/setup-vllm.sh .venv-vllm
 
 lint:
 	$(VENV)/bin/ruff check .
@@ -28,4 +32,4 @@ bench: setup
 	$(PY) bench/import_bench.py
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-vllm data .pytest_cache .mypy_cache .ruff_cache

@@ -77,6 +77,19 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("BRANDBOT_SERVER_ADAPTERS_DIR", "server_adapters_dir"),
         description="Where the inference server sees data/adapters on a shared volume.",
     )
+    adapter_check_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        validation_alias=AliasChoices("BRANDBOT_ADAPTER_CHECK_SECONDS", "adapter_check_seconds"),
+        description="How often each bot replica checks that the model server still has the "
+        "active adapters loaded (it loads them again after a restart of the server).",
+    )
+    vllm_python: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("BRANDBOT_VLLM_PYTHON", "vllm_python"),
+        description="The Python of the environment with vLLM, for `brandbot serve --engine "
+        "vllm` (default: this one if it has vLLM, else .venv-vllm/bin/python).",
+    )
     slack_bot_token: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("SLACK_BOT_TOKEN", "slack_bot_token")
     )

