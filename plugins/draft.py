@@ -33,7 +33,7 @@ from bot.plugin import (
 from bot.replies import is_reply_dataset
 from bot.storage.models import Dataset, Draft, utcnow
 from bot.storage.repositories import Adapters
-from serving.client import InferenceUnavailable
+from serving.client import InferenceError, InferenceUnavailable
 from trainer.rules import edit_distance, rule_violations
 
 log = logging.getLogger("brandbot.draft")
@@ -172,6 +172,11 @@ class DraftPlugin(Plugin):
             self._tell(services, response_url, draft, "The model server is unreachable right "
                        "now, so I couldn't draft.", [Button("Retry", "draft_retry",
                                                             f"{draft_id}:{variants}")])  # fmt: skip
+            return
+        except InferenceError as exc:
+            log.warning("draft %s: %s", draft_id, exc)
+            self._tell(services, response_url, draft, refusal(exc, model),
+                       [Button("Retry", "draft_retry", f"{draft_id}:{variants}")])  # fmt: skip
             return
         with services.db.session() as session:
             row = session.get(Draft, draft_id)
@@ -365,3 +370,14 @@ class DraftPlugin(Plugin):
         if draft.status == "pending":
             draft.status = "discarded"
         ctx.respond(f"Draft {draft.status}.", replace_original=True)
+
+
+def refusal(exc: InferenceError, model: str | None) -> str:
+    """What the person is told when the model server refuses a draft request."""
+    if exc.status == 404 and model:
+        return (
+            f"The model server does not have the adapter `{model}` loaded right now (it may "
+            "have restarted; the bot loads the active adapters again within a minute), so I "
+            "couldn't draft. Press Retry in a minute."
+        )
+    return f"The model server refused the request ({exc}), so I couldn't draft."

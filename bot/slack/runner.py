@@ -11,12 +11,12 @@ from typing import Any
 
 import uvicorn
 
+from bot.adapter_watch import AdapterWatcher
 from bot.bootstrap import (
     Bot,
     OutboxPump,
     SchedulerLeader,
     build_bot,
-    load_active_adapters_soon,
 )
 from bot.plugin_loader import PluginEntry
 from bot.settings import Settings
@@ -78,6 +78,7 @@ class SlackRuntime:
         )
         self.pump = OutboxPump(self.bot.runtime)
         self.leader = SchedulerLeader(self.bot.runtime, db)
+        self.adapters = AdapterWatcher(settings, db, self.bot.services.inference)
 
     def _check_db(self) -> str | None:
         self.bot.db.check_connection()
@@ -99,12 +100,13 @@ class SlackRuntime:
 
     def start_background(self) -> None:
         self.check_slack()
-        load_active_adapters_soon(self.settings, self.bot.db, self.bot.services.inference)
+        self.adapters.start()
         self.pump.start()
         if self.leader.start():
             log.info("this replica runs the schedule")
 
     def stop(self) -> None:
+        self.adapters.stop()
         self.pump.stop()
         self.leader.stop()
         self.bridge.close()

@@ -1,0 +1,75 @@
+"""Keep the active adapters loaded on the model server, whatever happens to the server.
+
+vLLM forgets every runtime-loaded adapter when it restarts, and the bot is not told: requests
+for the active adapter then fail with "unknown model" until someone loads it again. Every bot
+replica runs one :class:`AdapterWatcher`: it loads what is missing at start and then checks
+every ``interval`` seconds, so a restarted server serves the tuned adapters again within one
+interval of coming back, on every replica, with no one restarting the bot. Loading an adapter
+that another replica loaded a moment earlier is harmless: the name is listed and skipped, and
+a "name already loaded" answer is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy import select
+
+from bot.registry import load_active
+from bot.settings import Settings
+from bot.storage import Database
+from bot.storage.models import Adapter
+from serving.client import InferenceClient
+
+log = logging.getLogger("brandbot.adapters")
+
+
+class AdapterWatcher:
+    """A daemon thread that calls :func:`bot.registry.load_active` every ``interval`` seconds."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        client: InferenceClient,
+        *,
+        interval: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.client = client
+        self.interval = settings.adapter_check_seconds if interval is None else interval
+        self.reloads = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> list[str]:
+        """One pass: load every active adapter the server does not list; returns their names."""
+        with self.db.session() as session:
+            active = select(Adapter.id).where(Adapter.status == "active").limit(1)
+            if session.scalar(active) is None:
+                return []
+            loaded = load_active(session, self.settings, self.client)
+        if loaded:
+            self.reloads += 1
+            log.info("loaded active adapters on the model server: %s", ", ".join(loaded))
+        return loaded
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="brandbot-adapters", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.check()
+            except Exception:
+                log.exception("could not check the active adapters")
+            if self._stop.wait(self.interval):
+                return
