@@ -1,0 +1,187 @@
+"""The production serving path on the real vLLM server: the registry deploys a trained adapter
+(lint, load, canary), promotes v2 while v1 serves and rolls back; /draft streams and tickets are
+classified through the bot over signed Slack HTTP; an adapter the server lacks gets a clear
+answer, not a stuck placeholder."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bot.registry import promote, roll_back
+from bot.settings import Settings
+from bot.storage import Database
+from bot.storage.models import Adapter, Prediction
+from bot.storage.repositories import Adapters, Datasets
+from bot.testkit import payloads
+from bot.testkit.payloads import signed_post
+from bot.testkit.slack import FakeSlack
+from serving.base_model import ResolvedModel
+from tests.bot.slack_harness import serve_bot
+from tests.bot.test_draft_classify import PLUGINS, buttons_of, settle, slash, wait
+from tests.conftest import SampleCopyRun
+from tests.vllm.conftest import SERVED, VllmServer
+
+pytestmark = pytest.mark.smollm2
+
+COPY, TICKETS = "C0VLLMCOPY", "C0VLLMTIX1"
+MAYA, TOM = "U0MAYA0001", "U0TOM00001"
+LABELS = ["billing", "shipping_delay", "damaged_item"]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'brandbot.db'}")
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+def settings_for(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", served_model_name=SERVED)
+
+
+def register(db: Database, dataset: str, path: Path, fingerprint: str) -> str:
+    with db.session() as s:
+        found = Datasets(s).get(dataset)
+        assert found is not None
+        return Adapters(s).create(found, str(path), base_fingerprint=fingerprint).name
+
+
+def test_registry_deploys_promotes_and_rolls_back_on_vllm(
+    vllm: VllmServer,
+    sample_copy_run: SampleCopyRun,
+    smollm2_adapter: Path,
+    smollm2_model: ResolvedModel,
+    db: Database,
+    tmp_path: Path,
+) -> None:
+    assert sample_copy_run.adapter_path is not None, sample_copy_run.reason
+    settings = settings_for(tmp_path)
+    with db.session() as s:
+        Datasets(s).create("vl_copy", "draft", channels=[COPY])
+    trained = register(db, "vl_copy", sample_copy_run.adapter_path, smollm2_model.fingerprint)
+    second = register(db, "vl_copy", smollm2_adapter, smollm2_model.fingerprint)
+    client = vllm.client()
+    brief = [{"role": "user", "content": "Write a short post about our autumn chai."}]
+    try:
+        with db.session() as s:
+            v1 = s.scalars(select(Adapter).where(Adapter.name == trained)).one()
+            first = promote(s, settings, client, v1, actor="test")
+        assert first.ok, first.reason
+        assert trained in {m.id for m in client.models()}
+
+        streamed: list[str] = []
+        reader = threading.Thread(
+            target=lambda: streamed.extend(
+                client.stream_chat(brief, model=trained, max_tokens=48, temperature=0)
+            )
+        )
+        reader.start()  # v1 keeps serving while v2 is deployed
+        with db.session() as s:
+            v2 = s.scalars(select(Adapter).where(Adapter.name == second)).one()
+            promoted = promote(s, settings, client, v2, actor="test")
+        reader.join(120)
+        assert promoted.ok, promoted.reason
+        assert "".join(streamed).strip()
+        with db.session() as s:
+            status = dict(s.execute(select(Adapter.name, Adapter.status)).tuples().all())
+        assert status == {trained: "retired", second: "active"}
+        assert {trained, second} <= {m.id for m in client.models()}
+
+        with db.session() as s:
+            dataset = Datasets(s).get("vl_copy")
+            assert dataset is not None
+            back = roll_back(s, settings, client, dataset, actor="test")
+        assert back.ok and back.active == trained, back.reason
+        listed = {m.id for m in client.models()}
+        assert trained in listed and second not in listed
+        assert client.chat(brief, model=trained, max_tokens=8, temperature=0).text
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def vllm_bot(
+    vllm: VllmServer,
+    db: Database,
+    fake_slack: FakeSlack,
+    slack_signing_secret: str,
+    smollm2_adapter: Path,
+    smollm2_model: ResolvedModel,
+    tmp_path: Path,
+) -> Iterator[Any]:
+    fake_slack.add_user(MAYA, "maya")
+    fake_slack.add_user(TOM, "tom")
+    fake_slack.add_channel(COPY, "brand-copy", members=[fake_slack.bot_user_id, MAYA])
+    fake_slack.add_channel(TICKETS, "support", members=[fake_slack.bot_user_id, TOM])
+    with db.session() as s:
+        Datasets(s).create("vb_copy", "draft", channels=[COPY], approvers=[MAYA],
+                           system_prompt="You write warm, short posts for a tea shop.")  # fmt: skip
+        Datasets(s).create("vb_tickets", "classify", channels=[TICKETS], ticket_channels=[TICKETS],
+                           labels=LABELS, approvers=[TOM])  # fmt: skip
+        Datasets(s).create("vb_ghost", "draft", channels=[COPY])
+    client = vllm.client()
+    settings = settings_for(tmp_path)
+    for dataset in ("vb_copy", "vb_tickets"):
+        name = register(db, dataset, smollm2_adapter, smollm2_model.fingerprint)
+        with db.session() as s:
+            row = s.scalars(select(Adapter).where(Adapter.name == name)).one()
+            assert promote(s, settings, client, row).ok
+    with db.session() as s:  # active in the database, never loaded on the server
+        ghost = Datasets(s).get("vb_ghost")
+        assert ghost is not None
+        Adapters(s).create(ghost, str(smollm2_adapter), status="active")
+    config: dict[str, object] = {"draft": {"max_tokens": 24, "stream_every_s": 0.001}}
+    try:
+        with serve_bot(db, fake_slack, slack_signing_secret, PLUGINS, inference=client,
+                       config=config) as served:  # fmt: skip
+            yield served
+    finally:
+        client.close()
+
+
+def test_draft_streams_and_tickets_are_classified_through_the_bot_on_vllm(
+    vllm_bot: Any, fake_slack: FakeSlack, slack_signing_secret: str, db: Database
+) -> None:
+    rid = slash(vllm_bot, fake_slack, slack_signing_secret, "/draft", "-d vb_copy autumn chai")
+    preview = wait(lambda: [r for r in fake_slack.responses(rid) if buttons_of(r)], 180)[-1]
+    assert "base model" not in preview["text"]  # the tuned adapter wrote it
+    assert "Post to channel" in buttons_of(preview)
+    streamed = [r for r in fake_slack.responses(rid) if r["text"].startswith("Drafting 1…")]
+    assert streamed  # the text arrived piece by piece before the preview
+
+    ticket = payloads.message(TICKETS, MAYA, "My tin arrived crushed and the lid is bent",
+                              ts="1700000200.000100")  # fmt: skip
+    body = payloads.event_callback(ticket)
+    assert signed_post(vllm_bot.events_url, slack_signing_secret, body).status_code == 200
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        settle(vllm_bot)
+        with db.session() as s:
+            prediction = s.scalars(select(Prediction)).first()
+            if prediction is not None and prediction.label:
+                break
+        time.sleep(0.5)
+    assert prediction is not None and prediction.label in LABELS
+    assert prediction.adapter_name and prediction.adapter_name.startswith("vb_tickets-v")
+    assert sum(prediction.scores.values()) == pytest.approx(1)
+    replies = [
+        c for c in fake_slack.calls_for("chat.postMessage") if c.args.get("channel") == TICKETS
+    ]
+    assert replies and replies[0].args["thread_ts"] == "1700000200.000100"
+
+
+def test_an_adapter_the_server_lacks_gets_a_clear_answer(
+    vllm_bot: Any, fake_slack: FakeSlack, slack_signing_secret: str
+) -> None:
+    rid = slash(vllm_bot, fake_slack, slack_signing_secret, "/draft", "-d vb_ghost hello")
+    answer = wait(lambda: [r for r in fake_slack.responses(rid) if buttons_of(r)], 60)[-1]
+    assert "does not have the adapter `vb_ghost-v" in answer["text"]
+    assert "Retry" in buttons_of(answer)
