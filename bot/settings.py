@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         extra="ignore",
         populate_by_name=True,
-        case_sensitive=False,
+        case_sensitive=True,  # only the documented names: not DATA_DIR, ADMINS, PLUGINS...
         env_ignore_empty=True,
     )
 
@@ -312,7 +312,7 @@ def describe(settings_cls: type[BaseSettings], loc: str, problem: str) -> str:
     if field is None:
         return f"invalid setting {loc or 'settings'}: {problem}"
     env = env_name(field)
-    in_env = env is not None and env.lower() in {k.lower() for k in os.environ}
+    in_env = env is not None and env in os.environ
     if env is not None and (in_env or not config_mentions(toml_key(field))):
         name = env
     else:

@@ -223,3 +223,16 @@ def test_a_bad_toml_value_stops_the_cli_naming_the_key(
     lines = result.err.strip().splitlines()
     assert len(lines) == 1, result.err
     assert lines[0].startswith("error: invalid setting admins in ")
+
+
+def test_unprefixed_variables_of_other_programs_are_not_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the documented names count: a container's own DATA_DIR or ADMINS is not ours."""
+    monkeypatch.setenv("DATA_DIR", "/elsewhere")
+    monkeypatch.setenv("ADMINS", "U0STRANGER")
+    monkeypatch.setenv("PLUGINS", "{not json")
+    settings = load_settings()
+    assert settings.data_dir == Path("data")
+    assert settings.admins == []
+    assert settings.plugins == {}
