@@ -200,6 +200,7 @@ def test_comma_separated_admins_work_for_every_command(cli_sqlite: CliRunner) ->
         (("report", "-d", "x"), {"BRANDBOT_ADMINS": "[broken"}, "BRANDBOT_ADMINS"),
         (("run", "--setup-only"), {"BRANDBOT_MAX_LORA_RANK": "big"}, "BRANDBOT_MAX_LORA_RANK"),
         (("db", "current"), {"SLACK_API_URL": "slack.com"}, "SLACK_API_URL"),
+        (("demo", "--smoke", "--data-dir", "d"), {"BRANDBOT_ADMINS": "[x"}, "BRANDBOT_ADMINS"),
     ],
 )
 def test_a_configuration_error_is_one_line_exit_2(
