@@ -288,10 +288,9 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(describe(Settings, loc, msg)) from None
     except SourceError as exc:
         raise SettingsError(source_error_line(exc)) from None
-    except Exception as exc:  # a malformed brandbot.toml
-        if type(exc).__name__ == "TOMLDecodeError":
-            raise SettingsError(f"invalid settings file {config_file()}: {exc}") from None
-        raise
+    except (ValueError, OSError) as exc:  # brandbot.toml is not TOML, not UTF-8 or unreadable
+        problem = f"invalid settings file {config_file()} (expected TOML): {exc}"
+        raise SettingsError(problem) from None
 
 
 def source_error_line(exc: SourceError, settings_cls: type[BaseSettings] | None = None) -> str:

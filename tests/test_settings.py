@@ -112,8 +112,9 @@ def test_invalid_setting_stops_the_cli_with_one_line(cli_sqlite: CliRunner) -> N
     assert "BRANDBOT_DATABASE_URL" in lines[0]
 
 
-def test_malformed_toml_is_one_line(cli_sqlite: CliRunner, tmp_path: Path) -> None:
-    (tmp_path / "brandbot.toml").write_text("data_dir = \n")
+@pytest.mark.parametrize("content", [b"data_dir = \n", b"\xff\xfe data_dir"])
+def test_malformed_toml_is_one_line(cli_sqlite: CliRunner, tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "brandbot.toml").write_bytes(content)
     result = cli_sqlite("datasets", "list")
     assert result.code == 2
     assert len(result.err.strip().splitlines()) == 1
