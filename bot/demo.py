@@ -109,6 +109,7 @@ def run_demo(data_dir: Path, *, smoke: bool) -> None:
     from bot.settings import load_settings
     from bot.storage.db import Database
 
+    load_settings(data_dir=data_dir)  # a configuration error stops it before it builds anything
     settings = load_settings(**settings_overrides(data_dir, smoke))
     db = Database(settings.resolved_database_url)
     db.upgrade()

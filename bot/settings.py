@@ -3,25 +3,58 @@
 The environment names are fixed by DESIGN.md (``BRANDBOT_*`` and ``SLACK_*``). ``brandbot.toml``
 holds deployment settings only (datasets live in the database); its keys are the lower-case
 field names, e.g. ``data_dir = "/var/lib/brandbot"``. The environment wins over the file.
+A list setting takes values separated by commas (``BRANDBOT_ADMINS=U0ADMIN,U0OTHER``) or JSON.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as SourceError
 
 CONFIG_FILE_ENV = "BRANDBOT_CONFIG"
 DEFAULT_CONFIG_FILE = "brandbot.toml"
 DEFAULT_SERVED_MODEL_NAME = "brandbot-base"
+
+
+def split_list(value: Any) -> Any:
+    """A list setting written as text: a JSON list, or values separated by commas (``a, b``).
+
+    Environment variables are always text, and brandbot.toml may hold ``"a,b"`` too; anything
+    not text (a toml array) passes through for pydantic to check.
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                "expected values separated by commas or a JSON list, "
+                f"and this starts with [ but is not JSON: {exc.msg}"
+            ) from None
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _env(name: str) -> Any:
@@ -29,17 +62,27 @@ def _env(name: str) -> Any:
     return Field(validation_alias=AliasChoices(name, name.lower().removeprefix("brandbot_")))
 
 
+#: A list of text settings: ``NoDecode`` stops pydantic-settings from requiring JSON in the
+#: environment, so ``split_list`` sees the raw value.
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
+
+
 class SettingsError(Exception):
     """An invalid setting; the message is one line that names it."""
 
 
 class Settings(BaseSettings):
-    """Everything a deployment configures. Secrets are ``SecretStr`` so they never print."""
+    """Everything a deployment configures. Secrets are ``SecretStr`` so they never print.
+
+    Every field has a description and an example: docs/configuration.md is generated from them
+    (``python -m bot.settings_docs``). A field's first alias is its environment name (upper
+    case) or, for a brandbot.toml-only setting, its toml key.
+    """
 
     model_config = SettingsConfigDict(
         extra="ignore",
         populate_by_name=True,
-        case_sensitive=False,
+        case_sensitive=True,  # only the documented names: not DATA_DIR, ADMINS, PLUGINS...
         env_ignore_empty=True,
     )
 
@@ -47,35 +90,45 @@ class Settings(BaseSettings):
         default=Path("data"),
         validation_alias=AliasChoices("BRANDBOT_DATA_DIR", "data_dir"),
         description="Where the SQLite database, converted models, adapters and runs live.",
+        examples=["/var/lib/brandbot"],
     )
     database_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("BRANDBOT_DATABASE_URL", "database_url"),
-        description="SQLAlchemy URL; empty means SQLite at <data_dir>/brandbot.db.",
+        description="SQLAlchemy URL, `sqlite:///...` or `postgresql://...`; "
+        "unset: SQLite at `<data_dir>/brandbot.db`.",
+        examples=["postgresql://brandbot:pw@db/brandbot"],
     )
     base_model: str | None = Field(
         default=None,
         validation_alias=AliasChoices("BRANDBOT_BASE_MODEL", "base_model"),
-        description="A model folder or a local model id; empty means the bundled SmolLM2.",
+        description="A model folder or a local model id; unset: the bundled SmolLM2-135M-Instruct.",
+        examples=["/models/llama-3.1-8b-instruct"],
     )
     served_model_name: str = Field(
         default=DEFAULT_SERVED_MODEL_NAME,
         validation_alias=AliasChoices("BRANDBOT_SERVED_MODEL_NAME", "served_model_name"),
         description="The base model's name on the inference server.",
+        examples=["llama-3.1-8b-instruct"],
     )
     inference_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("BRANDBOT_INFERENCE_URL", "inference_url"),
-        description="OpenAI-compatible server (vLLM or `brandbot serve`); empty = in process.",
+        description="An OpenAI-compatible server (vLLM or `brandbot serve`); "
+        "unset: the model runs in process.",
+        examples=["http://vllm.internal:8000"],
     )
     inference_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("BRANDBOT_INFERENCE_API_KEY", "inference_api_key"),
+        description="The inference server's API key (secret).",
+        examples=["sk-local-123"],
     )
     server_adapters_dir: str | None = Field(
         default=None,
         validation_alias=AliasChoices("BRANDBOT_SERVER_ADAPTERS_DIR", "server_adapters_dir"),
-        description="Where the inference server sees data/adapters on a shared volume.",
+        description="Where the inference server sees `<data_dir>/adapters` on a shared volume.",
+        examples=["/data/adapters"],
     )
     adapter_check_seconds: float = Field(
         default=20.0,
@@ -91,40 +144,56 @@ class Settings(BaseSettings):
         "vllm` (default: this one if it has vLLM, else .venv-vllm/bin/python).",
     )
     slack_bot_token: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("SLACK_BOT_TOKEN", "slack_bot_token")
+        default=None,
+        validation_alias=AliasChoices("SLACK_BOT_TOKEN", "slack_bot_token"),
+        description="The Bot User OAuth Token (secret); unset: `brandbot run` opens the "
+        "console instead of Slack.",
+        examples=["xoxb-..."],
     )
     slack_app_token: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("SLACK_APP_TOKEN", "slack_app_token")
+        default=None,
+        validation_alias=AliasChoices("SLACK_APP_TOKEN", "slack_app_token"),
+        description="An app-level token with `connections:write`, for Socket Mode (secret).",
+        examples=["xapp-..."],
     )
     slack_signing_secret: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("SLACK_SIGNING_SECRET", "slack_signing_secret"),
+        description="The app's Signing Secret, for the HTTP Events API (secret).",
+        examples=["8f14e45fceea167a5a36dedd4bea2543"],
     )
     slack_api_url: str = Field(
         default="https://slack.com/api/",
         validation_alias=AliasChoices("SLACK_API_URL", "slack_api_url"),
+        description="The Slack Web API base URL (tests point it at a fake Slack).",
+        examples=["http://127.0.0.1:9999/api/"],
     )
 
-    admins: list[str] = Field(
+    admins: CommaList = Field(
         default_factory=list,
         validation_alias=AliasChoices("BRANDBOT_ADMINS", "admins"),
-        description="Slack user ids allowed to run admin commands (a JSON list in the env).",
+        description="Slack user ids allowed to run admin commands; they also approve by "
+        "reaction in datasets without approvers. Unset: nobody can do either.",
+        examples=[["U0ADMIN01", "U0OTHER01"]],
     )
     max_lora_rank: int = Field(
         default=16,
         validation_alias=AliasChoices("BRANDBOT_MAX_LORA_RANK", "max_lora_rank"),
-        description="The inference server's --max-lora-rank; adapters above it are refused.",
+        description="The inference server's `--max-lora-rank`; adapters above it are refused.",
+        examples=[32],
     )
     training: dict[str, Any] = Field(
         default_factory=dict,
         validation_alias=AliasChoices("training"),
-        description="brandbot.toml [training] overrides of the trainer's defaults; "
-        "[training.draft] / [training.classify] apply to one task.",
+        description="Overrides of the trainer's defaults; `[training.draft]` / "
+        "`[training.classify]` apply to one task.",
+        examples=[{"epochs": 3, "draft": {"rank": 8}}],
     )
     plugins: dict[str, Any] = Field(
         default_factory=dict,
         validation_alias=AliasChoices("plugins"),
-        description="brandbot.toml [plugins]: enabled/disabled lists and one section per plugin.",
+        description="`enabled` / `disabled` plugin lists and one section per plugin.",
+        examples=[{"disabled": ["report"]}],
     )
 
     @field_validator("database_url")
@@ -171,11 +240,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config_file = Path(os.environ.get(CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE))
         return (
             init_settings,
             env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=config_file),
+            TomlConfigSettingsSource(settings_cls, toml_file=config_file()),
         )
 
     @property
@@ -198,37 +266,103 @@ class Settings(BaseSettings):
         return self.data_dir / "runs"
 
 
-_ENV_NAMES = {
-    "data_dir": "BRANDBOT_DATA_DIR",
-    "database_url": "BRANDBOT_DATABASE_URL",
-    "base_model": "BRANDBOT_BASE_MODEL",
-    "served_model_name": "BRANDBOT_SERVED_MODEL_NAME",
-    "inference_url": "BRANDBOT_INFERENCE_URL",
-    "inference_api_key": "BRANDBOT_INFERENCE_API_KEY",
-    "server_adapters_dir": "BRANDBOT_SERVER_ADAPTERS_DIR",
-    "slack_bot_token": "SLACK_BOT_TOKEN",
-    "slack_app_token": "SLACK_APP_TOKEN",
-    "slack_signing_secret": "SLACK_SIGNING_SECRET",
-    "slack_api_url": "SLACK_API_URL",
-    "admins": "BRANDBOT_ADMINS",
-    "plugins": "[plugins] in brandbot.toml",
-}
+def aliases(field: FieldInfo) -> list[str]:
+    """A setting's names: its environment variable (upper case, if any), then its toml key."""
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [c for c in alias.choices if isinstance(c, str)]
+    return [alias] if isinstance(alias, str) else []
+
+
+def env_name(field: FieldInfo) -> str | None:
+    """The environment variable of a setting; ``None`` for a brandbot.toml-only one."""
+    names = aliases(field)
+    return names[0] if names and names[0].isupper() else None
+
+
+def toml_key(field: FieldInfo) -> str:
+    """The brandbot.toml key of a setting, e.g. ``admins``."""
+    return aliases(field)[-1]
+
+
+def config_file() -> Path:
+    """The brandbot.toml in use (``BRANDBOT_CONFIG`` names another)."""
+    return Path(os.environ.get(CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE))
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings, turning a validation error into one line that names the setting."""
+    """Read the settings; any configuration error becomes a one-line ``SettingsError``."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = str(first["loc"][0]) if first["loc"] else "settings"
-        name = _ENV_NAMES.get(loc.lower().removeprefix("brandbot_"), loc)
-        if loc.upper() in _ENV_NAMES.values():
-            name = loc.upper()
+        loc = str(first["loc"][0]) if first["loc"] else ""
         msg = first["msg"].removeprefix("Value error, ")
-        raise SettingsError(f"invalid setting {name}: {msg}") from None
-    except Exception as exc:  # a malformed brandbot.toml
-        if type(exc).__name__ == "TOMLDecodeError":
-            path = os.environ.get(CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE)
-            raise SettingsError(f"invalid settings file {path}: {exc}") from None
-        raise
+        raise SettingsError(describe(Settings, loc, msg)) from None
+    except SourceError as exc:
+        raise SettingsError(source_error_line(exc)) from None
+    except (ValueError, OSError) as exc:  # brandbot.toml is not TOML, not UTF-8 or unreadable
+        problem = f"invalid settings file {config_file()} (expected TOML): {exc}"
+        raise SettingsError(problem) from None
+
+
+def source_error_line(exc: SourceError, settings_cls: type[BaseSettings] | None = None) -> str:
+    """One line for pydantic-settings' own error: a value it could not decode as JSON."""
+    found = re.search(r'field "([^"]+)"', str(exc))
+    cause = exc.__cause__
+    why = f"expected JSON ({cause})" if cause else str(exc)
+    return describe(settings_cls or Settings, found[1] if found else "", why)
+
+
+def describe(settings_cls: type[BaseSettings], loc: str, problem: str) -> str:
+    """``invalid setting BRANDBOT_ADMINS: <problem> (example: U0ADMIN01,U0OTHER01)``.
+
+    ``loc`` is a field name or any of its aliases. The setting is named as the user wrote it:
+    its environment variable, or its key in brandbot.toml when the environment does not set it.
+    """
+    field = _field(settings_cls, loc)
+    if field is None:
+        return f"invalid setting {loc or 'settings'}: {problem}"
+    env = env_name(field)
+    in_env = env is not None and env in os.environ
+    if env is not None and (in_env or not config_mentions(toml_key(field))):
+        name = env
+    else:
+        name = f"{toml_key(field)} in {config_file()}"
+    example = f" (example: {example_text(field.examples[0])})" if field.examples else ""
+    return f"invalid setting {name}: {problem}{example}"
+
+
+def _field(settings_cls: type[BaseSettings], loc: str) -> FieldInfo | None:
+    for name, field in settings_cls.model_fields.items():
+        if loc.lower() in {n.lower() for n in (name, *aliases(field))}:
+            return field
+    return None
+
+
+def config_mentions(key: str) -> bool:
+    """Whether the brandbot.toml in use sets ``key`` (a top-level key or table)."""
+    try:
+        import tomllib
+
+        with config_file().open("rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, ValueError):
+        return False
+    return key in data
+
+
+def example_text(value: Any) -> str:
+    """An example value as a user writes it: lists with commas, tables as inline toml."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + inner + " }"
+    return str(value)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return example_text(value)
+    return json.dumps(value)

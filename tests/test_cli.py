@@ -308,3 +308,32 @@ def test_demo_smoke_runs_the_whole_loop(cli_sqlite: CliRunner, tmp_path: Path) -
     assert "Added to kk_replies" in out  # the agent's own answer, approved with a reaction
     charts = json.loads(out.strip().splitlines()[-1])["charts"]
     assert len(charts) == 2 and all(Path(c).read_bytes().startswith(b"\x89PNG") for c in charts)
+
+
+def _notes(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("note: ")]
+
+
+def test_run_says_once_that_nobody_can_approve_and_how_to_fix_it(cli_sqlite: CliRunner) -> None:
+    result = cli_sqlite("run", "--no-sample", stdin="quit\n")
+    assert result.code == 0, result.err
+    notes = _notes(result.err)
+    assert len(notes) == 1, result.err
+    assert "no admins and no approvers are configured: nobody can approve" in notes[0]
+    assert "BRANDBOT_ADMINS=" in notes[0] and "--approvers" in notes[0]
+    assert result.out.rstrip().endswith("bye")
+
+
+def test_run_names_the_datasets_nobody_can_approve_in(cli_sqlite: CliRunner) -> None:
+    assert cli_sqlite("datasets", "create", "open_copy", "--task", "draft").code == 0
+    result = cli_sqlite("run", "--setup-only")  # the sample brand's datasets name approvers
+    notes = _notes(result.err)
+    assert len(notes) == 1, result.err
+    assert "nobody can approve examples in open_copy (no approvers there)" in notes[0]
+
+
+def test_run_is_quiet_about_approvers_once_someone_can_approve(cli_sqlite: CliRunner) -> None:
+    assert _notes(cli_sqlite("run", "--setup-only").err) == []  # sample datasets name approvers
+    admins = {"BRANDBOT_ADMINS": "U0ADMIN,U0OTHER"}
+    result = cli_sqlite("run", "--no-sample", "--json", extra_env=admins)
+    assert result.code == 0 and _notes(result.err) == [], result.err

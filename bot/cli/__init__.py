@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from pydantic_settings import SettingsError as SourceError
 
 from bot.cli.common import CliError
 from bot.cli.data import export_examples, import_examples
@@ -16,7 +17,7 @@ from bot.cli.run import demo, run
 from bot.cli.serve import serve
 from bot.cli.training import adapters_app, evaluate, train, worker
 from bot.datasets import DatasetError
-from bot.settings import SettingsError
+from bot.settings import SettingsError, source_error_line
 from bot.storage.db import DatabaseUnavailable
 from bot.storage.repositories import DatasetExists, UnknownDataset
 from serving.base_model import BaseModelMissing
@@ -64,6 +65,9 @@ def main() -> None:
         app(standalone_mode=False)
     except KNOWN_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except SourceError as exc:  # pydantic-settings' own error, should one escape load_settings
+        print(f"error: {source_error_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except typer.Abort:
         print("aborted", file=sys.stderr)

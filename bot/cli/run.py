@@ -8,12 +8,14 @@ adapter instead.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
+from bot.approvers import nobody_approves_notice
 from bot.cli.common import CliError, console, database, print_json, settings
 from bot.samples import load_sample_brand
 from bot.storage.db import safe_url
@@ -63,9 +65,10 @@ def run(
     report = _setup(sample)
     if as_json:
         print_json(report)
-        return
-    _print_report(report)
-    if setup_only:
+    else:
+        _print_report(report)
+    _note_approvers(slack=False)
+    if as_json or setup_only:
         return
     from bot.console.runner import run_console
 
@@ -82,6 +85,7 @@ def _run_slack(*, http: bool, host: str, port: int | None, workers: int = 1) -> 
     if http:
         if cfg.slack_signing_secret is None:
             raise CliError("--http needs SLACK_SIGNING_SECRET (Basic Information in the Slack app)")
+        _note_approvers(slack=True)
         if workers > 1:
             database()  # migrate once, before the workers start
             try:
@@ -91,12 +95,25 @@ def _run_slack(*, http: bool, host: str, port: int | None, workers: int = 1) -> 
             return
         SlackRuntime(cfg, database()).run_http(host, port or 3000)
     elif cfg.slack_app_token is not None:
+        _note_approvers(slack=True)
         SlackRuntime(cfg, database()).run_socket_mode(host, port)
     else:
         raise CliError(
             "SLACK_BOT_TOKEN is set: also set SLACK_APP_TOKEN for Socket Mode, "
             "or SLACK_SIGNING_SECRET and pass --http for the HTTP Events API"
         )
+
+
+def _note_approvers(*, slack: bool) -> None:
+    """Say once, at the start, when nobody can approve yet: a log warning next to the Slack
+    runtime's JSON logs, a plain line on stderr before the console."""
+    notice = nobody_approves_notice(settings(), database())
+    if notice is None:
+        return
+    if slack:
+        logging.getLogger("bot.approvers").warning(notice)
+    else:
+        typer.echo(f"note: {notice} (in this console the sample admin @maya acts as one)", err=True)
 
 
 def _setup(sample: bool) -> dict[str, Any]:

@@ -9,11 +9,11 @@ from typing import Any
 
 import yaml
 
-from bot.settings import _ENV_NAMES
+from bot.settings import Settings, env_name
 from serving.adapters import VLLM_LORA_RANKS
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-KNOWN = set(_ENV_NAMES.values())
+KNOWN = {env_name(field) for field in Settings.model_fields.values()} - {None}
 
 
 def compose() -> dict[str, Any]:
