@@ -134,14 +134,17 @@ class Settings(BaseSettings):
         default=20.0,
         gt=0,
         validation_alias=AliasChoices("BRANDBOT_ADAPTER_CHECK_SECONDS", "adapter_check_seconds"),
-        description="How often each bot replica checks that the model server still has the "
-        "active adapters loaded (it loads them again after a restart of the server).",
+        description="How often (seconds) each bot replica checks that the model server still "
+        "has the active adapters loaded; it loads them again after the server restarts.",
+        examples=[20],
     )
     vllm_python: str | None = Field(
         default=None,
         validation_alias=AliasChoices("BRANDBOT_VLLM_PYTHON", "vllm_python"),
         description="The Python of the environment with vLLM, for `brandbot serve --engine "
-        "vllm` (default: this one if it has vLLM, else .venv-vllm/bin/python).",
+        "vllm`; unset: this one if it has vLLM, else .venv-vllm/bin/python "
+        "(scripts/setup-vllm.sh makes it).",
+        examples=["/opt/vllm/bin/python"],
     )
     slack_bot_token: SecretStr | None = Field(
         default=None,
