@@ -25,6 +25,17 @@ BAD_SIGNATURES = Counter(
 MALFORMED_REQUESTS = Counter(
     "brandbot_malformed_requests_total", "Signed requests whose body could not be understood."
 )
+OVERSIZED_REQUESTS = Counter(
+    "brandbot_oversized_requests_total", "Requests refused because the body was too large."
+)
+FOREIGN_TEAM_REQUESTS = Counter(
+    "brandbot_foreign_team_requests_total", "Slack requests from other workspaces, ignored."
+)
+BUSY_REFUSALS = Counter(
+    "brandbot_busy_refusals_total",
+    "Requests answered 'busy': a rate limit or a full queue.",
+    ["reason"],
+)
 HANDLER_LATENCY = Histogram(
     "brandbot_handler_seconds", "Time spent in plugin handlers.", ["handler"]
 )

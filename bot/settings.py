@@ -114,6 +114,24 @@ class Settings(BaseSettings):
         description="brandbot.toml [plugins]: enabled/disabled lists and one section per plugin.",
     )
 
+    # -- the edge (in-memory per process; docs/configuration.md) ---------------------------
+    slack_team_ids: list[str] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("BRANDBOT_SLACK_TEAM_IDS", "slack_team_ids"),
+        description="Workspaces served (a JSON list); empty means the bot token's own.",
+    )
+    rate_limit_per_minute: int = Field(
+        default=10, ge=0,
+        validation_alias=AliasChoices("BRANDBOT_RATE_LIMIT_PER_MINUTE", "rate_limit_per_minute"),
+        description="Generations one user may start per minute in each of drafting, "
+        "regenerating and classifying; 0 turns the limit off.",
+    )  # fmt: skip
+    job_queue_limit: int = Field(
+        default=100, ge=1,
+        validation_alias=AliasChoices("BRANDBOT_JOB_QUEUE_LIMIT", "job_queue_limit"),
+        description="Jobs waiting or running at once; past it requests are answered 'busy'.",
+    )  # fmt: skip
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str | None) -> str | None:
@@ -198,6 +216,9 @@ _ENV_NAMES = {
     "slack_signing_secret": "SLACK_SIGNING_SECRET",
     "slack_api_url": "SLACK_API_URL",
     "admins": "BRANDBOT_ADMINS",
+    "slack_team_ids": "BRANDBOT_SLACK_TEAM_IDS",
+    "rate_limit_per_minute": "BRANDBOT_RATE_LIMIT_PER_MINUTE",
+    "job_queue_limit": "BRANDBOT_JOB_QUEUE_LIMIT",
     "plugins": "[plugins] in brandbot.toml",
 }
 
