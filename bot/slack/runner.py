@@ -211,12 +211,6 @@ def worker_app() -> Any:
 
 def configure_process_logging(settings: Settings) -> None:
     """Structured logs for a Slack-connected process, with every secret it holds masked."""
-    from bot.observability import configure_logging
+    from bot.observability import configure_logging, settings_secrets
 
-    secrets = [
-        s.get_secret_value()
-        for s in (settings.slack_bot_token, settings.slack_app_token,
-                  settings.slack_signing_secret, settings.inference_api_key)
-        if s is not None
-    ]  # fmt: skip
-    configure_logging(secrets)
+    configure_logging(settings_secrets(settings))
