@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -45,7 +46,7 @@ def serve_bot(
     admins: list[str] | None = None,
     inference: object = None,
     team_ids: list[str] | None = None,
-    settings: dict[str, object] | None = None,
+    settings: dict[str, Any] | None = None,
     jobs: JobQueue | None = None,
 ) -> Iterator[Served]:
     config_ = Settings(slack_api_url=fake.api_url, admins=admins or [], **(settings or {}))

@@ -64,7 +64,8 @@ def test_a_database_error_logs_no_message_text(
             assert "error id" in wait_responses(fake_slack, rid)[0]["text"].lower()
     finally:
         logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
-        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
     logged = capsys.readouterr().err
     assert "IntegrityError" in logged and "INSERT INTO processed_events" in logged
     assert "Jane Roe" not in logged and "4242" not in logged
