@@ -1,5 +1,6 @@
-"""The HTTP edge of the bot (issue 17): oversized bodies, other workspaces, per-user rate limits
-and the bounded job queue, driven over signed HTTP into the real bolt app with the fake Slack."""
+"""The edge of the bot (issue 17): oversized bodies, other workspaces, per-user rate limits and
+the bounded job queue, driven over signed HTTP (and Socket Mode) into the real bolt app with
+the fake Slack."""
 
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ from sqlalchemy import func, select
 from bot.jobs import JobQueue
 from bot.plugin_loader import PluginEntry
 from bot.ratelimit import BUSY_MESSAGE, Busy, RateLimiter
+from bot.settings import Settings
+from bot.slack.runner import SlackRuntime
 from bot.storage import Database
 from bot.storage.models import AuditEntry, Draft, ProcessedEvent
 from bot.storage.repositories import Datasets
 from bot.testkit import payloads
 from bot.testkit.payloads import signed_post
 from bot.testkit.slack import FakeSlack
+from bot.testkit.socket_mode import FakeSocketMode
 from plugins.draft import DraftPlugin
 from plugins.help import HelpPlugin
 from serving.client import LocalClient
@@ -260,3 +264,31 @@ def test_rate_limiter_refills_over_a_minute_and_zero_turns_it_off() -> None:
     off = RateLimiter(lambda: 0)
     for _ in range(1000):
         off.take("U1", "draft", 3)
+
+
+def test_socket_mode_ignores_other_workspaces_learning_its_own_from_auth_test(
+    sqlite_url: str, fake_slack: FakeSlack, fake_socket_mode: FakeSocketMode
+) -> None:
+    db = Database(sqlite_url)
+    db.upgrade()
+    settings = Settings(
+        slack_bot_token=fake_slack.bot_token, slack_app_token=fake_slack.app_token,
+        slack_api_url=fake_slack.api_url,
+    )  # fmt: skip
+    runtime = SlackRuntime(settings, db, plugins=PLUGINS)
+    thread = threading.Thread(target=runtime.run_socket_mode, args=("127.0.0.1", None), daemon=True)
+    thread.start()
+    try:
+        fake_socket_mode.wait_for_connection(timeout=10)
+        assert runtime.bridge.team_ids == {payloads.TEAM_ID}  # no setting: the token's own
+        foreign = reaction("EvSOCKFOR1")
+        foreign["team_id"] = "T0STRANGER"
+        assert fake_socket_mode.wait_for_ack(fake_socket_mode.send("events_api", foreign))
+        assert count(db, AuditEntry) == 0 and count(db, ProcessedEvent) == 0
+        ours = reaction("EvSOCKOUR1")
+        assert fake_socket_mode.wait_for_ack(fake_socket_mode.send("events_api", ours))
+        assert count(db, AuditEntry) == 1
+    finally:
+        runtime.stop_socket_mode()
+        thread.join(timeout=10)
+        db.dispose()
