@@ -27,6 +27,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.observability import FOREIGN_TEAM_REQUESTS
 from bot.plugin import ActionEvent, ChatAPI, CommandEvent, Event
+from bot.ratelimit import Busy
 from bot.runtime import NotAllowed, Outcome, Result, Runtime
 from bot.slack import events as translate
 
@@ -272,6 +273,10 @@ class SlackBridge:
             else:
                 result = await loop.run_in_executor(self.pool, self.runtime.handle, event)
         except NotAllowed:
+            return
+        except Busy:  # it took effect; only its job found the queue full (a sweep takes it up)
+            log.warning("event handled but its job was refused: the job queue is full",
+                        extra={"event_id": event.event_id})  # fmt: skip
             return
         except Exception:
             error_id = uuid.uuid4().hex[:8]
