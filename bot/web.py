@@ -118,7 +118,9 @@ def build_web_app(
         except BodyTooLarge:
             OVERSIZED_REQUESTS.inc()
             log.warning("refused a request body over %d bytes", MAX_BODY_BYTES)
-            return PlainTextResponse("request body too large", status_code=413)
+            return PlainTextResponse(
+                "request body too large", status_code=413, headers={"Connection": "close"}
+            )
         timestamp = headers.get("x-slack-request-timestamp", "")
         signature = headers.get("x-slack-signature", "")
         if not (timestamp.isdigit() and signature and verifier.is_valid(raw, timestamp, signature)):
