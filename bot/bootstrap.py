@@ -48,7 +48,11 @@ def build_bot(
 ) -> Bot:
     """``plugins`` replaces entry-point discovery (tests, embedding); settings still apply."""
     services = Services(
-        settings=settings, db=db, chat=chat, jobs=jobs or JobQueue(), inference=inference
+        settings=settings,
+        db=db,
+        chat=chat,
+        jobs=jobs or JobQueue(limit=settings.job_queue_limit),
+        inference=inference,
     )
     if plugins is None:
         loaded = load_plugins(services)

@@ -8,9 +8,12 @@ import re
 import sys
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 EVENTS_RECEIVED = Counter(
     "brandbot_events_received_total", "Chat events received, by type.", ["type"]
@@ -24,6 +27,17 @@ BAD_SIGNATURES = Counter(
 )
 MALFORMED_REQUESTS = Counter(
     "brandbot_malformed_requests_total", "Signed requests whose body could not be understood."
+)
+OVERSIZED_REQUESTS = Counter(
+    "brandbot_oversized_requests_total", "Requests refused because the body was too large."
+)
+FOREIGN_TEAM_REQUESTS = Counter(
+    "brandbot_foreign_team_requests_total", "Slack requests from other workspaces, ignored."
+)
+BUSY_REFUSALS = Counter(
+    "brandbot_busy_refusals_total",
+    "Requests answered 'busy': a rate limit or a full queue.",
+    ["reason"],
 )
 HANDLER_LATENCY = Histogram(
     "brandbot_handler_seconds", "Time spent in plugin handlers.", ["handler"]
@@ -41,12 +55,19 @@ OUTBOX_DELIVERED = Counter(
     "brandbot_outbox_delivered_total", "Internal events delivered.", ["topic"]
 )
 
-_TOKEN_RE = re.compile(r"\b(xox[abposr]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+)")
+_TOKEN_RE = re.compile(
+    r"\b(xox[abposr]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+)"
+    r"|(?<=[Bb]earer )[A-Za-z0-9._~+/=-]+"  # an Authorization header's key
+    r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"  # user:password in a URL
+    r"|(?<=^DETAIL:  ).*$",  # PostgreSQL's error detail quotes row values (message text)
+    re.MULTILINE,
+)
 _SLACK_KEYS = ("team_id", "channel_id", "user_id", "event_id", "ts", "error_id", "handler")
 
 
 class Redactor(logging.Filter):
-    """Removes Slack tokens and the configured secrets from every log record."""
+    """Removes Slack tokens, bearer keys, URL passwords, PostgreSQL's error details (they quote
+    the row's values) and the configured secrets from every log record."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
@@ -87,6 +108,20 @@ class JsonFormatter(logging.Formatter):
         elif record.exc_info:
             doc["error"] = self.formatException(record.exc_info)
         return json.dumps(doc, ensure_ascii=False)
+
+
+def settings_secrets(settings: Settings) -> list[str]:
+    """The secret values in ``settings`` (tokens, keys, the database password), for Redactor."""
+    from sqlalchemy.engine import make_url
+
+    values = [
+        s.get_secret_value()
+        for s in (settings.slack_bot_token, settings.slack_app_token,
+                  settings.slack_signing_secret, settings.inference_api_key)
+        if s is not None
+    ]  # fmt: skip
+    password = make_url(settings.resolved_database_url).password
+    return values + ([str(password)] if password else [])
 
 
 def configure_logging(

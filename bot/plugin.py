@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from bot.ratelimit import RateLimiter
+
 if TYPE_CHECKING:
     from bot.jobs import JobQueue
     from bot.settings import Settings
@@ -230,6 +232,10 @@ class Services:
     jobs: JobQueue
     inference: Any = None
     help_entries: Callable[[str | None], list[tuple[str, str]]] | None = None
+    limits: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limits = RateLimiter(lambda: self.settings.rate_limit_per_minute)
 
 
 @dataclass

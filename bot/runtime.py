@@ -42,6 +42,7 @@ from bot.plugin import (
     Requirement,
     Services,
 )
+from bot.ratelimit import Busy
 from bot.storage.models import OutboxEvent, utcnow
 from bot.storage.repositories import Outbox, ProcessedEvents
 
@@ -299,9 +300,16 @@ class Runtime:
         return done
 
     def _run_after_commit(self, contexts: list[Context]) -> None:
+        """Queue the contexts' jobs and make their after-commit calls. A job the full queue
+        refuses is logged and skipped (the rest still run); the first such Busy is raised at
+        the end, so the person who asked hears that it did not start."""
+        refused: Busy | None = None
         for ctx in contexts:
             for fn, args, name in ctx._after_commit:
-                self.services.jobs.submit(fn, *args, name=name)
+                try:
+                    self.services.jobs.submit(fn, *args, name=name)
+                except Busy as exc:
+                    refused = refused or exc
             for then, args in ctx._calls_after_commit:
                 try:
                     then(*args)
@@ -309,6 +317,8 @@ class Runtime:
                     name = getattr(then, "__qualname__", repr(then))
                     error_id = uuid.uuid4().hex[:8]
                     log.exception("after-commit call %s failed", name, extra={"error_id": error_id})
+        if refused is not None:
+            raise refused
 
     def _call(self, bound: Bound, event: Any, ctx: Context) -> Any:
         start = time.perf_counter()
@@ -325,7 +335,7 @@ class Runtime:
         error id (logged under that id), refusals are explained; nothing propagates."""
         try:
             result = self.handle(event)
-        except NotAllowed as exc:
+        except (NotAllowed, Busy) as exc:
             reply(str(exc))
             return Result(Outcome.DENIED)
         except Exception:
@@ -350,6 +360,9 @@ class Runtime:
         with db.session() as session:
             ids = [e.id for e in Outbox(session).claim_pending(limit)]
         for event_id in ids:
+            if not self.services.jobs.has_room():  # the events wait in the outbox meanwhile
+                log.info("job queue full: outbox delivery paused")
+                break
             try:
                 with db.session() as session:
                     # Claim by a conditional update: a second consumer (another thread, process
@@ -373,6 +386,8 @@ class Runtime:
                     OUTBOX_DELIVERED.labels(row.topic).inc()
                     delivered += 1
                 self._run_after_commit(contexts)
+            except Busy:
+                log.warning("outbox event %s: the job queue was full", event_id)
             except Exception as exc:
                 error_id = uuid.uuid4().hex[:8]
                 log.exception("outbox event %s failed", event_id, extra={"error_id": error_id})

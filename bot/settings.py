@@ -199,6 +199,31 @@ class Settings(BaseSettings):
         examples=[{"disabled": ["report"]}],
     )
 
+    # -- the edge (in-memory per process; docs/configuration.md) ---------------------------
+    slack_team_ids: CommaList = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("BRANDBOT_SLACK_TEAM_IDS", "slack_team_ids"),
+        description="Slack workspaces (team ids) the bot answers; events from any other are "
+        "ignored. Empty: the bot token's own workspace, read from auth.test at start.",
+        examples=[["T0KETTLE1"]],
+    )
+    rate_limit_per_minute: int = Field(
+        default=10,
+        ge=0,
+        validation_alias=AliasChoices("BRANDBOT_RATE_LIMIT_PER_MINUTE", "rate_limit_per_minute"),
+        description="Generations one user may start per minute in each of drafting, "
+        "regenerating and classifying (`/draft -n 3` costs 3); 0 turns the limit off.",
+        examples=[10],
+    )
+    job_queue_limit: int = Field(
+        default=100,
+        ge=1,
+        validation_alias=AliasChoices("BRANDBOT_JOB_QUEUE_LIMIT", "job_queue_limit"),
+        description="Jobs waiting or running at once in one bot process; past it requests are "
+        "answered 'busy, try again in a minute'.",
+        examples=[100],
+    )
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str | None) -> str | None:

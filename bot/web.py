@@ -1,7 +1,9 @@
 """The bot's one HTTP port: ``/slack/events`` (events, commands, interactivity), ``/healthz``,
 ``/readyz`` and ``/metrics``. Served by uvicorn with a real listen backlog.
 
-Slack requests are verified here first (a bad or stale signature is 401 and counted), then
+A body over ``MAX_BODY_BYTES`` is refused with 413 before it is read: by its Content-Length,
+or, when it is streamed (chunked), as soon as the bytes read pass the limit. Slack requests are
+then verified (a bad or stale signature is 401 and counted), then
 parsed (a malformed body is logged and answered 200, so Slack does not retry it forever), then
 handed to bolt. Whatever bolt does not handle is still answered 200.
 """
@@ -25,10 +27,40 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from bot.observability import ACK_LATENCY, BAD_SIGNATURES, MALFORMED_REQUESTS, RETRIES_RECEIVED
+from bot.observability import (
+    ACK_LATENCY,
+    BAD_SIGNATURES,
+    MALFORMED_REQUESTS,
+    OVERSIZED_REQUESTS,
+    RETRIES_RECEIVED,
+)
 from bot.slack.app import SlackBridge
 
 log = logging.getLogger("brandbot.web")
+MAX_BODY_BYTES = 1 << 20  # Slack's own payloads are far smaller
+
+
+class BodyTooLarge(Exception):
+    """The request body passed ``MAX_BODY_BYTES``."""
+
+
+async def read_capped(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, or BodyTooLarge once its declared or streamed size passes ``limit``.
+
+    Nothing past the limit is read: a declared size over it is refused at once, and a
+    streamed body is dropped as soon as it grows past it.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared and (not declared.isdigit() or int(declared) > limit):
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @dataclass
@@ -78,10 +110,17 @@ def build_web_app(
 
     async def slack_events(request: Request) -> Response:
         start = time.perf_counter()
-        raw = await request.body()
         headers = request.headers
         if bridge is None or verifier is None:
             return PlainTextResponse("Slack over HTTP is not configured", status_code=404)
+        try:
+            raw = await read_capped(request)
+        except BodyTooLarge:
+            OVERSIZED_REQUESTS.inc()
+            log.warning("refused a request body over %d bytes", MAX_BODY_BYTES)
+            return PlainTextResponse(
+                "request body too large", status_code=413, headers={"Connection": "close"}
+            )
         timestamp = headers.get("x-slack-request-timestamp", "")
         signature = headers.get("x-slack-signature", "")
         if not (timestamp.isdigit() and signature and verifier.is_valid(raw, timestamp, signature)):

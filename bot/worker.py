@@ -353,11 +353,11 @@ def main() -> None:
     step runs in N processes through ``accelerate launch`` (``trainer.lora.launch_train_lora``),
     while claiming, evaluation and promotion happen here once."""
     from bot.inference import LazyInference
-    from bot.observability import configure_logging
+    from bot.observability import configure_logging, settings_secrets
     from bot.settings import load_settings
 
     settings = load_settings()
-    configure_logging()
+    configure_logging(settings_secrets(settings))
     db = Database(settings.resolved_database_url)
     db.upgrade()
     Worker(settings, db, LazyInference(settings)).serve()

@@ -30,6 +30,7 @@ from bot.plugin import (
     on_event,
     on_message,
 )
+from bot.ratelimit import admit
 from bot.replies import fit_ticket
 from bot.storage.models import Dataset, Prediction, utcnow
 from bot.storage.repositories import Adapters, Outbox
@@ -174,6 +175,7 @@ class ClassifyPlugin(Plugin):
         if len(text) > MAX_TICKET:
             ctx.respond(f"That is {len(text)} characters; I classify up to {MAX_TICKET}.")
             return
+        admit(ctx, event.user_id, "classify")
         datasets = [
             d for d in ctx.session.scalars(select(Dataset).where(Dataset.task == "classify"))
             if d.labels

@@ -30,6 +30,7 @@ from bot.plugin import (
     on_view_submission,
     text_edit_modal,
 )
+from bot.ratelimit import admit
 from bot.replies import is_reply_dataset
 from bot.storage.models import Dataset, Draft, utcnow
 from bot.storage.repositories import Adapters
@@ -137,6 +138,7 @@ class DraftPlugin(Plugin):
             ctx.respond(f"`{dataset.name}` learns from private channels you are not in, so it "
                         "only drafts for their members.")  # fmt: skip
             return
+        admit(ctx, event.user_id, "draft", request.variants)
         adapter = Adapters(ctx.session).active(dataset.id)
         draft = Draft(
             dataset_id=dataset.id, brief=request.brief, requested_by=event.user_id,
@@ -352,6 +354,7 @@ class DraftPlugin(Plugin):
         if draft.status != "pending":
             ctx.respond(f"This draft was already {draft.status}.", replace_original=True)
             return
+        admit(ctx, event.user_id, "regenerate", max(1, variants))
         ctx.respond("Regenerating…", replace_original=True)
         ctx.submit_after_commit(self.generate, ctx.services, draft.id, max(1, variants),
                                 event.response_url, name="draft.generate")  # fmt: skip

@@ -39,6 +39,7 @@ from bot.plugin import (
     schedule,
     text_edit_modal,
 )
+from bot.ratelimit import admit
 from bot.replies import fit_ticket, reply_datasets, reply_mode, reply_prompt
 from bot.storage.models import Dataset, Suggestion, utcnow
 from bot.storage.repositories import Adapters
@@ -337,6 +338,7 @@ class RepliesPlugin(Plugin):
         if row.status == "generating":
             ctx.respond("A suggestion is being written right now; try again in a moment.")
             return
+        admit(ctx, event.user_id, "regenerate")
         ctx.respond("Writing a suggested reply… (only you can see it)")
         self._generate(ctx, event, row, False)
 
@@ -345,6 +347,7 @@ class RepliesPlugin(Plugin):
         # concurrent runs only mean the later text wins.
         row = self._open(ctx, event, replace=True)
         if row is not None:
+            admit(ctx, event.user_id, "regenerate")
             ctx.respond("Writing another suggestion…", replace_original=True)
             self._generate(ctx, event, row, True)
 

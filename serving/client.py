@@ -27,7 +27,14 @@ from typing import Any, TypeVar
 
 import httpx
 
-from serving.engine import EngineError, LocalEngine, SamplingParams, UnknownModel, softmax
+from serving.engine import (
+    EngineBusy,
+    EngineError,
+    LocalEngine,
+    SamplingParams,
+    UnknownModel,
+    softmax,
+)
 from serving.http_scoring import (
     ScoringUnsupported,
     check_vllm_version,
@@ -277,6 +284,8 @@ def _local(call: Callable[[], T]) -> T:
         return call()
     except UnknownModel as exc:
         raise InferenceError(str(exc), 404) from exc
+    except EngineBusy as exc:
+        raise InferenceUnavailable(str(exc)) from exc
     except EngineError as exc:
         raise InferenceError(str(exc), 400) from exc
 

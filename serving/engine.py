@@ -71,6 +71,14 @@ class PromptTooLong(EngineError):
         self.limit = limit
 
 
+class EngineBusy(EngineError):
+    """``max_waiting`` generations already wait for a place in the batch; try again later."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"the server is busy ({waiting} requests waiting); try again in a minute")
+        self.waiting = waiting
+
+
 class AdapterError(EngineError):
     """An adapter cannot be loaded or unloaded (name taken, unknown, unreadable)."""
 
@@ -339,6 +347,7 @@ class LocalEngine:
         max_batch_size: int = 32,
         max_loras: int = 8,
         max_model_len: int | None = None,
+        max_waiting: int = 256,
         registry: CollectorRegistry | None = None,
         pack_weights: bool = True,
         fast_scoring: bool = True,
@@ -366,6 +375,8 @@ class LocalEngine:
         self._serial = 0
         self.max_batch_size = max_batch_size
         self.max_loras = max_loras
+        self.max_waiting = max_waiting
+        self._admission = threading.Lock()
         limit = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         self.max_model_len = min(max_model_len or limit, limit)
         self.num_layers = int(model.config.num_hidden_layers)
@@ -454,7 +465,9 @@ class LocalEngine:
         model: str | None = None,
         sink: Callable[[Event], None] | None = None,
     ) -> GenerationHandle:
-        """Queue a generation; returns at once. Raises UnknownModel or PromptTooLong.
+        """Queue a generation; returns at once. Raises UnknownModel, PromptTooLong, or
+        EngineBusy when ``max_waiting`` generations already wait to join the batch (the
+        queue is bounded; scoring is bounded by its callers' threads, as it blocks them).
 
         Events (text deltas, then the result, or an error) go to the handle's queue, or to
         ``sink`` when given; ``sink`` runs on the engine thread and must not block.
@@ -469,7 +482,11 @@ class LocalEngine:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(params.seed)
         handle = GenerationHandle(sink)
-        self._inbox.put(_Seq(handle, list(prompt_ids), adapter, params, gen))
+        with self._admission:
+            waiting = self._inbox.qsize()
+            if waiting >= self.max_waiting:
+                raise EngineBusy(waiting)
+            self._inbox.put(_Seq(handle, list(prompt_ids), adapter, params, gen))
         self.metrics.requests.labels("generate").inc()
         self._wake.set()
         return handle

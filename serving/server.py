@@ -3,9 +3,10 @@
 Endpoints (shapes as in vLLM 0.33): ``GET /v1/models``, ``POST /v1/chat/completions``,
 ``POST /v1/completions`` (with ``prompt_logprobs``, used for label confidences),
 ``POST /tokenize``, ``POST /v1/load_lora_adapter``, ``POST /v1/unload_lora_adapter``,
-``GET /health``, ``GET /metrics``. With an API key every ``/v1`` path needs
-``Authorization: Bearer KEY``. Errors use OpenAI's shape ``{"error": {"message", "type",
-"param", "code"}}``.
+``GET /health``, ``GET /metrics``. With an API key every path but ``/health`` (``/tokenize``
+and ``/metrics`` included) needs ``Authorization: Bearer KEY``, compared in constant time.
+A full engine queue is answered 503 with ``Retry-After``. Errors use OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}``.
 
 Generation never occupies a worker thread: the engine pushes events into an asyncio queue
 through a thread-safe sink, so thousands of waiting requests cost only coroutines.
@@ -14,6 +15,7 @@ through a thread-safe sink, so thousands of waiting requests cost only coroutine
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import threading
@@ -34,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.engine import (
     AdapterError,
+    EngineBusy,
     EngineError,
     Event,
     GenerationResult,
@@ -98,20 +101,27 @@ async def _parse(request: Request, model: type[M]) -> M:
         raise ApiError(400, f"invalid field {field!r}: {first['msg']}", field) from None
 
 
+OPEN_PATHS = frozenset({"/health"})  # liveness probes carry no key
+
+
 class _Auth:
-    """Pure ASGI middleware: every ``/v1`` path needs the bearer key (as vLLM's ``--api-key``)."""
+    """Pure ASGI middleware: every path but ``OPEN_PATHS`` needs the bearer key (stricter than
+    vLLM's ``--api-key``, which leaves ``/tokenize`` and ``/metrics`` open)."""
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode() if api_key else None
 
+    def _allowed(self, scope: Scope) -> bool:
+        if self.expected is None or scope["type"] != "http":
+            return True
+        if str(scope.get("path", "")) in OPEN_PATHS:
+            return True
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        return hmac.compare_digest(given, self.expected)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self.expected is not None
-            and scope["type"] == "http"
-            and str(scope.get("path", "")).startswith("/v1")
-            and dict(scope.get("headers") or []).get(b"authorization") != self.expected
-        ):
+        if not self._allowed(scope):
             response = _error(401, "missing or wrong API key (Authorization: Bearer KEY)")
             await response(scope, receive, send)
             return
@@ -167,6 +177,9 @@ class OpenAIServer:
                 response = _error(404, str(exc), "model")
             except PromptTooLong as exc:
                 response = _error(400, str(exc), "messages")
+            except EngineBusy as exc:
+                response = _error(503, str(exc))
+                response.headers["Retry-After"] = "60"
             except (AdapterError, EngineError) as exc:
                 response = _error(400, str(exc))
             except Exception:

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import typer
 
 from bot.cli.common import CliError, console, settings
 from serving.base_model import resolve_base_model
 
 ENGINES = ("local", "vllm")
+INSECURE_FLAG = "--allow-insecure-no-api-key"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def serve(
@@ -31,6 +44,12 @@ def serve(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="With --engine vllm: print the command instead of running it."
     ),
+    allow_insecure_no_api_key: bool = typer.Option(
+        False,
+        INSECURE_FLAG,
+        help="Serve on a non-loopback --host without an API key (anyone who can reach it can "
+        "generate, read /metrics and load adapters).",
+    ),
     prepare: bool = typer.Option(
         False,
         "--prepare",
@@ -46,6 +65,14 @@ def serve(
     cfg = settings()
     if api_key is None and cfg.inference_api_key is not None:
         api_key = cfg.inference_api_key.get_secret_value()
+    insecure = not api_key and not is_loopback(host) and allow_insecure_no_api_key
+    if insecure:
+        typer.echo(f"warning: serving on {host} with no API key ({INSECURE_FLAG})", err=True)
+    elif not api_key and not is_loopback(host) and not (prepare or dry_run):
+        raise CliError(
+            f"refusing to serve on {host} without an API key: set BRANDBOT_INFERENCE_API_KEY "
+            f"(or --api-key), listen on 127.0.0.1, or pass {INSECURE_FLAG}"
+        )
     model = resolve_base_model(cfg.base_model, cfg.models_dir)
     if prepare:
         # a stable path for servers started elsewhere (vLLM in compose/Kubernetes)

@@ -48,13 +48,17 @@ def worker(
     gpus: int | None = GpusOption,
 ) -> None:
     """Claim queued training runs and run them (one worker per run; several may run)."""
+    from bot.observability import Redactor, configure_logging, settings_secrets
     from bot.worker import Worker
+
+    secrets = settings_secrets(settings())
+    configure_logging(secrets)  # JSON to stderr, secrets masked
 
     w = Worker(settings(), database(), _client(), config_overrides=_overrides(gpus))
     if once:
         w.requeue_stale()
         summary = w.run_once()
-        console.print(summary.reason if summary else "no queued run")
+        console.print(Redactor(secrets).scrub(summary.reason) if summary else "no queued run")
         return
     console.print("worker: waiting for queued runs (Ctrl-C to stop)")
     try:

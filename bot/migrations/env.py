@@ -52,7 +52,7 @@ else:
         from bot.settings import load_settings
 
         url = load_settings().resolved_database_url
-    engine = create_engine(url)
+    engine = create_engine(url, hide_parameters=True)
     with engine.begin() as conn:
         run(conn)
     engine.dispose()

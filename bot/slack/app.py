@@ -12,19 +12,22 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.response import BoltResponse
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.observability import FOREIGN_TEAM_REQUESTS
 from bot.plugin import ActionEvent, ChatAPI, CommandEvent, Event
+from bot.ratelimit import Busy
 from bot.runtime import NotAllowed, Outcome, Result, Runtime
 from bot.slack import events as translate
 
@@ -176,9 +179,11 @@ class SlackBridge:
         api_url: str,
         signing_secret: str | None,
         workers: int = 16,
+        team_ids: Iterable[str] = (),
     ) -> None:
         self.runtime = runtime
         self.chat = chat
+        self.team_ids: set[str] = set(team_ids)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="brandbot-handler")
         # Batches have threads of their own: one batch runs at a time, and a few earlier ones
         # may still be sending their notices. When Slack is slow that holds up the next batch,
@@ -201,6 +206,7 @@ class SlackBridge:
             process_before_response=True,
             logger=logging.getLogger("slack_bolt"),
         )
+        self.app.use(self._only_our_workspaces)
         self.app.event(ANY)(self._on_event)
         self.app.command(ANY)(self._on_command)
         self.app.action(ANY)(self._on_action)
@@ -238,6 +244,19 @@ class SlackBridge:
 
     # ---- listeners --------------------------------------------------------------------
 
+    async def _only_our_workspaces(
+        self, body: dict[str, Any], next: Callable[[], Awaitable[None]]
+    ) -> BoltResponse | None:
+        """Requests from other workspaces than ``team_ids`` are answered 200 and dropped, over
+        HTTP and Socket Mode alike. With no ``team_ids`` known yet every workspace passes."""
+        team = translate.team_of(body)
+        if self.team_ids and team is not None and team not in self.team_ids:
+            FOREIGN_TEAM_REQUESTS.inc()
+            log.warning("ignored a request from another workspace", extra={"team_id": team})
+            return BoltResponse(status=200, body="")
+        await next()
+        return None
+
     async def _ack_only(self, ack: Any) -> None:
         await ack()
 
@@ -254,6 +273,10 @@ class SlackBridge:
             else:
                 result = await loop.run_in_executor(self.pool, self.runtime.handle, event)
         except NotAllowed:
+            return
+        except Busy:  # it took effect; only its job found the queue full (a sweep takes it up)
+            log.warning("event handled but its job was refused: the job queue is full",
+                        extra={"event_id": event.event_id})  # fmt: skip
             return
         except Exception:
             error_id = uuid.uuid4().hex[:8]

@@ -24,6 +24,13 @@ def _s(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def team_of(body: dict[str, Any]) -> str | None:
+    """The workspace a request comes from: ``team_id`` (events, commands) or ``team.id``
+    (interactivity); None when it names none (``url_verification``)."""
+    team = body.get("team")
+    return _s(body.get("team_id")) or (_s(team.get("id")) if isinstance(team, dict) else None)
+
+
 def from_event(body: dict[str, Any]) -> Event | None:
     """An Events API envelope (``event_callback``) -> a neutral event, or None."""
     event = body.get("event")

@@ -64,6 +64,7 @@ class SlackRuntime:
             bot_token=token,
             api_url=settings.slack_api_url,
             signing_secret=secret.get_secret_value() if secret else None,
+            team_ids=settings.slack_team_ids,
         )
         self.slack_status = "not checked yet"
         self.readiness = Readiness(
@@ -92,11 +93,16 @@ class SlackRuntime:
 
     def check_slack(self) -> None:
         try:
-            self.chat.client.auth_test()
+            auth = self.chat.client.auth_test()
             self.slack_status = "ok"
         except Exception as exc:
             self.slack_status = f"auth.test failed: {exc}"[:200]
             log.warning("Slack auth.test failed: %s", exc)
+            return
+        if not self.settings.slack_team_ids and auth.get("team_id"):
+            self.bridge.team_ids = {str(auth["team_id"])}  # the bot token's own workspace
+        if not self.bridge.team_ids:
+            log.warning("no workspace known (BRANDBOT_SLACK_TEAM_IDS): requests from any pass")
 
     def start_background(self) -> None:
         self.check_slack()
@@ -207,12 +213,6 @@ def worker_app() -> Any:
 
 def configure_process_logging(settings: Settings) -> None:
     """Structured logs for a Slack-connected process, with every secret it holds masked."""
-    from bot.observability import configure_logging
+    from bot.observability import configure_logging, settings_secrets
 
-    secrets = [
-        s.get_secret_value()
-        for s in (settings.slack_bot_token, settings.slack_app_token,
-                  settings.slack_signing_secret, settings.inference_api_key)
-        if s is not None
-    ]  # fmt: skip
-    configure_logging(secrets)
+    configure_logging(settings_secrets(settings))

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -44,14 +45,20 @@ def serve_bot(
     config: dict[str, object] | None = None,
     admins: list[str] | None = None,
     inference: object = None,
+    team_ids: list[str] | None = None,
+    settings: dict[str, Any] | None = None,
+    jobs: JobQueue | None = None,
 ) -> Iterator[Served]:
-    settings = Settings(slack_api_url=fake.api_url, admins=admins or [])
+    config_ = Settings(slack_api_url=fake.api_url, admins=admins or [], **(settings or {}))
     chat = SlackChat(fake.bot_token, fake.api_url)
-    services = Services(settings=settings, db=db, chat=chat, jobs=JobQueue(), inference=inference)
+    services = Services(
+        settings=config_, db=db, chat=chat, jobs=jobs or JobQueue(), inference=inference
+    )
     runtime = Runtime(services, instantiate(plugins, config or {}, services))
     bridge = SlackBridge(
-        runtime, chat, bot_token=fake.bot_token, api_url=fake.api_url, signing_secret=secret
-    )
+        runtime, chat, bot_token=fake.bot_token, api_url=fake.api_url, signing_secret=secret,
+        team_ids=team_ids or (),
+    )  # fmt: skip
     readiness = Readiness({"database": lambda: db.check_connection() or None})
     app = build_web_app(bridge, secret, readiness)
     port = free_port()

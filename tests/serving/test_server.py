@@ -13,6 +13,8 @@ from serving.client import HttpClient, InferenceError, LocalClient
 from serving.engine import LocalEngine
 from tests.serving.conftest import API_KEY, SERVED, unique_name
 
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
 MESSAGES = [{"role": "user", "content": "Is this ticket about billing or a bug?"}]
 LABELS = ["billing", "bill", "bug", "other"]
 
@@ -120,6 +122,19 @@ def test_api_key_required(server_url: str) -> None:
     assert httpx.get(f"{server_url}/health").status_code == 200
 
 
+def test_every_route_but_health_needs_the_key(server_url: str) -> None:
+    tokenize = {"prompt": "hello"}
+    near = {"Authorization": f"Bearer {API_KEY[:-1]}x"}  # same length, one byte off
+    for headers in ({}, near, {"Authorization": API_KEY}):
+        assert (
+            httpx.post(f"{server_url}/tokenize", json=tokenize, headers=headers).status_code == 401
+        )
+        assert httpx.get(f"{server_url}/metrics", headers=headers).status_code == 401
+        assert httpx.get(f"{server_url}/nowhere", headers=headers).status_code == 401
+    assert httpx.post(f"{server_url}/tokenize", json=tokenize, headers=AUTH).status_code == 200
+    assert httpx.get(f"{server_url}/metrics", headers=AUTH).status_code == 200
+
+
 def test_adapter_lifecycle_over_http(
     oai: openai.OpenAI, client: HttpClient, good_adapter: Path, server_url: str
 ) -> None:
@@ -164,7 +179,7 @@ def test_eight_concurrent_http_requests_are_batched(
     for t in threads:
         t.join()
     assert len(results) == 8
-    metrics = httpx.get(f"{client.url}/metrics").text
+    metrics = httpx.get(f"{client.url}/metrics", headers=AUTH).text
     peak = next(
         float(line.split()[-1])
         for line in metrics.splitlines()
