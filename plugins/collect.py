@@ -18,8 +18,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bot.collection import ApproveRequest, Collector, forget_user, purge_ticket_text
+from bot.access import is_approver, may_read
+from bot.collection import ApproveRequest, Collector
+from bot.gate import Gate, scrubber_for_settings, scrubber_from
 from bot.plugin import (
+    ActionEvent,
+    Button,
     ChatMessage,
     CommandEvent,
     Context,
@@ -30,6 +34,7 @@ from bot.plugin import (
     Plugin,
     ReactionEvent,
     command,
+    on_action,
     on_event,
     on_member_joined,
     on_message_changed,
@@ -38,6 +43,7 @@ from bot.plugin import (
     require,
     schedule,
 )
+from bot.privacy import forget_user, purge_ticket_text
 from bot.replies import reply_mode, reply_prompt
 from bot.storage.models import (
     ChannelNotice,
@@ -95,16 +101,7 @@ class CollectPlugin(Plugin):
         return self.settings
 
     def setup(self) -> None:
-        from trainer.pii import CustomPattern, ScrubConfig, scrub
-
-        kinds = {"email", "phone", "card", "iban", "slack_token", "api_key", "url_credentials"}
-        on = {k: k not in self.cfg.keep_pii for k in kinds}
-        custom = tuple(
-            CustomPattern(kind=name, pattern=pattern, placeholder=f"[{name.upper()}]")
-            for name, pattern in self.cfg.extra_pii_patterns.items()
-        )
-        config = ScrubConfig(**on, custom=custom)
-        self.scrubber = lambda text: scrub(text, config).text
+        self.scrubber = scrubber_from(self.cfg.model_dump())
 
     def collector(self, ctx: Context) -> Collector:
         return Collector(ctx.session, scrubber=self.scrubber)
@@ -115,17 +112,7 @@ class CollectPlugin(Plugin):
         self, ctx: Context, dataset: Dataset, user: str, groups: dict[str, set[str]] | None = None
     ) -> bool:
         """``groups`` caches user group members across the events of one batch."""
-        if user in dataset.approvers:
-            return True
-        groups = {} if groups is None else groups
-        for group in dataset.approver_groups:
-            if group not in groups:
-                groups[group] = set(ctx.chat.usergroup_members(group))
-            if user in groups[group]:
-                return True
-        if not dataset.approvers and not dataset.approver_groups:
-            return user in ctx.services.settings.admins
-        return False
+        return is_approver(dataset, user, ctx.chat, ctx.services.settings.admins, groups)
 
     @staticmethod
     def _role(dataset: Dataset, emoji: str, channel: str) -> tuple[str, str | None] | None:
@@ -173,7 +160,8 @@ class CollectPlugin(Plugin):
         refs = [(event.channel_id or "", event.message_ts) for event, _ in wanted]
         messages = ctx.chat.fetch_messages(refs)
         people = [p for (e, _), m in zip(wanted, messages, strict=True)
-                  for p in (e.user_id, m.user_id if m else None)]  # fmt: skip
+                  for p in (e.user_id, m.user_id if m else None,
+                            m.parent.user_id if m and m.parent else None)]  # fmt: skip
         opted_out = collector.opted_out_among(*people)
         briefs = self._draft_briefs(ctx, refs)
         requests: list[tuple[ReactionEvent, ApproveRequest]] = []
@@ -186,6 +174,7 @@ class CollectPlugin(Plugin):
             draft_brief = briefs.get((channel, event.message_ts))
             for dataset, kind, label in allowed:
                 prompt, source = draft_brief, "draft" if draft_brief else None
+                subject = None
                 if channel not in dataset.channels:  # a reply dataset, in a ticket channel
                     if message.parent is None:
                         hint = "react to a reply in the ticket's thread"
@@ -198,10 +187,15 @@ class CollectPlugin(Plugin):
                         continue
                     label_ = self._ticket_label(ctx, message.parent)
                     prompt, source = reply_prompt(message.parent.text, label_), "ticket"
+                    subject = message.parent.user_id
+                    if subject in opted_out:
+                        notices.append((event, "The ticket's author opted out of collection, "
+                                               "so nothing was added."))  # fmt: skip
+                        continue
                 request = ApproveRequest(
                     dataset, message, approver=event.user_id, emoji=event.reaction, kind=kind,
                     workspace=event.team_id or "", label=label, prompt=prompt,
-                    prompt_source=source,
+                    prompt_source=source, subject=subject,
                 )  # fmt: skip
                 requests.append((event, request))
         outcomes = collector.approve_many([request for _, request in requests])
@@ -295,19 +289,28 @@ class CollectPlugin(Plugin):
 
     @on_reaction(removed=True)
     def reaction_removed(self, event: ReactionEvent, ctx: Context) -> None:
+        """Only the approver whose approval was the last one, or an admin, withdraws."""
         channel = event.channel_id or ""
         collector = self.collector(ctx)
+        is_admin = event.user_id in ctx.services.settings.admins
         for dataset in collector.datasets_for_channel(channel):
             if self._role(dataset, event.reaction, channel) is not None:
                 collector.unapprove(
-                    dataset, channel, event.message_ts, event.user_id, event.reaction
-                )
+                    dataset, channel, event.message_ts, event.user_id, event.reaction,
+                    is_admin=is_admin,
+                )  # fmt: skip
 
     @on_message_changed()
     def message_changed(self, event: MessageChangedEvent, ctx: Context) -> None:
-        self.collector(ctx).message_changed(
-            event.channel_id or "", event.ts, event.text, event.user_id or None
-        )
+        """An approver's edit applies; anyone else's makes the example pending."""
+        editor = event.user_id or ""
+        outcomes = self.collector(ctx).message_changed(
+            event.channel_id or "", event.ts, event.text, editor or None,
+            approver_of=lambda dataset: self._is_approver(ctx, dataset, editor),
+        )  # fmt: skip
+        for outcome in outcomes:
+            if outcome.status == "pending":
+                ctx.publish("example.pending", {"example_id": outcome.example_id})
 
     @on_message_deleted()
     def message_deleted(self, event: MessageDeletedEvent, ctx: Context) -> None:
@@ -366,11 +369,14 @@ class CollectPlugin(Plugin):
             ctx.respond("Usage: `/brandbot forget @person`")
             return
         user = match.group(1) or match.group(2)
-        counts = forget_user(ctx.session, user, event.user_id)
+        settings = ctx.services.settings
+        counts = forget_user(ctx.session, user, event.user_id, runs_dir=settings.runs_dir,
+                             adapters_dir=settings.adapters_dir)  # fmt: skip
         ctx.respond(
             f"Erased <@{user}>: {counts['examples']} examples, {counts['drafts']} drafts, "
             f"{counts['predictions'] + counts['suggestions']} ticket texts; "
-            f"{counts['adapters_flagged']} adapters flagged for retraining."
+            f"{counts['adapters_retired']} adapters taken out of service and retraining "
+            "queued. They are opted out from now on."
         )
 
     # ---- labels and briefs -------------------------------------------------------------
@@ -403,7 +409,7 @@ class CollectPlugin(Plugin):
             ctx.respond("I can't read that message, so nothing was labelled.")
             return
         for dataset in datasets:
-            outcome = collector.approve(
+            outcome = collector.approve_reaction(
                 dataset, message, approver=event.user_id, emoji=f"label:{wanted}",
                 kind="label", workspace=event.team_id or "", label=wanted,
             )  # fmt: skip
@@ -420,17 +426,23 @@ class CollectPlugin(Plugin):
             ctx.respond("Usage: `/brandbot brief EXAMPLE_ID [new brief]`")
             return
         example = ctx.session.get(Example, int(parts[0]))
-        if example is None or example.task != "draft":
+        dataset = ctx.session.get(Dataset, example.dataset_id) if example else None
+        if example is None or dataset is None or example.task != "draft":
             ctx.respond(f"There is no copy example {parts[0]}.")
+            return
+        if not may_read(dataset, event.user_id, ctx.chat, ctx.services.settings.admins):
+            ctx.respond(f"Example {example.id} belongs to `{dataset.name}`: only its approvers "
+                        "and the members of its channels can see it.")  # fmt: skip
             return
         if len(parts) == 1:
             ctx.respond(f"Brief of example {example.id}: {example.prompt or '(none yet)'}")
             return
-        dataset = ctx.session.get(Dataset, example.dataset_id)
-        if dataset is None or not self._is_approver(ctx, dataset, event.user_id):
+        if not self._is_approver(ctx, dataset, event.user_id):
             ctx.respond("Only approvers can change briefs.")
             return
-        set_brief(ctx, example, parts[1], event.user_id)
+        if self.collector(ctx).set_prompt(example, parts[1], event.user_id) is None:
+            ctx.respond("The brief is empty.")
+            return
         ctx.respond(f"Brief of example {example.id} is now: {example.prompt}")
 
     @on_event("example.needs_brief")
@@ -442,6 +454,66 @@ class CollectPlugin(Plugin):
             return
         ctx.submit_after_commit(write_brief, ctx.services, example_id, name="collect.write_brief")
 
+    # ---- pending examples -------------------------------------------------------------
+
+    def _approvers(self, ctx: Context, dataset: Dataset) -> list[str]:
+        people = list(dataset.approvers)
+        for group in dataset.approver_groups:
+            people += ctx.chat.usergroup_members(group)
+        if not dataset.approvers and not dataset.approver_groups:
+            people = list(ctx.services.settings.admins)
+        return list(dict.fromkeys(people))
+
+    @on_event("example.pending")
+    def pending(self, event: InternalEvent, ctx: Context) -> None:
+        """Ask the dataset's approvers, privately, to approve or reject a contribution."""
+        example = ctx.session.get(Example, int(event.payload["example_id"]))
+        dataset = ctx.session.get(Dataset, example.dataset_id) if example else None
+        if example is None or dataset is None or example.status != "pending":
+            return
+        shown = (example.pending_text or example.text)[:600]
+        about = f" labelled *{example.label}*" if example.label else ""
+        text = (f"<@{example.author_id}> contributed an example to `{dataset.name}`{about}; "
+                f"it is not trained on until an approver approves it:\n> {shown}")  # fmt: skip
+        buttons = [Button("Approve", "example_approve", str(example.id), "primary"),
+                   Button("Reject", "example_reject", str(example.id), "danger")]  # fmt: skip
+        people = self._approvers(ctx, dataset)
+        ctx.after_commit(lambda: [ctx.services.chat.post(p, text, buttons=buttons) for p in people])
+
+    def _pending_for(self, ctx: Context, event: ActionEvent) -> tuple[Example, Dataset] | None:
+        example = ctx.session.get(Example, int(event.value)) if event.value.isdigit() else None
+        dataset = ctx.session.get(Dataset, example.dataset_id) if example else None
+        if example is None or dataset is None:
+            ctx.respond("That example is gone.", replace_original=True)
+            return None
+        if not self._is_approver(ctx, dataset, event.user_id):
+            ctx.respond(f"Only the approvers of `{dataset.name}` can decide on it.")
+            return None
+        if example.status != "pending":
+            ctx.respond(f"Example {example.id} is already {example.status}.",
+                        replace_original=True)  # fmt: skip
+            return None
+        return example, dataset
+
+    @on_action("example_approve")
+    def approve_pending(self, event: ActionEvent, ctx: Context) -> None:
+        found = self._pending_for(ctx, event)
+        if found is not None:
+            example, dataset = found
+            kind = "label" if example.label else "approve"
+            self.collector(ctx).approve(example, event.user_id, "button", kind)
+            ctx.respond(f"Approved by <@{event.user_id}>: example {example.id} is training data "
+                        f"for `{dataset.name}` now.", replace_original=True)  # fmt: skip
+
+    @on_action("example_reject")
+    def reject_pending(self, event: ActionEvent, ctx: Context) -> None:
+        found = self._pending_for(ctx, event)
+        if found is not None:
+            example, _ = found
+            self.collector(ctx).withdraw(example, event.user_id, "rejected")
+            ctx.respond(f"Rejected by <@{event.user_id}>: example {example.id} is not trained on.",
+                        replace_original=True)  # fmt: skip
+
     # ---- retention ----------------------------------------------------------------------
 
     @schedule("17 3 * * *")
@@ -451,22 +523,10 @@ class CollectPlugin(Plugin):
             purge_ticket_text(ctx.session, utcnow() - dt.timedelta(days=days))
 
 
-def set_brief(ctx: Context, example: Example, text: str, actor: str | None) -> None:
-    from trainer.cleaning import content_hash, normalize_text
-
-    example.prompt = normalize_text(text)[:2000]
-    example.prompt_source = "edited"
-    example.content_hash = content_hash(example.task, example.prompt, example.text, example.label)
-    Audit(ctx.session).record(
-        "example.brief", actor=actor, dataset_id=example.dataset_id, example_id=example.id,
-        content_hash=example.content_hash,
-    )  # fmt: skip
-
-
 def write_brief(services: object, example_id: int) -> None:
     """The queued job: ask the base model for a one-line brief and store it."""
     from bot.plugin import Services
-    from trainer.cleaning import content_hash, normalize_text
+    from trainer.cleaning import normalize_text
 
     assert isinstance(services, Services)
     with services.db.session() as session:
@@ -486,9 +546,5 @@ def write_brief(services: object, example_id: int) -> None:
         example = session.get(Example, example_id)
         if example is None or example.prompt:
             return
-        example.prompt, example.prompt_source = brief, "generated"
-        example.content_hash = content_hash(example.task, brief, example.text, example.label)
-        Audit(session).record(
-            "example.brief", dataset_id=example.dataset_id, example_id=example.id,
-            content_hash=example.content_hash, source="generated",
-        )  # fmt: skip
+        gate = Gate(session, scrubber=scrubber_for_settings(services.settings))
+        gate.set_prompt(example, brief, None, source="generated")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 from pathlib import Path
 
@@ -140,7 +142,9 @@ def test_same_text_keeps_its_split(db: Database, tmp_path: Path) -> None:
 
 
 def test_export_round_trips_and_records_an_audit_entry(db: Database, tmp_path: Path) -> None:
-    src = [pair(f"brief {i}", f"Approved post number {i}.") for i in range(30)]
+    words = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(30)]  # no near twins
+    src = [pair(f"brief {i}", f"Approved post {' '.join(w[j : j + 6] for j in range(0, 36, 6))}.")
+           for i, w in enumerate(words)]  # fmt: skip
     do_import(db, "copy", write_jsonl(tmp_path / "c.jsonl", src))
     with db.session() as s:
         ds = Datasets(s).get("copy")

@@ -45,7 +45,7 @@ def serve_bot(
     admins: list[str] | None = None,
     inference: object = None,
 ) -> Iterator[Served]:
-    settings = Settings(slack_api_url=fake.api_url, admins=admins or [])
+    settings = Settings(slack_api_url=fake.api_url, admins=admins or [], plugins=config or {})
     chat = SlackChat(fake.bot_token, fake.api_url)
     services = Services(settings=settings, db=db, chat=chat, jobs=JobQueue(), inference=inference)
     runtime = Runtime(services, instantiate(plugins, config or {}, services))
