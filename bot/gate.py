@@ -119,7 +119,8 @@ class Outcome:
     """What happened to one dataset's example; ``reason`` is shown to people when refused."""
 
     dataset: str
-    status: str  # added | pending | reactivated | updated | unchanged | duplicate | refused | withdrawn
+    # added | pending | reactivated | updated | unchanged | duplicate | refused | withdrawn
+    status: str
     example_id: int | None = None
     reason: str = ""
     needs_brief: bool = False
@@ -275,8 +276,9 @@ class Gate:
 
     def insert(self, rows: list[dict[str, Any]], keys: list[tuple[str, ...]]) -> list[int]:
         """Insert example rows (each a full ``examples`` row but its id) with their near-dup
-        keys; returns their ids in order (a row's content hash is unique in its dataset). Rows name their approver in ``approver_id`` and,
-        when approved, the approval in ``_approval`` (emoji, kind)."""
+        keys; returns their ids in order (a row's content hash is unique in its dataset). Rows
+        name their approver in ``approver_id`` and, when approved, the approval in
+        ``_approval`` (emoji, kind)."""
         approvals = [row.pop("_approval", None) for row in rows]
         if not rows:
             return []
@@ -325,8 +327,10 @@ class Gate:
         if channel and ts:
             existing = self.example_for(dataset, channel, ts)
             if existing is not None:
-                if label is not None and existing.label != label and (
-                    approved or existing.status != "active"
+                if (
+                    label is not None
+                    and existing.label != label
+                    and (approved or existing.status != "active")
                 ):
                     existing.label = label
                     rehash(existing)
@@ -344,7 +348,9 @@ class Gate:
         if same is not None:
             if approved and same.status == "pending":
                 return self.approve(same, actor, emoji, "label" if label else "approve")
-            return Outcome(dataset.name, "duplicate", same.id, "the same text is already an example")
+            return Outcome(
+                dataset.name, "duplicate", same.id, "the same text is already an example"
+            )
         if dataset.task != "classify" and (near := self.near_duplicate(new)) is not None:
             return Outcome(dataset.name, "duplicate", near, "a near-identical example exists")
         identity = f"slack:{workspace}:{channel}:{ts}" if channel and ts else new.digest
@@ -421,8 +427,9 @@ class Gate:
     def remove_approval(
         self, example: Example, user: str, emoji: str, *, is_admin: bool
     ) -> Outcome:
-        """A reaction removed. Only the approver whose approval was the last one (or an
-        admin) withdraws the example; anyone else's removal changes nothing."""
+        """A reaction removed. Removing one's own approval withdraws the example when it was
+        the last one; an admin who had none there withdraws it outright (a deliberate act);
+        anyone else's removal changes nothing."""
         dataset = self.session.get(Dataset, example.dataset_id)
         name = dataset.name if dataset else ""
         had = self.session.execute(
@@ -430,15 +437,17 @@ class Gate:
                 Approval.example_id == example.id, Approval.user_id == user, Approval.emoji == emoji
             )
         ).rowcount  # type: ignore[attr-defined]
+        if not had:
+            if is_admin:
+                return self.withdraw(example, user, "withdrawn by an admin")
+            return Outcome(name, "unchanged", example.id)
         left = self.session.scalar(
             select(func.count()).select_from(Approval).where(Approval.example_id == example.id)
         )
         if left:
             self.recompute_kind(example)
             return Outcome(name, "unchanged", example.id)
-        if had or is_admin:
-            return self.withdraw(example, user, "reaction_removed")
-        return Outcome(name, "unchanged", example.id)
+        return self.withdraw(example, user, "reaction_removed")
 
     def change_text(
         self, dataset: Dataset, example: Example, new_text: str, actor: str | None, *,

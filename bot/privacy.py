@@ -58,11 +58,13 @@ def _examples_about(session: Session, user_id: str) -> list[int]:
             )
         )
     )
-    tickets = session.execute(
-        select(Suggestion.channel_id, Suggestion.ticket_ts, Suggestion.reply_ts).where(
-            Suggestion.author_id == user_id
+    tickets: list[Any] = list(
+        session.execute(
+            select(Suggestion.channel_id, Suggestion.ticket_ts, Suggestion.reply_ts).where(
+                Suggestion.author_id == user_id
+            )
         )
-    ).all()
+    )
     tickets += session.execute(
         select(Prediction.channel_id, Prediction.message_ts, Prediction.message_ts).where(
             Prediction.author_id == user_id, Prediction.channel_id.is_not(None)
@@ -111,9 +113,7 @@ def forget_user(
         .where((Suggestion.resolved_by == user_id) | (Suggestion.requested_by == user_id))
         .values(final_text=None, resolved_by=None, requested_by=None)
     ).rowcount  # type: ignore[attr-defined]
-    approvals = session.execute(
-        delete(Approval).where(Approval.user_id == user_id)
-    ).rowcount  # type: ignore[attr-defined]
+    approvals = session.execute(delete(Approval).where(Approval.user_id == user_id)).rowcount  # type: ignore[attr-defined]
     if session.get(OptOut, user_id) is None:
         session.add(OptOut(user_id=user_id))
     report.counts = {
@@ -123,11 +123,11 @@ def forget_user(
         "suggestions": int(suggestions or 0),
         "approvals": int(approvals or 0),
         "adapters_retired": len(report.adapters),
-        "adapters_flagged": len(report.adapters),
         "checkpoints_deleted": len(report.removed_paths),
         "runs_queued": len(report.runs_queued),
     }
-    Audit(session).record("user.forget", actor=actor, subject=user_id, **report.counts)
+    details: dict[str, Any] = {"subject": user_id, **report.counts}
+    Audit(session).record("user.forget", actor=actor, **details)
     return {**report.counts, "detail": report}
 
 

@@ -164,9 +164,10 @@ class CollectPlugin(Plugin):
                             m.parent.user_id if m and m.parent else None)]  # fmt: skip
         opted_out = collector.opted_out_among(*people)
         briefs = self._draft_briefs(ctx, refs)
+        known = self._known(ctx, refs)
         requests: list[tuple[ReactionEvent, ApproveRequest]] = []
         for (event, allowed), message in zip(wanted, messages, strict=True):
-            problem = self._unusable(event, message, opted_out)
+            problem = self._unusable(event, message, opted_out, known)
             if problem or message is None:
                 notices.append((event, problem))
                 continue
@@ -248,9 +249,14 @@ class CollectPlugin(Plugin):
         return wanted
 
     def _unusable(
-        self, event: ReactionEvent, message: ChatMessage | None, opted_out: set[str]
+        self,
+        event: ReactionEvent,
+        message: ChatMessage | None,
+        opted_out: set[str],
+        known: set[tuple[str, str]],
     ) -> str:
-        """Why a reacted-to message cannot become an example ("" when it can)."""
+        """Why a reacted-to message cannot become an example ("" when it can). A message that
+        already is one (a draft or reply the bot posted for someone) can always be approved."""
         if event.user_id in opted_out:
             return "You opted out, so your reactions are not collected."
         if message is None:
@@ -258,6 +264,8 @@ class CollectPlugin(Plugin):
                     "so nothing was added.")  # fmt: skip
         if message.user_id in opted_out:
             return "Its author opted out of collection, so nothing was added."
+        if (message.channel_id, message.ts) in known:
+            return ""
         if message.bot_id and not self.cfg.collect_bot_messages:
             return "Bot messages are not collected."
         if not message.text.strip() and message.has_files:
@@ -277,6 +285,17 @@ class CollectPlugin(Plugin):
         if prediction is None:
             return None
         return prediction.corrected_label or prediction.label or None
+
+    @staticmethod
+    def _known(ctx: Context, refs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Those of these (channel, ts) that already are examples, in one query."""
+        rows = ctx.session.execute(
+            select(Example.channel_id, Example.message_ts).where(
+                Example.channel_id.in_({c for c, _ in refs}),
+                Example.message_ts.in_({ts for _, ts in refs}),
+            )
+        )
+        return {(c or "", ts or "") for c, ts in rows} & set(refs)
 
     @staticmethod
     def _draft_briefs(ctx: Context, refs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:

@@ -33,14 +33,22 @@ def strip_invisible(text: str) -> str:
     for i, ch in enumerate(text):
         category = unicodedata.category(ch)
         if category == "Cf" or (category == "Cc" and ch not in "\t\n\r"):
-            if ch == _ZWJ and out and i + 1 < len(text):
-                if unicodedata.category(out[-1]) in _KEEPS_ZWJ and unicodedata.category(
-                    text[i + 1]
-                ) in ("So", "Sk"):
-                    out.append(ch)
+            if _joins_emoji(ch, out, text, i):
+                out.append(ch)
             continue
         out.append(ch)
     return "".join(out)
+
+
+def _joins_emoji(ch: str, out: list[str], text: str, i: int) -> bool:
+    """A zero-width joiner between an emoji (or its modifier) and another emoji."""
+    return (
+        ch == _ZWJ
+        and bool(out)
+        and i + 1 < len(text)
+        and unicodedata.category(out[-1]) in _KEEPS_ZWJ
+        and unicodedata.category(text[i + 1]) in ("So", "Sk")
+    )
 
 
 def normalize_text(text: str) -> str:

@@ -65,7 +65,9 @@ def export_examples(
         None, "-o", "--output", help="File to write (default: stdout)."
     ),
     pending: bool = typer.Option(
-        False, "--pending", help="Export the examples waiting for an approver instead (never "
+        False,
+        "--pending",
+        help="Export the examples waiting for an approver instead (never "
         "trained on until approved).",
     ),
 ) -> None:

@@ -47,7 +47,7 @@ def forget(
     if as_json:
         print_json({"user": user, **counts, "adapters": detail.adapters,
                     "now_serving": detail.now_serving, "deleted": detail.removed_paths,
-                    "runs_queued": detail.runs_queued})  # fmt: skip
+                    "queued_runs": detail.runs_queued})  # fmt: skip
         return
     console.print(
         f"erased {user}: {counts['examples']} examples, {counts['drafts']} drafts, "

@@ -393,9 +393,10 @@ def test_forgetting_a_person_flags_adapters_trained_on_them(env: Env) -> None:
         Adapters(s).create(ds, "/adapters/kk_copy-v1", run_id=run.id)
     with env.db.session() as s:
         counts = forget_user(s, PRIYA, actor=MAYA)
-    assert counts["examples"] == 1 and counts["adapters_flagged"] == 1
+    assert counts["examples"] == 1 and counts["adapters_retired"] == 1
     with env.db.session() as s:
-        assert s.scalars(select(Adapter)).one().needs_retrain is True
+        adapter = s.scalars(select(Adapter)).one()
+        assert adapter.needs_retrain is True and adapter.status == "rejected"
 
 
 def test_status_and_retrain(env: Env) -> None:
