@@ -82,3 +82,36 @@ def test_forget_a_customer_removes_replies_to_their_tickets_and_retires_adapters
     assert not (data / "adapters" / "v2").exists()
     assert (data / "runs" / str(seeded["clean"]) / "checkpoints").is_dir()
     assert (data / "adapters" / "v1").is_dir()
+
+
+def test_forget_falls_back_to_the_base_model_and_export_leaves_pending_out(
+    cli: CliRunner, db_url: str
+) -> None:
+    from bot.privacy import forget_user
+
+    db = Database(db_url)
+    db.upgrade()
+    with db.session() as s:
+        ds = Datasets(s).create("kk_copy", "draft", approvers=[TOM])
+        gate = Gate(s)
+        mine = gate.add(ds, text="Our autumn chai lands Thursday.", source="draft", actor=TOM,
+                        approved=True, workspace="T1", channel="C1", ts="1.1", author=TOM)  # fmt: skip
+        gate.add(ds, text="Tasting evenings are back in Bristol.", source="draft",
+                 actor=CUSTOMER, approved=False, workspace="T1", channel="C1", ts="1.2",
+                 author=CUSTOMER)  # fmt: skip
+        run = TrainingRun(dataset_id=ds.id, status="succeeded", example_ids=[mine.example_id])
+        s.add(run)
+        s.flush()
+        Adapters(s).create(ds, "/nowhere/kk_copy-v1", run_id=run.id, status="active")
+    exported = cli("export", "-d", "kk_copy")
+    assert exported.code == 0, exported.err
+    assert "autumn chai" in exported.out and "Bristol" not in exported.out
+    pending = cli("export", "-d", "kk_copy", "--pending")
+    assert "Bristol" in pending.out and "autumn chai" not in pending.out
+    with db.session() as s:
+        forgotten = forget_user(s, TOM, actor="test")
+        assert forgotten["detail"].now_serving == {"kk_copy": "base"}
+    with db.session() as s:
+        assert s.scalars(select(Adapter)).one().status == "rejected"
+        assert Adapters(s).active(Datasets(s).get("kk_copy").id) is None
+    db.dispose()

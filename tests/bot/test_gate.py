@@ -281,3 +281,20 @@ def test_slack_forget_removes_reply_examples_built_on_a_customers_ticket(env: En
     again = env.suggestion("Another ticket from the same customer")  # collection has stopped
     assert "opted out" in env.press(TOM, "reply_post", str(again.id), channel=TICKETS)
     assert env.examples() == []
+
+
+def test_retention_clears_what_predictions_and_suggestions_kept(env: Env) -> None:
+    from bot.privacy import purge_ticket_text
+    from bot.storage.models import utcnow
+
+    row = env.suggestion("My box of Earl Grey never came")
+    env.press(TOM, "reply_post", str(row.id), channel=TICKETS)
+    env.prediction("charged twice, please help")
+    env.until(len)
+    with env.db.session() as s:
+        assert purge_ticket_text(s, utcnow().replace(year=2100))["suggestions"] == 1
+    with env.db.session() as s:
+        (kept,) = s.scalars(select(Suggestion)).all()
+        assert (kept.ticket_text, kept.text, kept.final_text) == (None, None, None)
+        assert [p.text for p in s.scalars(select(Prediction))] == [None]
+        assert s.scalars(select(Example)).all() == []  # the reply example held the ticket
