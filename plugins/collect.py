@@ -391,7 +391,8 @@ class CollectPlugin(Plugin):
         settings = ctx.services.settings
         counts = forget_user(ctx.session, user, event.user_id, runs_dir=settings.runs_dir,
                              adapters_dir=settings.adapters_dir)  # fmt: skip
-        ctx.respond(
+        ctx.after_commit(  # "Erased" must not be said of an erasure that rolled back
+            ctx.respond,
             f"Erased <@{user}>: {counts['examples']} examples, {counts['drafts']} drafts, "
             f"{counts['predictions'] + counts['suggestions']} ticket texts; "
             f"{counts['adapters_retired']} adapters taken out of service and retraining "
