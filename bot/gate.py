@@ -459,7 +459,8 @@ class Gate:
         cleaned, refused = self.clean(new_text, dataset)
         if not refused and cleaned == example.text and example.pending_text is None:
             return Outcome(dataset.name, "unchanged", example.id)
-        if example.status == "active" and not by_approver:
+        waiting = example.pending_text is not None  # an approved text's edit, not yet approved
+        if not by_approver and (example.status == "active" or waiting):
             example.pending_text = cleaned if not refused else new_text[:MAX_TEXT_CHARS]
             example.status = "pending"
             self.audit.record(

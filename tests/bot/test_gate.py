@@ -202,9 +202,13 @@ def test_an_edit_after_approval_is_pending_and_keeps_the_approved_text(env: Env)
     env.event(payloads.message_changed(COPY, ts, edited, PRIYA, POST))
     (example,) = env.examples()
     assert (example.status, example.text, example.pending_text) == ("pending", POST, edited)
+    env.event(payloads.message_changed(COPY, ts, edited + "!", PRIYA, edited))  # and again
+    (example,) = env.examples()
+    assert (example.text, example.pending_text) == (POST, edited + "!")
+    edited += "!"
     env.bot.runtime.deliver_outbox()
     asked = [c.args for c in env.fake.calls_for("chat.postMessage") if c.args["channel"] == MAYA]
-    assert len(asked) == 1 and "Friday, buy now" in asked[0]["text"]
+    assert len(asked) == 2 and edited in asked[-1]["text"]  # each edit is shown to approve
     assert "Approved by" in env.press(MAYA, "example_approve", str(example.id), channel=MAYA)
     (example,) = env.until(lambda found: found[0].status == "active")
     assert (example.status, example.text, example.pending_text) == ("active", edited, None)
