@@ -396,7 +396,7 @@ class CollectPlugin(Plugin):
             f"Erased <@{user}>: {counts['examples']} examples, {counts['drafts']} drafts, "
             f"{counts['predictions'] + counts['suggestions']} ticket texts; "
             f"{counts['adapters_retired']} adapters taken out of service and retraining "
-            "queued. They are opted out from now on."
+            "queued. They are opted out from now on.",
         )
 
     # ---- labels and briefs -------------------------------------------------------------
