@@ -266,6 +266,8 @@ def test_briefs_and_reply_datasets_are_for_approvers_and_channel_members(env: En
     assert "only its approvers and the members of its channels" in refused
     assert "Elm Street" not in refused
     assert "Elm Street" in env.command("/brandbot", f"brief {example.id}", ANA, TICKETS)
+    changed = env.command("/brandbot", f"brief {example.id} Answer kim@example.com kindly", TOM)
+    assert "[EMAIL]" in changed and "kim@" not in changed  # briefs pass the gate too
     drafting = env.command("/draft", "-d kk_replies answer a refund", OUTSIDER)
     assert "only drafts for their members" in drafting
     with env.db.session() as s:
