@@ -51,3 +51,13 @@ def may_read(dataset: Dataset, user: str, chat: ChatAPI, admins: Iterable[str]) 
         return True
     channels = dict.fromkeys([*dataset.channels, *dataset.ticket_channels])
     return any(user in chat.channel_members(c) for c in channels)
+
+
+def approvers_of(dataset: Dataset, chat: ChatAPI, admins: Iterable[str]) -> list[str]:
+    """Everyone who may approve ``dataset``'s examples (the admins when it names nobody)."""
+    people = list(dataset.approvers)
+    for group in dataset.approver_groups:
+        people += chat.usergroup_members(group)
+    if not dataset.approvers and not dataset.approver_groups:
+        people = list(admins)
+    return list(dict.fromkeys(people))

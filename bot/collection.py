@@ -20,15 +20,14 @@ from bot.gate import (
     EXAMPLES,
     MAX_TEXT_CHARS,
     MIN_TEXT_CHARS,
-    NEAR_CANDIDATES_PG,
     Gate,
     NewExample,
     Outcome,
     Scrubber,
     default_scrubber,
     near_dup_keys,
-    shared_twice,
 )
+from bot.near_dups import NEAR_CANDIDATES_PG, shared_twice
 from bot.plugin import ChatMessage
 from bot.privacy import TICKET_PROMPTS, forget_user, purge_ticket_text
 from bot.storage.models import Approval, Dataset, Example, OptOut, TrainingRun
@@ -36,8 +35,7 @@ from trainer.cleaning import slack_message_key
 
 __all__ = [
     "NEAR_CANDIDATES_PG", "TICKET_PROMPTS", "ApproveRequest", "Collector", "Outcome", "Scrubber",
-    "dataset_stats",
-    "default_scrubber", "forget_user", "near_dup_keys", "purge_ticket_text",
+    "dataset_stats", "default_scrubber", "forget_user", "near_dup_keys", "purge_ticket_text",
 ]  # fmt: skip
 
 # The batch path's small queries, built once: SQLAlchemy then skips constructing them and

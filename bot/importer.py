@@ -18,7 +18,8 @@ from typing import Any, TextIO
 
 from sqlalchemy.orm import Session
 
-from bot.gate import MAX_TEXT_CHARS, Gate, NewExample, Scrubber, shared_twice
+from bot.gate import MAX_TEXT_CHARS, Gate, NewExample, Scrubber
+from bot.near_dups import shared_twice
 from bot.storage.models import Dataset, Example, utcnow
 from bot.storage.repositories import Audit, Examples
 from trainer.cleaning import normalize_text, split_for

@@ -19,11 +19,11 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bot.access import is_approver, may_read
+from bot.briefs import write_brief
 from bot.collection import ApproveRequest, Collector
-from bot.gate import Gate, scrubber_for_settings, scrubber_from
+from bot.gate import scrubber_from
 from bot.plugin import (
     ActionEvent,
-    Button,
     ChatMessage,
     CommandEvent,
     Context,
@@ -45,6 +45,7 @@ from bot.plugin import (
 )
 from bot.privacy import forget_user, purge_ticket_text
 from bot.replies import reply_mode, reply_prompt
+from bot.review import ask_approvers, decide
 from bot.storage.models import (
     ChannelNotice,
     Dataset,
@@ -67,10 +68,6 @@ NOTICE = (
     "{emoji}: their text (with emails, phone numbers, card numbers and tokens removed) becomes "
     "training data for the team's writing model. Nothing else is collected. To keep your "
     "messages out, run `/brandbot optout`; admins can erase a person's data on request."
-)
-BRIEF_PROMPT = (
-    "Write the one-line request (a brief, at most 15 words) that a marketing lead would have "
-    "given a copywriter to get this post. Answer with the brief only.\n\nPost: {text}"
 )
 
 
@@ -476,63 +473,18 @@ class CollectPlugin(Plugin):
 
     # ---- pending examples -------------------------------------------------------------
 
-    def _approvers(self, ctx: Context, dataset: Dataset) -> list[str]:
-        people = list(dataset.approvers)
-        for group in dataset.approver_groups:
-            people += ctx.chat.usergroup_members(group)
-        if not dataset.approvers and not dataset.approver_groups:
-            people = list(ctx.services.settings.admins)
-        return list(dict.fromkeys(people))
-
     @on_event("example.pending")
     def pending(self, event: InternalEvent, ctx: Context) -> None:
         """Ask the dataset's approvers, privately, to approve or reject a contribution."""
-        example = ctx.session.get(Example, int(event.payload["example_id"]))
-        dataset = ctx.session.get(Dataset, example.dataset_id) if example else None
-        if example is None or dataset is None or example.status != "pending":
-            return
-        shown = (example.pending_text or example.text)[:600]
-        about = f" labelled *{example.label}*" if example.label else ""
-        text = (f"<@{example.author_id}> contributed an example to `{dataset.name}`{about}; "
-                f"it is not trained on until an approver approves it:\n> {shown}")  # fmt: skip
-        buttons = [Button("Approve", "example_approve", str(example.id), "primary"),
-                   Button("Reject", "example_reject", str(example.id), "danger")]  # fmt: skip
-        people = self._approvers(ctx, dataset)
-        ctx.after_commit(lambda: [ctx.services.chat.post(p, text, buttons=buttons) for p in people])
-
-    def _pending_for(self, ctx: Context, event: ActionEvent) -> tuple[Example, Dataset] | None:
-        example = ctx.session.get(Example, int(event.value)) if event.value.isdigit() else None
-        dataset = ctx.session.get(Dataset, example.dataset_id) if example else None
-        if example is None or dataset is None:
-            ctx.respond("That example is gone.", replace_original=True)
-            return None
-        if not self._is_approver(ctx, dataset, event.user_id):
-            ctx.respond(f"Only the approvers of `{dataset.name}` can decide on it.")
-            return None
-        if example.status != "pending":
-            ctx.respond(f"Example {example.id} is already {example.status}.",
-                        replace_original=True)  # fmt: skip
-            return None
-        return example, dataset
+        ask_approvers(ctx, int(event.payload["example_id"]))
 
     @on_action("example_approve")
     def approve_pending(self, event: ActionEvent, ctx: Context) -> None:
-        found = self._pending_for(ctx, event)
-        if found is not None:
-            example, dataset = found
-            kind = "label" if example.label else "approve"
-            self.collector(ctx).approve(example, event.user_id, "button", kind)
-            ctx.respond(f"Approved by <@{event.user_id}>: example {example.id} is training data "
-                        f"for `{dataset.name}` now.", replace_original=True)  # fmt: skip
+        decide(ctx, self.collector(ctx), event, approve=True)
 
     @on_action("example_reject")
     def reject_pending(self, event: ActionEvent, ctx: Context) -> None:
-        found = self._pending_for(ctx, event)
-        if found is not None:
-            example, _ = found
-            self.collector(ctx).withdraw(example, event.user_id, "rejected")
-            ctx.respond(f"Rejected by <@{event.user_id}>: example {example.id} is not trained on.",
-                        replace_original=True)  # fmt: skip
+        decide(ctx, self.collector(ctx), event, approve=False)
 
     # ---- retention ----------------------------------------------------------------------
 
@@ -541,30 +493,3 @@ class CollectPlugin(Plugin):
         days = self.cfg.ticket_retention_days
         if days:
             purge_ticket_text(ctx.session, utcnow() - dt.timedelta(days=days))
-
-
-def write_brief(services: object, example_id: int) -> None:
-    """The queued job: ask the base model for a one-line brief and store it."""
-    from bot.plugin import Services
-    from trainer.cleaning import normalize_text
-
-    assert isinstance(services, Services)
-    with services.db.session() as session:
-        example = session.get(Example, example_id)
-        if example is None or example.prompt:
-            return
-        text = example.text
-    result = services.inference.chat(
-        [{"role": "user", "content": BRIEF_PROMPT.format(text=text)}],
-        max_tokens=40,
-        temperature=0.0,
-    )
-    brief = normalize_text(str(result.text).splitlines()[0] if result.text else "")[:300]
-    if not brief:
-        return
-    with services.db.session() as session:
-        example = session.get(Example, example_id)
-        if example is None or example.prompt:
-            return
-        gate = Gate(session, scrubber=scrubber_for_settings(services.settings))
-        gate.set_prompt(example, brief, None, source="generated")
