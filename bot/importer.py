@@ -18,11 +18,13 @@ from typing import Any, TextIO
 
 from sqlalchemy.orm import Session
 
+from bot.gate import MAX_TEXT_CHARS, Gate, NewExample, Scrubber
+from bot.near_dups import shared_twice
 from bot.storage.models import Dataset, Example, utcnow
 from bot.storage.repositories import Audit, Examples
-from trainer.cleaning import content_hash, normalize_text, split_for, text_key
+from trainer.cleaning import normalize_text, split_for
 
-MAX_TEXT_CHARS = 20_000
+NEAR_CHUNK = 200  # rows whose near-duplicates are looked up in one query
 ROLES = {"system", "user", "assistant"}
 
 
@@ -179,52 +181,71 @@ def import_candidates(
     rows: Iterable[Candidate | Rejected],
     *,
     actor: str | None = None,
+    scrubber: Scrubber | None = None,
 ) -> ImportResult:
-    """Insert the valid, new candidates in one transaction (the caller's) and count the rest."""
+    """Insert the valid, new candidates in one transaction (the caller's) and count the rest.
+
+    Rows go through the gate like every other example: normalized, scrubbed with ``scrubber``
+    (every PII rule when None), hashed, and kept out when they duplicate a stored example or
+    an earlier row exactly or (copy datasets) nearly."""
+    from trainer.near_dup import is_near_duplicate
+
+    gate = Gate(session, scrubber=scrubber)
     result = ImportResult()
     repo = Examples(session)
     seen = repo.existing_hashes(dataset.id)
     splits = repo.split_by_text_key(dataset.id)
-    now = utcnow()
-    new_rows: list[dict[str, Any]] = []
+    fresh: list[tuple[Candidate, NewExample]] = []
     for row in rows:
         if isinstance(row, Rejected):
             result.rejected.append(row)
             continue
         reason = _check(row, dataset)
-        if reason:
-            result.rejected.append(Rejected(row.line, reason))
+        new = reason or gate.prepare(dataset, row.text, row.prompt, "import", row.label)
+        if isinstance(new, str):
+            result.rejected.append(Rejected(row.line, new))
             continue
-        text = normalize_text(row.text)
-        prompt = normalize_text(row.prompt) if row.prompt else None
-        digest = content_hash(dataset.task, prompt, text, row.label)
-        if digest in seen:
+        if new.digest in seen:
             result.duplicate += 1
             continue
-        seen.add(digest)
-        tkey = text_key(text)
-        split = splits.get(tkey) or split_for(digest)
-        splits.setdefault(tkey, split)
+        seen.add(new.digest)
+        fresh.append((row, new))
+    kept: list[tuple[Candidate, NewExample]] = []
+    holders: dict[tuple[int, str], list[int]] = {}
+    for start in range(0, len(fresh), NEAR_CHUNK):
+        chunk = fresh[start : start + NEAR_CHUNK]
+        found: dict[int, list[int]] = {}
+        texts: dict[int, str] = {}
+        if dataset.task != "classify":
+            found, texts = gate.near_candidates(
+                [(i, dataset.id, new.keys) for i, (_, new) in enumerate(chunk)]
+            )
+        for i, (row, new) in enumerate(chunk):
+            if dataset.task != "classify":
+                earlier = [kept[k][1].text for k in shared_twice(dataset.id, new.keys, holders)]
+                stored = [texts[c] for c in found.get(i, ())]
+                if any(is_near_duplicate(t, new.text) for t in [*stored, *earlier]):
+                    result.duplicate += 1
+                    continue
+                for key in new.keys:
+                    holders.setdefault((dataset.id, key), []).append(len(kept))
+            kept.append((row, new))
+    now = utcnow()
+    new_rows: list[dict[str, Any]] = []
+    for row, new in kept:
+        split = splits.get(new.tkey) or split_for(new.digest)
+        splits.setdefault(new.tkey, split)
         new_rows.append(
-            {
-                "dataset_id": dataset.id,
-                "task": dataset.task,
-                "prompt": prompt,
-                "prompt_source": "import" if prompt else None,
-                "text": text,
-                "label": row.label,
-                "kind": row.kind,
-                "status": "active",
-                "split": split,
-                "content_hash": digest,
-                "text_key": tkey,
-                "source": "import",
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
+            dict(
+                dataset_id=dataset.id, task=dataset.task, prompt=new.prompt,
+                prompt_source=new.prompt_source, text=new.text, label=row.label, kind=row.kind,
+                status="active", split=split, content_hash=new.digest, text_key=new.tkey,
+                source="import", approver_id=actor, created_at=now, updated_at=now,
+                _approval=None,
+            )
+        )  # fmt: skip
         result.added_by_split[split] = result.added_by_split.get(split, 0) + 1
-    repo.insert_many(new_rows)
+    gate.insert(new_rows, [new.keys for _, new in kept])
     result.added = len(new_rows)
     if new_rows:
         Audit(session).record(

@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.collection import Collector
+from bot.access import is_approver
+from bot.gate import Gate, scrubber_for_settings
 from bot.plugin import (
     ActionEvent,
     Button,
@@ -42,6 +43,11 @@ MAX_TICKET = 8000
 
 class ClassifySettings(BaseModel):
     confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+def gate(ctx: Context) -> Gate:
+    """The example gate, with the configured PII rules."""
+    return Gate(ctx.session, scrubber=scrubber_for_settings(ctx.services.settings))
 
 
 def ticket_messages(dataset: Dataset, text: str) -> list[dict[str, str]]:
@@ -99,8 +105,8 @@ class ClassifyPlugin(Plugin):
                 continue
             prediction = Prediction(
                 dataset_id=dataset.id, channel_id=event.channel_id, message_ts=event.ts,
-                author_id=event.user_id, text=event.text[:MAX_TICKET], label="", confidence=0.0,
-                status="queued",
+                author_id=event.user_id, text=gate(ctx).scrub_text(event.text)[:MAX_TICKET],
+                label="", confidence=0.0, status="queued",
             )  # fmt: skip
             ctx.session.add(prediction)
             ctx.session.flush()
@@ -185,6 +191,7 @@ class ClassifyPlugin(Plugin):
             ctx.respond("There is no classify dataset with labels yet.")
             return
         dataset = (here or datasets)[0]
+        text = gate(ctx).scrub_text(text)  # what the model sees and what is kept
         try:
             result, model = self._classify(ctx.services, dataset, text)
         except InferenceUnavailable as exc:
@@ -216,8 +223,14 @@ class ClassifyPlugin(Plugin):
         if prediction is None or dataset is None:
             ctx.respond("That prediction is gone.")
             return
+        approver = is_approver(dataset, event.user_id, ctx.chat, ctx.services.settings.admins)
         if prediction.status in ("confirmed", "corrected"):
             final = prediction.corrected_label or prediction.label
+            if approver and self._approve_pending(ctx, event, prediction, dataset, label):
+                final = label or final
+                ctx.respond(f"Approved *{final}* by <@{event.user_id}>: it's training data now.",
+                            replace_original=True)  # fmt: skip
+                return
             ctx.respond(f"Already recorded as *{final}*.", replace_original=True)
             return
         if label is not None and label not in dataset.labels:
@@ -228,15 +241,39 @@ class ClassifyPlugin(Plugin):
         prediction.status = "corrected" if corrected else "confirmed"
         prediction.corrected_label = final if corrected else None
         prediction.resolved_by, prediction.resolved_at = event.user_id, utcnow()
+        outcome = None
         if prediction.text:
-            Collector(ctx.session).add_feedback(
-                dataset, text=prediction.text, source="correction", approver=event.user_id,
-                workspace=event.team_id or "", channel=prediction.channel_id,
+            outcome = gate(ctx).add(
+                dataset, text=prediction.text, source="correction", actor=event.user_id,
+                approved=approver, workspace=event.team_id or "", channel=prediction.channel_id,
                 ts=prediction.message_ts, author=prediction.author_id, label=final,
             )  # fmt: skip
+            if outcome.status == "pending":
+                ctx.publish("example.pending", {"example_id": outcome.example_id})
         verb = f"Corrected to *{final}*" if corrected else f"Confirmed *{final}*"
-        ctx.respond(f"{verb} by <@{event.user_id}>. Thanks, it's training data now.",
-                    replace_original=True)  # fmt: skip
+        if outcome is not None and outcome.status == "pending":
+            note = f"Thanks: an approver of `{dataset.name}` checks it before it's training data."
+        elif outcome is not None and outcome.status == "refused":
+            note = f"Not training data: {outcome.reason}."
+        else:
+            note = "Thanks, it's training data now."
+        ctx.respond(f"{verb} by <@{event.user_id}>. {note}", replace_original=True)
+
+    @staticmethod
+    def _approve_pending(
+        ctx: Context, event: ActionEvent, prediction: Prediction, dataset: Dataset,
+        label: str | None,
+    ) -> bool:  # fmt: skip
+        """An approver pressing a label on a ticket someone else labelled: approve it."""
+        if not prediction.text or not prediction.channel_id or not prediction.message_ts:
+            return False
+        g = gate(ctx)
+        example = g.example_for(dataset, prediction.channel_id, prediction.message_ts)
+        if example is None or example.status != "pending":
+            return False
+        final = label or prediction.corrected_label or prediction.label
+        g.approve(example, event.user_id, "correction", "label", final)
+        return True
 
     @on_action("classify_confirm")
     def confirm(self, event: ActionEvent, ctx: Context) -> None:

@@ -18,8 +18,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bot.collection import ApproveRequest, Collector, forget_user, purge_ticket_text
+from bot.access import is_approver, may_read
+from bot.briefs import write_brief
+from bot.collection import ApproveRequest, Collector
+from bot.gate import scrubber_from
 from bot.plugin import (
+    ActionEvent,
     ChatMessage,
     CommandEvent,
     Context,
@@ -30,6 +34,7 @@ from bot.plugin import (
     Plugin,
     ReactionEvent,
     command,
+    on_action,
     on_event,
     on_member_joined,
     on_message_changed,
@@ -38,7 +43,9 @@ from bot.plugin import (
     require,
     schedule,
 )
+from bot.privacy import forget_user, purge_ticket_text
 from bot.replies import reply_mode, reply_prompt
+from bot.review import ask_approvers, decide
 from bot.storage.models import (
     ChannelNotice,
     Dataset,
@@ -61,10 +68,6 @@ NOTICE = (
     "{emoji}: their text (with emails, phone numbers, card numbers and tokens removed) becomes "
     "training data for the team's writing model. Nothing else is collected. To keep your "
     "messages out, run `/brandbot optout`; admins can erase a person's data on request."
-)
-BRIEF_PROMPT = (
-    "Write the one-line request (a brief, at most 15 words) that a marketing lead would have "
-    "given a copywriter to get this post. Answer with the brief only.\n\nPost: {text}"
 )
 
 
@@ -95,16 +98,7 @@ class CollectPlugin(Plugin):
         return self.settings
 
     def setup(self) -> None:
-        from trainer.pii import CustomPattern, ScrubConfig, scrub
-
-        kinds = {"email", "phone", "card", "iban", "slack_token", "api_key", "url_credentials"}
-        on = {k: k not in self.cfg.keep_pii for k in kinds}
-        custom = tuple(
-            CustomPattern(kind=name, pattern=pattern, placeholder=f"[{name.upper()}]")
-            for name, pattern in self.cfg.extra_pii_patterns.items()
-        )
-        config = ScrubConfig(**on, custom=custom)
-        self.scrubber = lambda text: scrub(text, config).text
+        self.scrubber = scrubber_from(self.cfg.model_dump())
 
     def collector(self, ctx: Context) -> Collector:
         return Collector(ctx.session, scrubber=self.scrubber)
@@ -115,17 +109,7 @@ class CollectPlugin(Plugin):
         self, ctx: Context, dataset: Dataset, user: str, groups: dict[str, set[str]] | None = None
     ) -> bool:
         """``groups`` caches user group members across the events of one batch."""
-        if user in dataset.approvers:
-            return True
-        groups = {} if groups is None else groups
-        for group in dataset.approver_groups:
-            if group not in groups:
-                groups[group] = set(ctx.chat.usergroup_members(group))
-            if user in groups[group]:
-                return True
-        if not dataset.approvers and not dataset.approver_groups:
-            return user in ctx.services.settings.admins
-        return False
+        return is_approver(dataset, user, ctx.chat, ctx.services.settings.admins, groups)
 
     @staticmethod
     def _role(dataset: Dataset, emoji: str, channel: str) -> tuple[str, str | None] | None:
@@ -173,12 +157,14 @@ class CollectPlugin(Plugin):
         refs = [(event.channel_id or "", event.message_ts) for event, _ in wanted]
         messages = ctx.chat.fetch_messages(refs)
         people = [p for (e, _), m in zip(wanted, messages, strict=True)
-                  for p in (e.user_id, m.user_id if m else None)]  # fmt: skip
+                  for p in (e.user_id, m.user_id if m else None,
+                            m.parent.user_id if m and m.parent else None)]  # fmt: skip
         opted_out = collector.opted_out_among(*people)
         briefs = self._draft_briefs(ctx, refs)
+        known = self._known(ctx, refs)
         requests: list[tuple[ReactionEvent, ApproveRequest]] = []
         for (event, allowed), message in zip(wanted, messages, strict=True):
-            problem = self._unusable(event, message, opted_out)
+            problem = self._unusable(event, message, opted_out, known)
             if problem or message is None:
                 notices.append((event, problem))
                 continue
@@ -186,6 +172,7 @@ class CollectPlugin(Plugin):
             draft_brief = briefs.get((channel, event.message_ts))
             for dataset, kind, label in allowed:
                 prompt, source = draft_brief, "draft" if draft_brief else None
+                subject = None
                 if channel not in dataset.channels:  # a reply dataset, in a ticket channel
                     if message.parent is None:
                         hint = "react to a reply in the ticket's thread"
@@ -198,10 +185,15 @@ class CollectPlugin(Plugin):
                         continue
                     label_ = self._ticket_label(ctx, message.parent)
                     prompt, source = reply_prompt(message.parent.text, label_), "ticket"
+                    subject = message.parent.user_id
+                    if subject in opted_out:
+                        notices.append((event, "The ticket's author opted out of collection, "
+                                               "so nothing was added."))  # fmt: skip
+                        continue
                 request = ApproveRequest(
                     dataset, message, approver=event.user_id, emoji=event.reaction, kind=kind,
                     workspace=event.team_id or "", label=label, prompt=prompt,
-                    prompt_source=source,
+                    prompt_source=source, subject=subject,
                 )  # fmt: skip
                 requests.append((event, request))
         outcomes = collector.approve_many([request for _, request in requests])
@@ -254,9 +246,14 @@ class CollectPlugin(Plugin):
         return wanted
 
     def _unusable(
-        self, event: ReactionEvent, message: ChatMessage | None, opted_out: set[str]
+        self,
+        event: ReactionEvent,
+        message: ChatMessage | None,
+        opted_out: set[str],
+        known: set[tuple[str, str]],
     ) -> str:
-        """Why a reacted-to message cannot become an example ("" when it can)."""
+        """Why a reacted-to message cannot become an example ("" when it can). A message that
+        already is one (a draft or reply the bot posted for someone) can always be approved."""
         if event.user_id in opted_out:
             return "You opted out, so your reactions are not collected."
         if message is None:
@@ -264,6 +261,8 @@ class CollectPlugin(Plugin):
                     "so nothing was added.")  # fmt: skip
         if message.user_id in opted_out:
             return "Its author opted out of collection, so nothing was added."
+        if (message.channel_id, message.ts) in known:
+            return ""
         if message.bot_id and not self.cfg.collect_bot_messages:
             return "Bot messages are not collected."
         if not message.text.strip() and message.has_files:
@@ -285,6 +284,17 @@ class CollectPlugin(Plugin):
         return prediction.corrected_label or prediction.label or None
 
     @staticmethod
+    def _known(ctx: Context, refs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Those of these (channel, ts) that already are examples, in one query."""
+        rows = ctx.session.execute(
+            select(Example.channel_id, Example.message_ts).where(
+                Example.channel_id.in_({c for c, _ in refs}),
+                Example.message_ts.in_({ts for _, ts in refs}),
+            )
+        )
+        return {(c or "", ts or "") for c, ts in rows} & set(refs)
+
+    @staticmethod
     def _draft_briefs(ctx: Context, refs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The /draft briefs of the posts among these (channel, ts), in one query."""
         rows = ctx.session.connection().execute(DRAFT_BRIEFS, {
@@ -295,19 +305,28 @@ class CollectPlugin(Plugin):
 
     @on_reaction(removed=True)
     def reaction_removed(self, event: ReactionEvent, ctx: Context) -> None:
+        """Only the approver whose approval was the last one, or an admin, withdraws."""
         channel = event.channel_id or ""
         collector = self.collector(ctx)
+        is_admin = event.user_id in ctx.services.settings.admins
         for dataset in collector.datasets_for_channel(channel):
             if self._role(dataset, event.reaction, channel) is not None:
                 collector.unapprove(
-                    dataset, channel, event.message_ts, event.user_id, event.reaction
-                )
+                    dataset, channel, event.message_ts, event.user_id, event.reaction,
+                    is_admin=is_admin,
+                )  # fmt: skip
 
     @on_message_changed()
     def message_changed(self, event: MessageChangedEvent, ctx: Context) -> None:
-        self.collector(ctx).message_changed(
-            event.channel_id or "", event.ts, event.text, event.user_id or None
-        )
+        """An approver's edit applies; anyone else's makes the example pending."""
+        editor = event.user_id or ""
+        outcomes = self.collector(ctx).message_changed(
+            event.channel_id or "", event.ts, event.text, editor or None,
+            approver_of=lambda dataset: self._is_approver(ctx, dataset, editor),
+        )  # fmt: skip
+        for outcome in outcomes:
+            if outcome.status == "pending":
+                ctx.publish("example.pending", {"example_id": outcome.example_id})
 
     @on_message_deleted()
     def message_deleted(self, event: MessageDeletedEvent, ctx: Context) -> None:
@@ -366,11 +385,15 @@ class CollectPlugin(Plugin):
             ctx.respond("Usage: `/brandbot forget @person`")
             return
         user = match.group(1) or match.group(2)
-        counts = forget_user(ctx.session, user, event.user_id)
-        ctx.respond(
+        settings = ctx.services.settings
+        counts = forget_user(ctx.session, user, event.user_id, runs_dir=settings.runs_dir,
+                             adapters_dir=settings.adapters_dir)  # fmt: skip
+        ctx.after_commit(  # "Erased" must not be said of an erasure that rolled back
+            ctx.respond,
             f"Erased <@{user}>: {counts['examples']} examples, {counts['drafts']} drafts, "
             f"{counts['predictions'] + counts['suggestions']} ticket texts; "
-            f"{counts['adapters_flagged']} adapters flagged for retraining."
+            f"{counts['adapters_retired']} adapters taken out of service and retraining "
+            "queued. They are opted out from now on.",
         )
 
     # ---- labels and briefs -------------------------------------------------------------
@@ -403,7 +426,7 @@ class CollectPlugin(Plugin):
             ctx.respond("I can't read that message, so nothing was labelled.")
             return
         for dataset in datasets:
-            outcome = collector.approve(
+            outcome = collector.approve_reaction(
                 dataset, message, approver=event.user_id, emoji=f"label:{wanted}",
                 kind="label", workspace=event.team_id or "", label=wanted,
             )  # fmt: skip
@@ -420,17 +443,23 @@ class CollectPlugin(Plugin):
             ctx.respond("Usage: `/brandbot brief EXAMPLE_ID [new brief]`")
             return
         example = ctx.session.get(Example, int(parts[0]))
-        if example is None or example.task != "draft":
+        dataset = ctx.session.get(Dataset, example.dataset_id) if example else None
+        if example is None or dataset is None or example.task != "draft":
             ctx.respond(f"There is no copy example {parts[0]}.")
+            return
+        if not may_read(dataset, event.user_id, ctx.chat, ctx.services.settings.admins):
+            ctx.respond(f"Example {example.id} belongs to `{dataset.name}`: only its approvers "
+                        "and the members of its channels can see it.")  # fmt: skip
             return
         if len(parts) == 1:
             ctx.respond(f"Brief of example {example.id}: {example.prompt or '(none yet)'}")
             return
-        dataset = ctx.session.get(Dataset, example.dataset_id)
-        if dataset is None or not self._is_approver(ctx, dataset, event.user_id):
+        if not self._is_approver(ctx, dataset, event.user_id):
             ctx.respond("Only approvers can change briefs.")
             return
-        set_brief(ctx, example, parts[1], event.user_id)
+        if self.collector(ctx).set_prompt(example, parts[1], event.user_id) is None:
+            ctx.respond("The brief is empty.")
+            return
         ctx.respond(f"Brief of example {example.id} is now: {example.prompt}")
 
     @on_event("example.needs_brief")
@@ -442,6 +471,21 @@ class CollectPlugin(Plugin):
             return
         ctx.submit_after_commit(write_brief, ctx.services, example_id, name="collect.write_brief")
 
+    # ---- pending examples -------------------------------------------------------------
+
+    @on_event("example.pending")
+    def pending(self, event: InternalEvent, ctx: Context) -> None:
+        """Ask the dataset's approvers, privately, to approve or reject a contribution."""
+        ask_approvers(ctx, int(event.payload["example_id"]))
+
+    @on_action("example_approve")
+    def approve_pending(self, event: ActionEvent, ctx: Context) -> None:
+        decide(ctx, self.collector(ctx), event, approve=True)
+
+    @on_action("example_reject")
+    def reject_pending(self, event: ActionEvent, ctx: Context) -> None:
+        decide(ctx, self.collector(ctx), event, approve=False)
+
     # ---- retention ----------------------------------------------------------------------
 
     @schedule("17 3 * * *")
@@ -449,46 +493,3 @@ class CollectPlugin(Plugin):
         days = self.cfg.ticket_retention_days
         if days:
             purge_ticket_text(ctx.session, utcnow() - dt.timedelta(days=days))
-
-
-def set_brief(ctx: Context, example: Example, text: str, actor: str | None) -> None:
-    from trainer.cleaning import content_hash, normalize_text
-
-    example.prompt = normalize_text(text)[:2000]
-    example.prompt_source = "edited"
-    example.content_hash = content_hash(example.task, example.prompt, example.text, example.label)
-    Audit(ctx.session).record(
-        "example.brief", actor=actor, dataset_id=example.dataset_id, example_id=example.id,
-        content_hash=example.content_hash,
-    )  # fmt: skip
-
-
-def write_brief(services: object, example_id: int) -> None:
-    """The queued job: ask the base model for a one-line brief and store it."""
-    from bot.plugin import Services
-    from trainer.cleaning import content_hash, normalize_text
-
-    assert isinstance(services, Services)
-    with services.db.session() as session:
-        example = session.get(Example, example_id)
-        if example is None or example.prompt:
-            return
-        text = example.text
-    result = services.inference.chat(
-        [{"role": "user", "content": BRIEF_PROMPT.format(text=text)}],
-        max_tokens=40,
-        temperature=0.0,
-    )
-    brief = normalize_text(str(result.text).splitlines()[0] if result.text else "")[:300]
-    if not brief:
-        return
-    with services.db.session() as session:
-        example = session.get(Example, example_id)
-        if example is None or example.prompt:
-            return
-        example.prompt, example.prompt_source = brief, "generated"
-        example.content_hash = content_hash(example.task, brief, example.text, example.label)
-        Audit(session).record(
-            "example.brief", dataset_id=example.dataset_id, example_id=example.id,
-            content_hash=example.content_hash, source="generated",
-        )  # fmt: skip

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from bot.collection import Collector
+from bot.access import is_approver, may_read
+from bot.gate import Gate, scrubber_for_settings
 from bot.plugin import (
     ActionEvent,
     Button,
@@ -118,6 +119,10 @@ class DraftPlugin(Plugin):
         return f"Which dataset? Use `-d NAME` (one of {names})."
 
     def _may_draft(self, ctx: Context, dataset: Dataset, user: str) -> bool:
+        """A reply dataset learned from support tickets: only its approvers and the members
+        of its channels draft from it. Others: members of its private channels, if any."""
+        if is_reply_dataset(dataset):
+            return may_read(dataset, user, ctx.chat, ctx.services.settings.admins)
         private = [c for c in dataset.channels if ctx.chat.is_private(c)]
         if not private:
             return True
@@ -305,12 +310,18 @@ class DraftPlugin(Plugin):
         draft.status, draft.final_text, draft.posted_by = "posted", final, user
         draft.message_ts, draft.channel_id, draft.posted_at = ts, channel, utcnow()
         draft.edit_distance = edit_distance(generated, final)
+        note = ""
         if dataset is not None:
-            Collector(ctx.session).add_feedback(
-                dataset, text=final, source="draft", approver=user, workspace=team or "",
-                channel=channel, ts=ts, author=user, prompt=draft.brief,
+            approved = is_approver(dataset, user, ctx.chat, ctx.services.settings.admins)
+            gate = Gate(ctx.session, scrubber=scrubber_for_settings(ctx.services.settings))
+            outcome = gate.add(
+                dataset, text=final, source="draft", actor=user, approved=approved,
+                workspace=team or "", channel=channel, ts=ts, author=user, prompt=draft.brief,
             )  # fmt: skip
-        self._say(ctx, draft, user, f"Posted in <#{channel}>.")
+            if outcome.status == "pending":
+                ctx.publish("example.pending", {"example_id": outcome.example_id})
+                note = " An approver's ✅ on it makes it training data."
+        self._say(ctx, draft, user, f"Posted in <#{channel}>.{note}")
 
     @on_action("draft_edit")
     def edit(self, event: ActionEvent, ctx: Context) -> None:

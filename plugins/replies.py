@@ -23,7 +23,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 
-from bot.collection import Collector
+from bot.access import is_approver
+from bot.gate import Gate, scrubber_for_settings
 from bot.plugin import (
     ActionEvent,
     Button,
@@ -116,6 +117,7 @@ class RepliesPlugin(Plugin):
         labelled = any(
             d.task == "classify" and channel in d.ticket_channels and d.labels for d in datasets
         )
+        gate = Gate(ctx.session, scrubber=scrubber_for_settings(ctx.services.settings))
         for dataset in targets:
             exists = ctx.session.scalar(
                 select(Suggestion.id).where(
@@ -128,7 +130,7 @@ class RepliesPlugin(Plugin):
                 continue
             row = Suggestion(
                 dataset_id=dataset.id, channel_id=channel, ticket_ts=event.ts,
-                author_id=event.user_id, ticket_text=event.text[:MAX_TICKET],
+                author_id=event.user_id, ticket_text=gate.scrub_text(event.text)[:MAX_TICKET],
                 mode=reply_mode(dataset, channel), status="waiting" if labelled else "queued",
             )  # fmt: skip
             ctx.session.add(row)
@@ -423,19 +425,24 @@ class RepliesPlugin(Plugin):
         row.status, row.final_text, row.reply_ts = "posted", final, reply_ts
         row.resolved_by, row.resolved_at, row.edit_distance = user, utcnow(), distance
         note = ""
-        collector = Collector(ctx.session)
+        gate = Gate(ctx.session, scrubber=scrubber_for_settings(ctx.services.settings))
         if not row.ticket_text:
             note = " (the ticket's text is gone, so it is not training data)"
-        elif collector.opted_out(row.author_id):
+        elif gate.opted_out(row.author_id):
             note = " (the customer opted out, so it is not training data)"
         else:
-            outcome = collector.add_feedback(
-                dataset, text=final, source="suggestion", approver=user, workspace=team or "",
-                channel=row.channel_id, ts=reply_ts, author=user,
-                prompt=reply_prompt(row.ticket_text, row.label),
+            approved = is_approver(dataset, user, ctx.chat, ctx.services.settings.admins)
+            outcome = gate.add(
+                dataset, text=final, source="suggestion", actor=user, approved=approved,
+                workspace=team or "", channel=row.channel_id, ts=reply_ts, author=user,
+                prompt=reply_prompt(row.ticket_text, row.label), prompt_source="suggestion",
+                subject=row.author_id,
             )  # fmt: skip
             if outcome.status == "refused":
                 note = f" (not training data: {outcome.reason})"
+            elif outcome.status == "pending":
+                ctx.publish("example.pending", {"example_id": outcome.example_id})
+                note = " (an approver's ✅ on it makes it training data)"
         edited = "as suggested" if distance == 0 else f"edited ({distance} characters changed)"
         self._say(ctx, row, user, f"Reply posted by <@{user}>, {edited}{note}.")
         if row.mode == "ephemeral" and row.message_ts:

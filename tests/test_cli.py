@@ -252,7 +252,11 @@ def test_forget_examples_and_stats_through_the_cli(cli: CliRunner, tmp_path: Pat
     assert stats["new_since_last_training"] == 400
     gone = cli("forget", "--user", "U0NOBODY1", "--json").json()
     assert gone == {"user": "U0NOBODY1", "examples": 0, "drafts": 0, "predictions": 0,
-                    "suggestions": 0, "adapters_flagged": 0}  # fmt: skip
+                    "suggestions": 0, "approvals": 0, "adapters_retired": 0,
+                    "checkpoints_deleted": 0, "runs_queued": 0, "adapters": [],
+                    "now_serving": {}, "deleted": [], "queued_runs": []}  # fmt: skip
+    bad = cli("forget", "--user", "<@U0NOBODY1>")
+    assert bad.code == 2 and "not a Slack user id" in bad.err and "nothing was erased" in bad.err
 
 
 def test_report_prints_production_signals(cli: CliRunner) -> None:

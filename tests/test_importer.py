@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -140,7 +141,9 @@ def test_same_text_keeps_its_split(db: Database, tmp_path: Path) -> None:
 
 
 def test_export_round_trips_and_records_an_audit_entry(db: Database, tmp_path: Path) -> None:
-    src = [pair(f"brief {i}", f"Approved post number {i}.") for i in range(30)]
+    words = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(30)]  # no near twins
+    src = [pair(f"brief {i}", f"Approved post {' '.join(w[j : j + 6] for j in range(0, 36, 6))}.")
+           for i, w in enumerate(words)]  # fmt: skip
     do_import(db, "copy", write_jsonl(tmp_path / "c.jsonl", src))
     with db.session() as s:
         ds = Datasets(s).get("copy")
@@ -157,3 +160,36 @@ def test_export_round_trips_and_records_an_audit_entry(db: Database, tmp_path: P
     assert "Approved post" not in json.dumps(entries[0].details)
     out = write_jsonl(tmp_path / "out.jsonl", records)
     assert do_import(db, "copy", out).duplicate == 30
+
+
+def test_import_scrubs_personal_data_and_writes_near_duplicate_keys(
+    db: Database, tmp_path: Path
+) -> None:
+    zw = "\u200b"
+    card = zw.join(["4111", "1111", "1111", "1111"])  # a card number split by zero-width spaces
+    tickets = [
+        ticket(f"Charged twice on card {card}, refund to DE89 3704 0044 0532 0130 00", "billing"),
+        ticket("Mail kim.ng@example.com or call +44 7700 900123 about my box", "shipping"),
+        ticket(
+            "Card\u2060 5500 0000 0000 0004 was charged, IBAN GB82WEST12345698765432", "billing"
+        ),
+    ]
+    result = do_import(db, "tickets", write_jsonl(tmp_path / "t.jsonl", tickets))
+    assert result.added == 3, result.rejected
+    posts = [pair("Launch", "Our autumn chai is here: cardamom, clove and ginger over Assam."),
+             pair("Launch again", "Our autumn chai is here: cardamom, clove and ginger over Assam!"),
+             pair("Bristol", "Tasting evenings are back at the Bristol shop every Friday.")]  # fmt: skip
+    copy = do_import(db, "copy", write_jsonl(tmp_path / "c.jsonl", posts))
+    assert (copy.added, copy.duplicate) == (2, 1)  # the near-identical second post
+    with db.session() as s:
+        from bot.storage.models import Example, NearDupKey
+
+        stored = [e.text for e in s.query(Example).all()]
+        keys = {k.example_id for k in s.query(NearDupKey).all()}
+        ids = {e.id for e in s.query(Example).all()}
+    blob = " ".join(stored)
+    for secret in ("4111", "1111", "DE89", "0532", "kim.ng", "7700", "900123", "5500", "GB82"):
+        assert secret not in blob, secret
+    assert "[CARD]" in blob and "[IBAN]" in blob and "[EMAIL]" in blob and "[PHONE]" in blob
+    assert zw not in blob and "\u2060" not in blob
+    assert keys == ids  # every imported example can be found as a near duplicate later

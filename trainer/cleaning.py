@@ -16,9 +16,45 @@ _SPACE = re.compile(r"\s+")
 _NON_WORD = re.compile(r"[^\w\s]")
 
 
+_ZWJ = "\u200d"
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_KEEPS_ZWJ = ("So", "Sk", "Mn", "Me")  # emoji, skin tones and variation selectors: 👩‍💻
+
+
+def strip_invisible(text: str) -> str:
+    """NFKC, then drop format and control characters (zero-width spaces and joiners, bidi
+    overrides, soft hyphens, tag characters, NUL...); tabs and newlines are kept. A joiner
+    between emoji stays, so emoji sequences survive. Hidden characters must not split a card
+    number away from the PII rules, nor make two equal texts look different."""
+    if text.isascii():
+        return _ASCII_CONTROL.sub("", text)
+    text = unicodedata.normalize("NFKC", text)
+    out: list[str] = []
+    for i, ch in enumerate(text):
+        category = unicodedata.category(ch)
+        if category == "Cf" or (category == "Cc" and ch not in "\t\n\r"):
+            if _joins_emoji(ch, out, text, i):
+                out.append(ch)
+            continue
+        out.append(ch)
+    return "".join(out)
+
+
+def _joins_emoji(ch: str, out: list[str], text: str, i: int) -> bool:
+    """A zero-width joiner between an emoji (or its modifier) and another emoji."""
+    return (
+        ch == _ZWJ
+        and bool(out)
+        and i + 1 < len(text)
+        and unicodedata.category(out[-1]) in _KEEPS_ZWJ
+        and unicodedata.category(text[i + 1]) in ("So", "Sk")
+    )
+
+
 def normalize_text(text: str) -> str:
-    """NFKC, collapsed whitespace, stripped. What is stored and trained on."""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+    """NFKC without invisible characters, collapsed whitespace, stripped. What is stored and
+    trained on."""
+    return _SPACE.sub(" ", strip_invisible(text)).strip()
 
 
 @lru_cache(maxsize=1024)

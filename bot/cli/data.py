@@ -16,7 +16,9 @@ from bot.cli.common import (
     database,
     err_console,
     print_json,
+    settings,
 )
+from bot.gate import scrubber_for_settings
 from bot.importer import export_records, import_candidates, read_file
 from bot.storage.repositories import Datasets, Examples
 
@@ -39,7 +41,8 @@ def import_examples(
     with database().session() as session:
         ds = Datasets(session).get(dataset)
         rows = read_file(path, ds.task)
-        result = import_candidates(session, ds, rows, actor="cli")
+        scrubber = scrubber_for_settings(settings())
+        result = import_candidates(session, ds, rows, actor="cli", scrubber=scrubber)
     if as_json:
         print_json({"dataset": dataset, "file": str(path), **result.as_dict()})
         return
@@ -61,13 +64,23 @@ def export_examples(
     output: Path | None = typer.Option(
         None, "-o", "--output", help="File to write (default: stdout)."
     ),
+    pending: bool = typer.Option(
+        False,
+        "--pending",
+        help="Export the examples waiting for an approver instead (never "
+        "trained on until approved).",
+    ),
 ) -> None:
-    """Export the dataset's active examples as chat JSONL."""
+    """Export what training would use: the dataset's active (approved) examples, as chat
+    JSONL. With --pending, the contributions still waiting for an approver."""
     if split not in ("train", "heldout", "all"):
         raise CliError(f"--split must be train, heldout or all, not {split!r}")
     with database().session() as session:
         ds = Datasets(session).get(dataset)
-        examples = Examples(session).active(ds.id, None if split == "all" else split, kind=None)
+        examples = Examples(session).active(
+            ds.id, None if split == "all" else split, kind=None,
+            status="pending" if pending else "active",
+        )  # fmt: skip
         lines = [json.dumps(r, ensure_ascii=False) for r in export_records(ds, examples)]
     text = "".join(line + "\n" for line in lines)
     if output is None:

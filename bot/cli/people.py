@@ -8,11 +8,20 @@ import typer
 from rich.table import Table
 from sqlalchemy import select
 
-from bot.cli.common import CliError, DatasetOption, JsonOption, console, database, print_json
-from bot.collection import forget_user
+from bot.access import valid_user_id
+from bot.cli.common import (
+    CliError,
+    DatasetOption,
+    JsonOption,
+    console,
+    database,
+    print_json,
+    settings,
+)
+from bot.gate import Gate, scrubber_for_settings
+from bot.privacy import Forgotten, forget_user
 from bot.storage.models import Example
-from bot.storage.repositories import Audit, Datasets
-from trainer.cleaning import content_hash, normalize_text
+from bot.storage.repositories import Datasets
 
 examples_app = typer.Typer(help="Look at examples and edit their briefs.", no_args_is_help=True)
 
@@ -21,24 +30,47 @@ def forget(
     user: str = typer.Option(..., "--user", help="The Slack user id to erase, e.g. U0123ABCD."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Erase a person: their examples, drafts and ticket text, from the database and from
-    every future training run; adapters trained on them are flagged for retraining."""
+    """Erase a person: everything they wrote and everything about them (reply examples built
+    on their tickets, predictions, suggestions, drafts and briefs). They are opted out so
+    nothing new is collected; adapters trained on their data are taken out of service (the
+    dataset rolls back to one that was not, else the base model), retraining is queued and
+    those runs' checkpoints are deleted."""
+    user = user.strip()
+    if not valid_user_id(user):
+        raise CliError(f"{user!r} is not a Slack user id (like U0123ABCD); nothing was erased")
+    config = settings()
     with database().session() as session:
-        counts = forget_user(session, user.strip(), actor="cli")
+        counts = forget_user(session, user, actor="cli", runs_dir=config.runs_dir,
+                             adapters_dir=config.adapters_dir)  # fmt: skip
+    detail = counts.pop("detail")
+    assert isinstance(detail, Forgotten)
     if as_json:
-        print_json({"user": user, **counts})
-    else:
-        console.print(
-            f"erased {user}: {counts['examples']} examples, {counts['drafts']} drafts, "
-            f"{counts['predictions'] + counts['suggestions']} ticket texts; "
-            f"{counts['adapters_flagged']} adapters flagged for retraining"
-        )
+        print_json({"user": user, **counts, "adapters": detail.adapters,
+                    "now_serving": detail.now_serving, "deleted": detail.removed_paths,
+                    "queued_runs": detail.runs_queued})  # fmt: skip
+        return
+    console.print(
+        f"erased {user}: {counts['examples']} examples, {counts['drafts']} drafts, "
+        f"{counts['predictions']} predictions, {counts['suggestions']} suggestions, "
+        f"{counts['approvals']} approvals; opted out from now on", highlight=False,
+    )  # fmt: skip
+    for name in detail.adapters:
+        console.print(f"  adapter {name} taken out of service", highlight=False)
+    for dataset, now in detail.now_serving.items():
+        console.print(f"  {dataset} now uses {'the base model' if now == 'base' else now}",
+                      highlight=False)  # fmt: skip
+    for path in detail.removed_paths:
+        console.print(f"  deleted {path}", highlight=False)
+    for run_id in detail.runs_queued:
+        console.print(f"  queued training run {run_id}", highlight=False)
 
 
 @examples_app.command("list")
 def list_examples(
     dataset: str = DatasetOption,
-    status: str = typer.Option("active", "--status", help="active, withdrawn or all."),
+    status: str = typer.Option(
+        "active", "--status", help="active, pending (waiting for an approver), withdrawn or all."
+    ),
     limit: int = typer.Option(50, "--limit", min=1),
     as_json: bool = JsonOption,
 ) -> None:
@@ -78,13 +110,7 @@ def set_brief(
         example = session.get(Example, example_id)
         if example is None or example.task != "draft":
             raise CliError(f"there is no copy example {example_id}")
-        text = normalize_text(brief)
-        if not text:
+        gate = Gate(session, scrubber=scrubber_for_settings(settings()))
+        if gate.set_prompt(example, brief, "cli") is None:
             raise CliError("the brief is empty")
-        example.prompt, example.prompt_source = text, "edited"
-        example.content_hash = content_hash(example.task, text, example.text, example.label)
-        Audit(session).record(
-            "example.brief", actor="cli", dataset_id=example.dataset_id,
-            example_id=example.id, content_hash=example.content_hash,
-        )  # fmt: skip
     console.print(f"example {example_id}: brief set")

@@ -33,7 +33,7 @@ NAMING = {
 }
 
 TASKS = ("draft", "classify")
-EXAMPLE_STATUSES = ("active", "withdrawn")
+EXAMPLE_STATUSES = ("active", "pending", "withdrawn")
 EXAMPLE_KINDS = ("positive", "negative")
 EXAMPLE_SOURCES = ("reaction", "draft", "correction", "import", "suggestion")
 SPLITS = ("train", "heldout")
@@ -126,6 +126,10 @@ class Example(Base):
     thread_ts: Mapped[str | None] = mapped_column(String(32), default=None)
     author_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
     approver_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    # The person the prompt came from (a ticket's customer, a thread's author), for erasure.
+    subject_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    # An edit of an approved message, waiting for an approver; ``text`` stays the approved one.
+    pending_text: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

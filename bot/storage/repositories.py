@@ -118,9 +118,15 @@ class Examples:
         self.session.execute(stmt, list(rows))
 
     def active(
-        self, dataset_id: int, split: str | None = None, kind: str | None = "positive"
+        self,
+        dataset_id: int,
+        split: str | None = None,
+        kind: str | None = "positive",
+        *,
+        status: str = "active",
     ) -> list[Example]:
-        stmt = select(Example).where(Example.dataset_id == dataset_id, Example.status == "active")
+        """The examples training uses (``status`` active), or those of another status."""
+        stmt = select(Example).where(Example.dataset_id == dataset_id, Example.status == status)
         if split:
             stmt = stmt.where(Example.split == split)
         if kind:

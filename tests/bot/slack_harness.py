@@ -49,7 +49,9 @@ def serve_bot(
     settings: dict[str, Any] | None = None,
     jobs: JobQueue | None = None,
 ) -> Iterator[Served]:
-    config_ = Settings(slack_api_url=fake.api_url, admins=admins or [], **(settings or {}))
+    config_ = Settings(
+        slack_api_url=fake.api_url, admins=admins or [], plugins=config or {}, **(settings or {})
+    )
     chat = SlackChat(fake.bot_token, fake.api_url)
     services = Services(
         settings=config_, db=db, chat=chat, jobs=jobs or JobQueue(), inference=inference

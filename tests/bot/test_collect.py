@@ -205,14 +205,21 @@ def test_removing_reactions_edits_and_deletes(env: Env) -> None:
     env.event(
         payloads.message_changed(COPY, ts, POST.replace("Thursday", "on Friday"), PRIYA, POST)
     )
+    (edited,) = env.examples()  # the author is no approver: the edit waits for one
+    assert edited.status == "pending" and edited.text == POST and edited.content_hash == old_hash
+    assert edited.pending_text is not None and "on Friday" in edited.pending_text
+    env.react(JONAS, "white_check_mark", COPY, ts, removed=True)
+    env.react(JONAS, "white_check_mark", COPY, ts)  # approving again takes the edit
     (edited,) = env.examples()
     assert "on Friday" in edited.text and edited.content_hash != old_hash and edited.split == split
+    assert edited.status == "active" and edited.pending_text is None
     env.event(payloads.message_deleted(COPY, ts))
     assert env.examples()[0].status == "withdrawn"
     with env.db.session() as s:
         actions = [a.action for a in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
         texts = json.dumps([a.details for a in s.scalars(select(AuditEntry))])
-    assert actions.count("example.withdraw") == 2 and "example.edit" in actions
+    assert actions.count("example.withdraw") == 3 and "example.edit" in actions
+    assert "example.edit_pending" in actions
     assert "Friday" not in texts and "chai" not in texts
 
 
@@ -386,9 +393,10 @@ def test_forgetting_a_person_flags_adapters_trained_on_them(env: Env) -> None:
         Adapters(s).create(ds, "/adapters/kk_copy-v1", run_id=run.id)
     with env.db.session() as s:
         counts = forget_user(s, PRIYA, actor=MAYA)
-    assert counts["examples"] == 1 and counts["adapters_flagged"] == 1
+    assert counts["examples"] == 1 and counts["adapters_retired"] == 1
     with env.db.session() as s:
-        assert s.scalars(select(Adapter)).one().needs_retrain is True
+        adapter = s.scalars(select(Adapter)).one()
+        assert adapter.needs_retrain is True and adapter.status == "rejected"
 
 
 def test_status_and_retrain(env: Env) -> None:

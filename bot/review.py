@@ -1,0 +1,50 @@
+"""Pending examples in front of their approvers: a private message with Approve and Reject,
+and what pressing them does. Contributions from people who are not approvers wait here
+(``status`` pending) and are never trained on until an approver approves them."""
+
+from __future__ import annotations
+
+from bot.access import approvers_of, is_approver
+from bot.gate import Gate
+from bot.plugin import ActionEvent, Button, Context
+from bot.storage.models import Dataset, Example
+
+
+def ask_approvers(ctx: Context, example_id: int) -> None:
+    """Show a pending example to its dataset's approvers, privately, after the commit."""
+    example = ctx.session.get(Example, example_id)
+    dataset = ctx.session.get(Dataset, example.dataset_id) if example else None
+    if example is None or dataset is None or example.status != "pending":
+        return
+    shown = (example.pending_text or example.text)[:600]
+    about = f" labelled *{example.label}*" if example.label else ""
+    text = (f"<@{example.author_id}> contributed an example to `{dataset.name}`{about}; "
+            f"it is not trained on until an approver approves it:\n> {shown}")  # fmt: skip
+    buttons = [Button("Approve", "example_approve", str(example.id), "primary"),
+               Button("Reject", "example_reject", str(example.id), "danger")]  # fmt: skip
+    people = approvers_of(dataset, ctx.chat, ctx.services.settings.admins)
+    chat = ctx.services.chat
+    ctx.after_commit(lambda: [chat.post(p, text, buttons=buttons) for p in people])
+
+
+def decide(ctx: Context, gate: Gate, event: ActionEvent, *, approve: bool) -> None:
+    """An Approve or Reject press: only the dataset's approvers decide, once."""
+    example = ctx.session.get(Example, int(event.value)) if event.value.isdigit() else None
+    dataset = ctx.session.get(Dataset, example.dataset_id) if example else None
+    if example is None or dataset is None:
+        ctx.respond("That example is gone.", replace_original=True)
+        return
+    if not is_approver(dataset, event.user_id, ctx.chat, ctx.services.settings.admins):
+        ctx.respond(f"Only the approvers of `{dataset.name}` can decide on it.")
+        return
+    if example.status != "pending":
+        ctx.respond(f"Example {example.id} is already {example.status}.", replace_original=True)
+        return
+    if approve:
+        gate.approve(example, event.user_id, "button", "label" if example.label else "approve")
+        ctx.respond(f"Approved by <@{event.user_id}>: example {example.id} is training data "
+                    f"for `{dataset.name}` now.", replace_original=True)  # fmt: skip
+    else:
+        gate.withdraw(example, event.user_id, "rejected")
+        ctx.respond(f"Rejected by <@{event.user_id}>: example {example.id} is not trained on.",
+                    replace_original=True)  # fmt: skip
