@@ -71,6 +71,8 @@ def test_registry_deploys_promotes_and_rolls_back_on_vllm(
     client = vllm.client()
     brief = [{"role": "user", "content": "Write a short post about our autumn chai."}]
     try:
+        base = "".join(client.stream_chat(brief, max_tokens=12, temperature=0))
+        assert base.strip()  # the base model streams before any adapter is deployed
         with db.session() as s:
             v1 = s.scalars(select(Adapter).where(Adapter.name == trained)).one()
             first = promote(s, settings, client, v1, actor="test")
