@@ -246,7 +246,7 @@ def parse_args() -> argparse.Namespace:
         "--vllm",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="measure vLLM too (default: yes, except with --smoke)",
+        help="measure vLLM too (default: yes, except with --smoke and no --url)",
     )
     parser.add_argument("--vllm-python", default=os.environ.get("BRANDBOT_VLLM_PYTHON"))
     parser.add_argument("--url", help="an already running server for vLLM's side")
@@ -273,7 +273,7 @@ def main() -> int:
     from serving.server import BackgroundServer, create_app
 
     smoke = args.smoke
-    with_vllm = (not smoke) if args.vllm is None else args.vllm
+    with_vllm = (bool(args.url) or not smoke) if args.vllm is None else args.vllm
     levels = [1, 4] if smoke else [int(x) for x in args.concurrency.split(",")]
     max_tokens = args.max_tokens or (16 if smoke else 64)
     rounds = args.rounds or (1 if smoke else 3)
