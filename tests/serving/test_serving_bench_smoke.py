@@ -1,4 +1,4 @@
-"""The serving benchmark's --smoke mode runs (tiny model), so the benchmark cannot rot."""
+"""The serving benchmark's --smoke mode runs (tiny model, no vLLM), so the benchmark cannot rot."""
 
 import subprocess
 import sys
@@ -15,3 +15,8 @@ def test_serving_bench_smoke() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "vs generate" in proc.stdout
     assert "label scoring, 10 labels" in proc.stdout
+    # the local engine both in process and over HTTP, base and adapter; vLLM only with --vllm
+    assert "| base | 4 |" in proc.stdout and "| adapter | 4 |" in proc.stdout
+    assert "| adapter | brandbot serve (HTTP) |" in proc.stdout
+    assert "vLLM" not in proc.stdout
+    assert "commit " in proc.stdout and "load average" in proc.stdout

