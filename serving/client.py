@@ -461,15 +461,15 @@ class HttpClient(InferenceClient):
         names = _check_labels(labels)
         name = self._model(model)
         chat = list(messages)
-        prompt = self._tokenize(chat, add_generation_prompt=True)
-        closing = self._tokenize(
-            [*chat, {"role": "assistant", "content": ""}], add_generation_prompt=False
-        )[len(prompt) :]
+        # the prompt, the empty answer (what closes a turn) and each label's answer, at once
+        renders = [(chat, True), *(([*chat, {"role": "assistant", "content": c}], False)
+                                   for c in ["", *names])]  # fmt: skip
+        tokens = list(
+            self._pool().map(lambda r: self._tokenize(r[0], add_generation_prompt=r[1]), renders)
+        )
+        prompt, closing = tokens[0], tokens[1][len(tokens[0]) :]
         answers = []
-        for label in names:
-            full = self._tokenize(
-                [*chat, {"role": "assistant", "content": label}], add_generation_prompt=False
-            )
+        for full in tokens[2:]:
             try:
                 answers.append(answer_tokens(prompt, full, closing))
             except ValueError as exc:
