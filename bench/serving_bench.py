@@ -295,7 +295,7 @@ def main() -> int:
     vllm = None
     vllm_versions: dict[str, str] = {}
     if with_vllm and not args.url:
-        from bench.vllm_proc import VllmProcess
+        from bot.testkit.vllm import VllmProcess
         from serving.vllm_launch import find_vllm_python
 
         python = find_vllm_python(args.vllm_python)

@@ -35,14 +35,6 @@ MAYA, TOM = "U0MAYA0001", "U0TOM00001"
 LABELS = ["billing", "shipping_delay", "damaged_item"]
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'brandbot.db'}")
-    database.upgrade()
-    yield database
-    database.dispose()
-
-
 def settings_for(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", served_model_name=SERVED)
 

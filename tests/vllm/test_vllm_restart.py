@@ -6,7 +6,6 @@ session's server."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,14 +26,6 @@ from tests.vllm.conftest import SERVED, VllmServer
 pytestmark = pytest.mark.smollm2
 
 COPY, MAYA = "C0VLLMREST", "U0MAYA0001"
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'brandbot.db'}")
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def test_a_restarted_vllm_gets_the_active_adapters_back_within_a_minute(

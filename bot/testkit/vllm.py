@@ -1,9 +1,9 @@
-"""A real vLLM server for a benchmark run, started with the product's own launch command
+"""A real vLLM server for tests and benchmarks, started with the product's own launch command
 (``serving.vllm_launch.build_vllm_command``) in its own process group, so stopping it ends the
-API server and its engine core together.
+API server and its engine core together, and ``kill()`` is a real kill -9 of both.
 
 ``start()`` returns at once (vLLM takes about a minute to come up on 2 cores, time the caller
-spends loading its own model); ``wait()`` blocks until ``/health`` answers.
+can spend loading its own model); ``wait()`` blocks until ``/health`` answers.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from serving.client import HttpClient
 from serving.vllm_launch import build_vllm_command
 
 
@@ -32,7 +33,14 @@ class VllmProcess:
     """One vLLM-CPU server on ``model_path`` with runtime LoRA loading and an API key."""
 
     def __init__(
-        self, *, python: str, model_path: Path, served_name: str, api_key: str, log: Path
+        self,
+        *,
+        python: str,
+        model_path: Path,
+        served_name: str,
+        api_key: str,
+        log: Path,
+        max_cpu_loras: int = 8,
     ) -> None:
         port = free_port()
         self.command = build_vllm_command(
@@ -44,9 +52,11 @@ class VllmProcess:
             api_key=api_key,
             lora_rank=16,
             max_loras=2,
-            max_cpu_loras=4,
+            max_cpu_loras=max_cpu_loras,
             cpu=True,
         )
+        self.served_name = served_name
+        self.api_key = api_key
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -83,6 +93,23 @@ class VllmProcess:
             return httpx.get(f"{self.url}/health", timeout=5).status_code == 200
         return False
 
+    def client(self, *, retries: int = 3, timeout: float = 120.0) -> HttpClient:
+        """The product's HTTP client for this server."""
+        return HttpClient(
+            self.url,
+            api_key=self.api_key,
+            served_model_name=self.served_name,
+            retries=retries,
+            timeout=timeout,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the API server and its engine core)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -91,9 +118,7 @@ class VllmProcess:
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
+            self.kill()
 
     def tail(self, lines: int = 40) -> str:
         text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
