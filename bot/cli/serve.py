@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 import typer
 
 from bot.cli.common import CliError, console, settings
@@ -88,8 +91,20 @@ def serve(
         max_batch_size=max_batch_size,
         max_loras=max_loras,
     )
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         app = create_app(local, api_key=api_key)
         uvicorn.Server(uvicorn_config(app, host, port)).run()
+    except _Terminated:
+        pass  # uvicorn shut down gracefully, then re-raised SIGTERM: a requested, clean stop
     finally:
+        signal.signal(signal.SIGTERM, previous)
         local.close()
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived (systemd, Docker, Kubernetes stopping the server)."""
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -21,10 +21,14 @@ from bot.cli.common import (
 from bot.storage.models import Adapter, Dataset
 from bot.storage.repositories import Datasets, Runs
 
+if TYPE_CHECKING:
+    from bot.inference import LazyInference
+
 adapters_app = typer.Typer(help="Trained adapters: list, promote, roll back.", no_args_is_help=True)
 
 
-def _client() -> Any:
+def _client() -> LazyInference:
+    """The inference client; use it as a context manager so the engine is shut down on exit."""
     from bot.inference import LazyInference
 
     return LazyInference(settings())
@@ -50,17 +54,18 @@ def worker(
     """Claim queued training runs and run them (one worker per run; several may run)."""
     from bot.worker import Worker
 
-    w = Worker(settings(), database(), _client(), config_overrides=_overrides(gpus))
-    if once:
-        w.requeue_stale()
-        summary = w.run_once()
-        console.print(summary.reason if summary else "no queued run")
-        return
-    console.print("worker: waiting for queued runs (Ctrl-C to stop)")
-    try:
-        w.serve(poll)
-    except KeyboardInterrupt:
-        w.stop()
+    with _client() as client:
+        w = Worker(settings(), database(), client, config_overrides=_overrides(gpus))
+        if once:
+            w.requeue_stale()
+            summary = w.run_once()
+            console.print(summary.reason if summary else "no queued run")
+            return
+        console.print("worker: waiting for queued runs (Ctrl-C to stop)")
+        try:
+            w.serve(poll)
+        except KeyboardInterrupt:
+            w.stop()
 
 
 def train(
@@ -86,10 +91,11 @@ def train(
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, loss=f"{loss:.3f}")
 
-        worker = Worker(
-            settings(), database(), _client(), progress=progress, config_overrides=_overrides(gpus)
-        )
-        summary = worker.run_now(run_id)
+        with _client() as client:
+            worker = Worker(
+                settings(), database(), client, progress=progress, config_overrides=_overrides(gpus)
+            )
+            summary = worker.run_now(run_id)
     if as_json:
         print_json(summary.__dict__)
         return
@@ -128,11 +134,11 @@ def promote_adapter(name: str = typer.Argument(..., help="e.g. kk_copy-v3")) -> 
     """Deploy an adapter and make it its dataset's active one (lint, load, canary first)."""
     from bot.registry import promote
 
-    with database().session() as session:
+    with database().session() as session, _client() as client:
         adapter = session.scalar(select(Adapter).where(Adapter.name == name))
         if adapter is None:
             raise CliError(f"unknown adapter {name!r} (see `brandbot adapters list`)")
-        result = promote(session, settings(), _client(), adapter, actor="cli")
+        result = promote(session, settings(), client, adapter, actor="cli")
     if not result.ok:
         raise CliError(f"not promoted: {result.reason}")
     console.print(result.reason)
@@ -146,9 +152,9 @@ def rollback_adapter(
     """Make the previous adapter (or --to) active again; with none, the base model."""
     from bot.registry import roll_back
 
-    with database().session() as session:
+    with database().session() as session, _client() as client:
         ds = Datasets(session).get(dataset)
-        result = roll_back(session, settings(), _client(), ds, to=to, actor="cli")
+        result = roll_back(session, settings(), client, ds, to=to, actor="cli")
     if not result.ok:
         raise CliError(result.reason)
     console.print(result.reason)
@@ -161,7 +167,8 @@ def evaluate(dataset: str = DatasetOption, as_json: bool = JsonOption) -> None:
     from bot.worker import evaluate_dataset
 
     try:
-        result = evaluate_dataset(settings(), database(), _client(), dataset)
+        with _client() as client:
+            result = evaluate_dataset(settings(), database(), client, dataset)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if as_json:

@@ -41,10 +41,9 @@ def test_brandbot_serve_answers_the_openai_client(tiny_model_dir: Path, tmp_path
         verdict = ours.classify([{"role": "user", "content": "refund please"}], ["billing", "bug"])
         assert verdict.label in {"billing", "bug"}
         assert httpx.get(f"{url}/v1/models").status_code == 401
+        proc.send_signal(signal.SIGTERM)  # how systemd, Docker and Kubernetes stop it
+        assert proc.wait(timeout=30) == 0, (proc.stdout.read() if proc.stdout else "")[-3000:]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
