@@ -127,7 +127,7 @@ def test_import_reports_counts_and_line_numbers_then_export(cli: CliRunner, tmp_
         + "\n"
     )
     first = cli("import", str(path), "-d", "t")
-    assert first.code == 0, first.err
+    assert first.code == 1, first.err  # partial: a line was rejected
     assert "added 20" in first.out
     assert "rejected 1" in first.out
     assert "line 11" in first.out
