@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy import select
 
@@ -15,6 +15,7 @@ from bot.cli.common import (
     JsonOption,
     console,
     database,
+    err_console,
     print_json,
     settings,
 )
@@ -166,11 +167,23 @@ def evaluate(dataset: str = DatasetOption, as_json: bool = JsonOption) -> None:
     confusion matrix (classify)."""
     from bot.worker import evaluate_dataset
 
-    try:
-        with _client() as client:
-            result = evaluate_dataset(settings(), database(), client, dataset)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+    with Progress(
+        TextColumn("[bold]evaluating[/] {task.description}"), BarColumn(),
+        TextColumn("{task.completed}/{task.total} held-out examples"), TimeRemainingColumn(),
+        console=err_console, transient=True,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, TaskID] = {}
+
+        def progress(model: str, done: int, total: int) -> None:
+            if model not in tasks:
+                tasks[model] = bar.add_task(model, total=total)
+            bar.update(tasks[model], completed=done)
+
+        try:
+            with _client() as client:
+                result = evaluate_dataset(settings(), database(), client, dataset, progress)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     if as_json:
         print_json(result)
         return
@@ -188,3 +201,4 @@ def evaluate(dataset: str = DatasetOption, as_json: bool = JsonOption) -> None:
     console.print(table)
     if "verdict" in result:
         console.print(result["verdict"])
+    console.print(f"evaluation took {result['seconds']:.1f} s")
