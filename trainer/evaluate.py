@@ -350,11 +350,17 @@ Progress = Callable[[int, int], None]
 CONCURRENT_REQUESTS = 32  # the local engine's default batch; vLLM batches as many
 
 
-def draft_token_cap(reference_tokens: int, max_new_tokens: int) -> int:
+def draft_token_cap(
+    reference_tokens: int, max_new_tokens: int, max_length: int | None = None
+) -> int:
     """New tokens allowed for one held-out draft: twice its reference's tokens plus a few, at
-    most ``max_new_tokens``. chrF has judged a draft by then (any longer and it only loses
-    precision), and generation time follows the longest draft of a batch."""
-    return max(1, min(max_new_tokens, 2 * reference_tokens + 8))
+    most ``max_new_tokens``; chrF has judged a draft by then (any longer and it only loses
+    precision), and a batch takes as long as its longest draft. With a ``max_length`` (in
+    characters) the cap is at least ``max_length / 2`` tokens, so a rambling draft is still cut
+    past the limit (a token is two characters or more in practice) and rule compliance keeps
+    its meaning."""
+    floor = math.ceil(max_length / 2) if max_length else 0
+    return max(1, min(max_new_tokens, max(2 * reference_tokens + 8, floor)))
 
 
 def generate_drafts(
@@ -418,7 +424,7 @@ def evaluate_draft(
         tokens=[t for _, t in items],
     )
     if client is not None:
-        caps = [draft_token_cap(t, max_new_tokens) for t in card.tokens]
+        caps = [draft_token_cap(t, max_new_tokens, rules.max_length) for t in card.tokens]
         drafts = generate_drafts(client, examples, caps, model=model, progress=progress)
         for example, text in zip(examples, drafts, strict=True):
             card.drafts.append(text)

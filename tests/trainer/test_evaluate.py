@@ -290,6 +290,8 @@ def test_draft_token_cap_follows_the_reference() -> None:
     assert draft_token_cap(10, 96) == 28
     assert draft_token_cap(60, 96) == 96
     assert draft_token_cap(0, 96) == 8
+    assert draft_token_cap(10, 96, max_length=100) == 50  # a long draft still breaks the rule
+    assert draft_token_cap(10, 96, max_length=280) == 96
 
 
 def test_batched_evaluation_equals_drafting_one_by_one(tiny_model_dir: Path) -> None:
