@@ -3,7 +3,7 @@ local engine, batched (``trainer.evaluate.generate_drafts``, what ``brandbot eva
 use) against one request at a time (the earlier loop) in the same run, same caps.
 
     python bench/eval_bench.py            # SmolLM2-135M-Instruct (the bundled default)
-    python bench/eval_bench.py --smoke    # a tiny random model, seconds (CI)
+    python bench/eval_bench.py --smoke    # a tiny random model, 4 briefs, seconds (CI)
 
 Target (issue 23): the held-out drafts of the base and an adapter in under 30 s on 2 cores.
 """
@@ -61,6 +61,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         examples, rules = held_out(root)
+        if args.smoke:
+            examples = examples[:4]
         base, adapter = model_dirs(root, args.smoke)
         caps = [draft_token_cap(t, 96, rules.max_length) for _, t in answer_nll(base, examples)]
         print(f"{len(examples)} held-out kk_copy briefs, caps {min(caps)}-{max(caps)} new tokens")
