@@ -8,13 +8,15 @@ keeps that text's split, so held-out text never enters train.
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
 import json
+import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
@@ -109,8 +111,64 @@ def parse_chat_record(record: Any, task: str, line: int) -> Candidate:
     return Candidate(line, users[0] if users else None, answers[0], None, kind)
 
 
-def read_jsonl(stream: TextIO, task: str) -> Iterator[Candidate | Rejected]:
-    for number, raw in enumerate(stream, start=1):
+MAX_LINE_BYTES = 1 << 20
+# control characters that are not whitespace (whitespace is collapsed by normalize_text)
+_CONTROL = re.compile(
+    "[" + "".join(re.escape(c) for c in map(chr, range(0xA0))
+                  if unicodedata.category(c) == "Cc" and not c.isspace()) + "]"
+)  # fmt: skip
+
+
+def _lines(stream: BinaryIO) -> Iterator[tuple[int, str, str | None]]:
+    """Every line of a binary stream as ``(number, text, why it is unusable or None)``.
+
+    Read one line at a time (never the whole file); a line over ``MAX_LINE_BYTES`` is skipped
+    unread (its text is a bare newline) and a line that is not UTF-8 is decoded with
+    replacement characters, both with their reason, so the caller can reject just that line.
+    """
+    number = 0
+    while raw := stream.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):
+                raw = stream.readline(MAX_LINE_BYTES)
+            yield number, "\n", f"the line is over {MAX_LINE_BYTES // 1024} KiB"
+            continue
+        try:
+            yield number, raw.decode("utf-8"), None
+        except UnicodeDecodeError as exc:
+            text = raw.decode("utf-8", errors="replace")
+            yield number, text, f"not UTF-8 (byte {exc.start + 1} of the line)"
+
+
+def _control_character(candidate: Candidate) -> str | None:
+    """Why a candidate's text cannot be stored, if it holds a control character (NUL: PostgreSQL
+    refuses it; the others are binary junk in copy or tickets)."""
+    for what, value in (("brief", candidate.prompt), ("text", candidate.text),
+                        ("label", candidate.label)):  # fmt: skip
+        found = _CONTROL.search(value) if value else None
+        if found:
+            char = found.group()
+            name = "a NUL character" if char == "\x00" else "a control character"
+            return (
+                f"the {what} contains {name} (U+{ord(char):04X}) at character {found.start() + 1}"
+            )
+    return None
+
+
+def _screened(candidate: Candidate) -> Candidate | Rejected:
+    reason = _control_character(candidate)
+    return Rejected(candidate.line, reason) if reason else candidate
+
+
+def read_jsonl(stream: BinaryIO, task: str) -> Iterator[Candidate | Rejected]:
+    """Chat-format lines of a binary file, one at a time."""
+    for number, raw, problem in _lines(stream):
+        if problem:
+            yield Rejected(number, problem)
+            continue
         if not raw.strip():
             continue
         try:
@@ -119,17 +177,43 @@ def read_jsonl(stream: TextIO, task: str) -> Iterator[Candidate | Rejected]:
             yield Rejected(number, f"malformed JSON: {exc.msg} (column {exc.colno})")
             continue
         try:
-            yield parse_chat_record(record, task, number)
+            yield _screened(parse_chat_record(record, task, number))
         except RowError as exc:
             yield Rejected(number, str(exc))
 
 
-def read_csv(stream: TextIO) -> Iterator[Candidate | Rejected]:
-    """CSV ``text,label`` rows (a header row with exactly those names is skipped)."""
-    reader = csv.reader(stream)
-    first = True
-    for row in reader:
+def read_csv(stream: BinaryIO) -> Iterator[Candidate | Rejected]:
+    """CSV ``text,label`` rows (a header row with exactly those names is skipped).
+
+    A row is rejected with its (last) line number when it has the wrong column count, a field
+    over the csv module's limit (128 KiB), a line that is not UTF-8 or too long, or a control
+    character; the rows after it are read as usual.
+    """
+    problems: dict[int, str] = {}
+
+    def text() -> Iterator[str]:
+        for number, line, problem in _lines(stream):
+            if problem:
+                problems[number] = problem
+            yield line
+
+    reader = csv.reader(text())
+    first, start = True, 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            start = reader.line_num + 1
+            yield Rejected(reader.line_num, _csv_reason(exc))
+            continue
         number = reader.line_num
+        problem = next((problems[n] for n in range(start, number + 1) if n in problems), None)
+        start = number + 1
+        if problem:
+            yield Rejected(number, problem)
+            continue
         if first and [c.strip().lower() for c in row] == ["text", "label"]:
             first = False
             continue
@@ -139,22 +223,31 @@ def read_csv(stream: TextIO) -> Iterator[Candidate | Rejected]:
         if len(row) != 2:
             yield Rejected(number, f"expected 2 columns (text,label), found {len(row)}")
             continue
-        yield Candidate(number, None, row[0], row[1].strip() or None)
+        yield _screened(Candidate(number, None, row[0], row[1].strip() or None))
+
+
+def _csv_reason(exc: csv.Error) -> str:
+    if "field limit" in str(exc):
+        return f"a field is over {csv.field_size_limit() // 1024} KiB (the CSV field limit)"
+    return f"malformed CSV: {exc}"
+
+
+def iter_file(path: Path, task: str) -> Iterator[Candidate | Rejected]:
+    """Parse a .jsonl/.json or .csv file as it is read (one line at a time); CSV is only for
+    classify datasets. Every bad line is a ``Rejected`` with its number and reason."""
+    if path.suffix.lower() == ".csv" and task != "classify":
+        yield Rejected(0, "CSV (text,label) is for classify datasets; use chat JSONL")
+        return
+    with path.open("rb") as stream:
+        if path.suffix.lower() == ".csv":
+            yield from read_csv(stream)
+        else:
+            yield from read_jsonl(stream, task)
 
 
 def read_file(path: Path, task: str) -> list[Candidate | Rejected]:
-    """Parse a .jsonl/.json or .csv file; CSV is only for classify datasets."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        return [Rejected(0, f"the file is not UTF-8 (byte {exc.start})")]
-    stream = io.StringIO(text, newline="" if path.suffix.lower() == ".csv" else None)
-    if path.suffix.lower() == ".csv":
-        if task != "classify":
-            return [Rejected(0, "CSV (text,label) is for classify datasets; use chat JSONL")]
-        return list(read_csv(stream))
-    return list(read_jsonl(stream, task))
+    """``iter_file`` as a list (small files: the sample brand, tests)."""
+    return list(iter_file(path, task))
 
 
 def _check(candidate: Candidate, dataset: Dataset) -> str | None:

@@ -80,5 +80,14 @@ class LazyInference(InferenceClient):
         return self.client.health()
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        """Close the real client, if one was built (the local engine's thread is joined)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> LazyInference:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

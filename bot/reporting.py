@@ -19,9 +19,9 @@ from bot.storage.models import Adapter, Dataset, Example, TrainingRun
 PRIMARY = {"draft": "answer_perplexity", "classify": "macro_f1"}
 COLUMNS = {
     "draft": [("answer_perplexity", "answer perplexity"), ("chrf", "chrF"),
-              ("rule_compliance", "rule compliance")],
+              ("rule_compliance", "rule compliance"), ("seconds", "eval s")],
     "classify": [("macro_f1", "macro-F1"), ("accuracy", "accuracy"),
-                 ("invalid_rate", "invalid answers")],
+                 ("invalid_rate", "invalid answers"), ("seconds", "eval s")],
 }  # fmt: skip
 
 

@@ -368,10 +368,15 @@ if __name__ == "__main__":
 
 
 def evaluate_dataset(
-    settings: Settings, db: Database, client: InferenceClient, dataset_name: str
+    settings: Settings,
+    db: Database,
+    client: InferenceClient,
+    dataset_name: str,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """``brandbot eval``: the base model and the active adapter on the held-out examples, with
-    the promotion rule's verdict of the adapter against the base."""
+    the promotion rule's verdict of the adapter against the base. ``progress(model, done,
+    total)`` follows each model's held-out examples; ``seconds`` is the whole evaluation."""
     from bot.storage.repositories import Datasets
     from serving.base_model import resolve_base_model
     from trainer.evaluate import BrandRules, evaluate_classify, evaluate_draft
@@ -392,11 +397,17 @@ def evaluate_dataset(
         client.load_adapter(name, str(path))
 
     def one(label: str, model: str | None, adapter_dir: Path | None) -> Any:
-        if task == "classify":
-            return evaluate_classify(heldout, labels, name=label, client=client, model=model)
-        return evaluate_draft(heldout, name=label, base_dir=base.path, adapter_dir=adapter_dir,
-                              client=client, model=model, rules=rules)  # fmt: skip
+        def step(done: int, total: int) -> None:
+            if progress is not None:
+                progress(label, done, total)
 
+        if task == "classify":
+            return evaluate_classify(heldout, labels, name=label, client=client, model=model,
+                                     progress=step)  # fmt: skip
+        return evaluate_draft(heldout, name=label, base_dir=base.path, adapter_dir=adapter_dir,
+                              client=client, model=model, rules=rules, progress=step)  # fmt: skip
+
+    started = time.perf_counter()
     base_sc = one("base", None, None)
     result: dict[str, Any] = {
         "dataset": dataset_name,
@@ -407,4 +418,5 @@ def evaluate_dataset(
         current_sc = one(name, name, path)
         decision = decide_promotion(None, current_sc, base=base_sc)
         result |= {"active": current_sc.summary(), "verdict": decision.reason}
+    result["seconds"] = time.perf_counter() - started
     return result

@@ -17,6 +17,7 @@ decode step writes one column in place instead of re-concatenating the whole cac
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import inspect
 import logging
@@ -27,6 +28,7 @@ import threading
 import time
 import types
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -329,6 +331,16 @@ def pick_device(device: str | None = None) -> tuple[torch.device, torch.dtype]:
     return dev, dtype
 
 
+_live_engines: weakref.WeakSet[LocalEngine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_engines() -> None:
+    """The safety net of ``LocalEngine.close``: atexit runs before daemon threads are killed."""
+    for engine in list(_live_engines):
+        engine.close()
+
+
 class LocalEngine:
     """transformers + peft behind a continuous-batching scheduler thread.
 
@@ -404,6 +416,7 @@ class LocalEngine:
         self._unmergeable: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="brandbot-engine", daemon=True)
         self._thread.start()
+        _live_engines.add(self)
 
     # --- public API -------------------------------------------------------------------------
 
@@ -473,6 +486,8 @@ class LocalEngine:
         ``sink`` when given; ``sink`` runs on the engine thread and must not block.
         """
         adapter = self.check_model(model)
+        if self._stop.is_set():
+            raise EngineError("the engine stopped")
         if len(prompt_ids) + 1 > self.max_model_len:
             raise PromptTooLong(len(prompt_ids), self.max_model_len)
         if params.max_tokens < 1:
@@ -572,15 +587,27 @@ class LocalEngine:
 
     def run(self, job: Callable[[], T]) -> T:
         """Run ``job`` on the scheduler thread between two steps and return its result."""
+        if self._stop.is_set():
+            raise EngineError("the engine stopped")
         future: Future[T] = Future()
         self._jobs.put((job, future))
         self._wake.set()
         return future.result()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the scheduler thread and wait for it (idempotent).
+
+        Call this before the process ends (or use the engine as a context manager): a scheduler
+        thread still alive at interpreter shutdown is killed inside torch's C++ code, which
+        aborts the process (``terminate called without an active exception``, exit 134). An
+        atexit hook closes engines nobody closed, as a safety net. Requests still queued or
+        running fail with EngineError("the engine stopped").
+        """
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        _live_engines.discard(self)
 
     def __enter__(self) -> LocalEngine:
         return self
@@ -606,8 +633,16 @@ class LocalEngine:
                 for seq in self._active:
                     seq.handle._put(Event(error=EngineError(f"generation failed: {exc}")))
                 self._active, self._cache, self._mask = [], None, None
+        stopped = EngineError("the engine stopped")
         for seq in self._active:
-            seq.handle._put(Event(error=EngineError("the engine stopped")))
+            seq.handle._put(Event(error=stopped))
+        self._active, self._cache, self._mask = [], None, None
+        while not self._inbox.empty():
+            self._inbox.get_nowait().handle._put(Event(error=stopped))
+        while not self._jobs.empty():
+            _, future = self._jobs.get_nowait()
+            if future.set_running_or_notify_cancel():
+                future.set_exception(stopped)
 
     def _run_jobs(self) -> None:
         while True:

@@ -44,3 +44,13 @@ def test_quality_bench_smoke() -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "per-label F1" in proc.stdout and "tuned (clinc_banking-v1)" in proc.stdout
+
+
+def test_eval_bench_smoke_batched_drafts_equal_one_at_a_time() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "eval_bench.py"), "--smoke"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "same drafts: yes" in proc.stdout
+    assert "batched" in proc.stdout

@@ -344,6 +344,55 @@ def answer_nll(
     return out
 
 
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: called as held-out drafts or predictions finish."""
+
+CONCURRENT_REQUESTS = 32  # the local engine's default batch; vLLM batches as many
+
+
+def draft_token_cap(
+    reference_tokens: int, max_new_tokens: int, max_length: int | None = None
+) -> int:
+    """New tokens allowed for one held-out draft: twice its reference's tokens plus a few, at
+    most ``max_new_tokens``; chrF has judged a draft by then (any longer and it only loses
+    precision), and a batch takes as long as its longest draft. With a ``max_length`` (in
+    characters) the cap is at least ``max_length / 2`` tokens, so a rambling draft is still cut
+    past the limit (a token is two characters or more in practice) and rule compliance keeps
+    its meaning."""
+    floor = math.ceil(max_length / 2) if max_length else 0
+    return max(1, min(max_new_tokens, max(2 * reference_tokens + 8, floor)))
+
+
+def generate_drafts(
+    client: InferenceClient,
+    examples: Sequence[TrainExample],
+    caps: Sequence[int],
+    *,
+    model: str | None,
+    progress: Progress | None = None,
+) -> list[str]:
+    """Greedy drafts for every example, all requested at once so the server batches them (the
+    local engine's continuous batching, or vLLM's); results in the examples' order."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    if not examples:
+        return []
+
+    def draft(example: TrainExample, cap: int) -> str:
+        reply = client.chat(
+            example.messages(with_answer=False), model=model, max_tokens=cap, temperature=0.0
+        )
+        return reply.text.strip()
+
+    workers = min(len(examples), CONCURRENT_REQUESTS)
+    with ThreadPoolExecutor(workers, thread_name_prefix="brandbot-eval") as pool:
+        futures = [pool.submit(draft, e, c) for e, c in zip(examples, caps, strict=True)]
+        for done, _ in enumerate(as_completed(futures), start=1):
+            if progress is not None:
+                progress(done, len(futures))
+        return [f.result() for f in futures]
+
+
 def evaluate_draft(
     examples: Sequence[TrainExample],
     *,
@@ -354,11 +403,13 @@ def evaluate_draft(
     model: str | None,
     rules: BrandRules,
     max_new_tokens: int = 96,
+    progress: Progress | None = None,
 ) -> Scorecard:
     """Score a model on held-out draft examples.
 
     ``adapter_dir=None`` scores the base. Perplexity uses the weights directly; drafts are
-    generated through ``client`` under the served ``model`` name (None = base) greedily; with
+    generated through ``client`` under the served ``model`` name (None = base) greedily, all
+    at once (:func:`generate_drafts`), each capped by :func:`draft_token_cap`; with
     ``client=None`` drafts are skipped (perplexity only, e.g. while a server is unavailable).
     """
     import time
@@ -373,14 +424,9 @@ def evaluate_draft(
         tokens=[t for _, t in items],
     )
     if client is not None:
-        for example in examples:
-            reply = client.chat(
-                example.messages(with_answer=False),
-                model=model,
-                max_tokens=max_new_tokens,
-                temperature=0.0,
-            )
-            text = reply.text.strip()
+        caps = [draft_token_cap(t, max_new_tokens, rules.max_length) for t in card.tokens]
+        drafts = generate_drafts(client, examples, caps, model=model, progress=progress)
+        for example, text in zip(examples, drafts, strict=True):
             card.drafts.append(text)
             card.chrf.append(chrf(text, example.answer))
             card.compliant.append(not rules.violations(text))
@@ -395,6 +441,7 @@ def evaluate_classify(
     name: str,
     client: InferenceClient,
     model: str | None,
+    progress: Progress | None = None,
 ) -> Scorecard:
     """Score a model on held-out tickets through ``client.classify`` (production's label scoring).
 
@@ -410,11 +457,13 @@ def evaluate_classify(
         labels=list(labels),
         gold=[e.answer for e in examples],
     )
-    for example in examples:
+    for done, example in enumerate(examples, start=1):
         try:
             result = client.classify(example.messages(with_answer=False), labels, model=model)
             card.predicted.append(result.label if result.label in labels else None)
         except (InferenceError, ValueError):  # refused: an invalid answer, not a crash
             card.predicted.append(None)
+        if progress is not None:
+            progress(done, len(examples))
     card.seconds = time.perf_counter() - started
     return card

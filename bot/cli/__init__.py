@@ -7,6 +7,7 @@ import sys
 import typer
 from pydantic_settings import SettingsError as SourceError
 
+from bot.cli import exits
 from bot.cli.common import CliError
 from bot.cli.data import export_examples, import_examples
 from bot.cli.datasets import app as datasets_app
@@ -30,6 +31,7 @@ app = typer.Typer(
         "and the sample brand). Settings come from BRANDBOT_* / SLACK_* environment variables "
         "or brandbot.toml; see docs/configuration.md."
     ),
+    epilog=exits.HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -62,7 +64,7 @@ KNOWN_ERRORS = (
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit's code here
     except KNOWN_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -81,3 +83,5 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from bot.cli import exits
 from bot.cli.common import (
     CliError,
     DatasetOption,
@@ -19,7 +20,7 @@ from bot.cli.common import (
     settings,
 )
 from bot.gate import scrubber_for_settings
-from bot.importer import export_records, import_candidates, read_file
+from bot.importer import export_records, import_candidates, iter_file
 from bot.storage.repositories import Datasets, Examples
 
 SHOW_REJECTIONS = 20
@@ -40,12 +41,16 @@ def import_examples(
         raise CliError(f"no such file: {path}")
     with database().session() as session:
         ds = Datasets(session).get(dataset)
-        rows = read_file(path, ds.task)
+        rows = iter_file(path, ds.task)
         scrubber = scrubber_for_settings(settings())
         result = import_candidates(session, ds, rows, actor="cli", scrubber=scrubber)
+    status, code = exits.import_status(result.added + result.duplicate, len(result.rejected))
     if as_json:
-        print_json({"dataset": dataset, "file": str(path), **result.as_dict()})
-        return
+        print_json(
+            {"dataset": dataset, "file": str(path), "status": status, "exit_code": code,
+             **result.as_dict()}
+        )  # fmt: skip
+        raise typer.Exit(code)
     split = ", ".join(f"{k} {v}" for k, v in sorted(result.added_by_split.items()))
     console.print(
         f"{dataset}: added {result.added}" + (f" ({split})" if split else "")
@@ -56,6 +61,9 @@ def import_examples(
         console.print(f"  [yellow]rejected[/] {where}: {rejected.reason}", highlight=False)
     if len(result.rejected) > SHOW_REJECTIONS:
         console.print(f"  ... and {len(result.rejected) - SHOW_REJECTIONS} more (see --json)")
+    if code == exits.NOTHING_IMPORTED:
+        err_console.print(f"nothing imported from {path}", highlight=False)
+    raise typer.Exit(code)
 
 
 def export_examples(

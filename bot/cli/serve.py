@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
+from types import FrameType
 
 import typer
 
@@ -132,8 +134,20 @@ def serve(
         max_batch_size=max_batch_size,
         max_loras=max_loras,
     )
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         app = create_app(local, api_key=api_key)
         uvicorn.Server(uvicorn_config(app, host, port)).run()
+    except _Terminated:
+        pass  # uvicorn shut down gracefully, then re-raised SIGTERM: a requested, clean stop
     finally:
+        signal.signal(signal.SIGTERM, previous)
         local.close()
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived (systemd, Docker, Kubernetes stopping the server)."""
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated

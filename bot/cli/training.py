@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy import select
 
@@ -15,16 +15,21 @@ from bot.cli.common import (
     JsonOption,
     console,
     database,
+    err_console,
     print_json,
     settings,
 )
 from bot.storage.models import Adapter, Dataset
 from bot.storage.repositories import Datasets, Runs
 
+if TYPE_CHECKING:
+    from bot.inference import LazyInference
+
 adapters_app = typer.Typer(help="Trained adapters: list, promote, roll back.", no_args_is_help=True)
 
 
-def _client() -> Any:
+def _client() -> LazyInference:
+    """The inference client; use it as a context manager so the engine is shut down on exit."""
     from bot.inference import LazyInference
 
     return LazyInference(settings())
@@ -54,17 +59,18 @@ def worker(
     secrets = settings_secrets(settings())
     configure_logging(secrets)  # JSON to stderr, secrets masked
 
-    w = Worker(settings(), database(), _client(), config_overrides=_overrides(gpus))
-    if once:
-        w.requeue_stale()
-        summary = w.run_once()
-        console.print(Redactor(secrets).scrub(summary.reason) if summary else "no queued run")
-        return
-    console.print("worker: waiting for queued runs (Ctrl-C to stop)")
-    try:
-        w.serve(poll)
-    except KeyboardInterrupt:
-        w.stop()
+    with _client() as client:
+        w = Worker(settings(), database(), client, config_overrides=_overrides(gpus))
+        if once:
+            w.requeue_stale()
+            summary = w.run_once()
+            console.print(Redactor(secrets).scrub(summary.reason) if summary else "no queued run")
+            return
+        console.print("worker: waiting for queued runs (Ctrl-C to stop)")
+        try:
+            w.serve(poll)
+        except KeyboardInterrupt:
+            w.stop()
 
 
 def train(
@@ -90,10 +96,11 @@ def train(
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, loss=f"{loss:.3f}")
 
-        worker = Worker(
-            settings(), database(), _client(), progress=progress, config_overrides=_overrides(gpus)
-        )
-        summary = worker.run_now(run_id)
+        with _client() as client:
+            worker = Worker(
+                settings(), database(), client, progress=progress, config_overrides=_overrides(gpus)
+            )
+            summary = worker.run_now(run_id)
     if as_json:
         print_json(summary.__dict__)
         return
@@ -132,11 +139,11 @@ def promote_adapter(name: str = typer.Argument(..., help="e.g. kk_copy-v3")) -> 
     """Deploy an adapter and make it its dataset's active one (lint, load, canary first)."""
     from bot.registry import promote
 
-    with database().session() as session:
+    with database().session() as session, _client() as client:
         adapter = session.scalar(select(Adapter).where(Adapter.name == name))
         if adapter is None:
             raise CliError(f"unknown adapter {name!r} (see `brandbot adapters list`)")
-        result = promote(session, settings(), _client(), adapter, actor="cli")
+        result = promote(session, settings(), client, adapter, actor="cli")
     if not result.ok:
         raise CliError(f"not promoted: {result.reason}")
     console.print(result.reason)
@@ -150,9 +157,9 @@ def rollback_adapter(
     """Make the previous adapter (or --to) active again; with none, the base model."""
     from bot.registry import roll_back
 
-    with database().session() as session:
+    with database().session() as session, _client() as client:
         ds = Datasets(session).get(dataset)
-        result = roll_back(session, settings(), _client(), ds, to=to, actor="cli")
+        result = roll_back(session, settings(), client, ds, to=to, actor="cli")
     if not result.ok:
         raise CliError(result.reason)
     console.print(result.reason)
@@ -164,10 +171,23 @@ def evaluate(dataset: str = DatasetOption, as_json: bool = JsonOption) -> None:
     confusion matrix (classify)."""
     from bot.worker import evaluate_dataset
 
-    try:
-        result = evaluate_dataset(settings(), database(), _client(), dataset)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+    with Progress(
+        TextColumn("[bold]evaluating[/] {task.description}"), BarColumn(),
+        TextColumn("{task.completed}/{task.total} held-out examples"), TimeRemainingColumn(),
+        console=err_console, transient=True,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, TaskID] = {}
+
+        def progress(model: str, done: int, total: int) -> None:
+            if model not in tasks:
+                tasks[model] = bar.add_task(model, total=total)
+            bar.update(tasks[model], completed=done)
+
+        try:
+            with _client() as client:
+                result = evaluate_dataset(settings(), database(), client, dataset, progress)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     if as_json:
         print_json(result)
         return
@@ -185,3 +205,4 @@ def evaluate(dataset: str = DatasetOption, as_json: bool = JsonOption) -> None:
     console.print(table)
     if "verdict" in result:
         console.print(result["verdict"])
+    console.print(f"evaluation took {result['seconds']:.1f} s")

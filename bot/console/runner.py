@@ -68,17 +68,21 @@ def run_console(
         if cid and uid:
             ws.add(cid, uid, message["text"])
     chat = ConsoleChat(ws, out, settings.data_dir / "console-uploads", interactive=interactive)
+    owned = None
     if inference is None:
         from bot.inference import LazyInference
 
-        inference = LazyInference(settings)
+        inference = owned = LazyInference(settings)
     bot = build_bot(settings, db, chat, inference=inference)
     load_active_adapters_soon(settings, db, inference).join()
     pump = OutboxPump(bot.runtime)
     pump.start()
     # The embedded default runs the training worker and the schedule in this process.
     worker = Worker(settings, db, inference)
-    threading.Thread(target=worker.serve, args=(1.0,), name="brandbot-worker", daemon=True).start()
+    worker_thread = threading.Thread(
+        target=worker.serve, args=(1.0,), name="brandbot-worker", daemon=True
+    )
+    worker_thread.start()
     leader = SchedulerLeader(bot.runtime, db)
     leader.start()
     shell = Shell(bot.runtime, chat, ws, out, db=db, echo=echo)
@@ -89,9 +93,13 @@ def run_console(
     try:
         shell.run(_lines(stream, shell, interactive, settings.data_dir / ".console_history"))
     finally:
+        # a training run in progress ends first: torch must not be running at shutdown
         worker.stop()
         leader.stop()
         pump.stop()
         bot.services.jobs.wait_idle()
         bot.services.jobs.shutdown()
+        worker_thread.join()
+        if owned is not None:
+            owned.close()
     out("bye")

@@ -45,11 +45,10 @@ def test_brandbot_serve_answers_the_openai_client(tiny_model_dir: Path, tmp_path
         assert httpx.post(f"{url}/tokenize", json={"prompt": "hi"}).status_code == 401
         keyed = {"Authorization": "Bearer k3y"}
         assert httpx.get(f"{url}/metrics", headers=keyed).status_code == 200
+        proc.send_signal(signal.SIGTERM)  # how systemd, Docker and Kubernetes stop it
+        assert proc.wait(timeout=30) == 0, (proc.stdout.read() if proc.stdout else "")[-3000:]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
 
@@ -91,9 +90,6 @@ def test_the_insecure_flag_serves_a_public_address_without_a_key(
         wait_until_up(f"{url}/health", proc, timeout=60)
         assert httpx.get(f"{url}/v1/models").status_code == 200
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             proc.kill()
             proc.wait()

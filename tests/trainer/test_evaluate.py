@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,10 @@ from trainer.evaluate import (
     accuracy,
     answer_nll,
     chrf,
+    draft_token_cap,
     evaluate_classify,
     evaluate_draft,
+    generate_drafts,
     macro_f1,
     mean,
     paired_bootstrap,
@@ -250,3 +253,64 @@ def test_evaluate_draft_generates_through_the_engine(tiny_model_dir: Path) -> No
     )  # fmt: skip
     assert only_ppl.nll == card.nll
     assert only_ppl.chrf_mean is None
+
+
+class WaitingClient(FakeClient):
+    """Answers a chat only once ``together`` chats are waiting at once: sequential callers
+    would time out on the barrier."""
+
+    def __init__(self, together: int) -> None:
+        super().__init__({})
+        self.barrier = threading.Barrier(together, timeout=10)
+        self.max_tokens: dict[str, int] = {}
+
+    def chat(self, messages: Sequence[dict[str, Any]], **kwargs: Any) -> ChatResult:
+        self.max_tokens[messages[-1]["content"]] = kwargs["max_tokens"]
+        self.barrier.wait()
+        return ChatResult(f"draft for {messages[-1]['content']}", "stop", Usage())
+
+
+def test_drafts_are_requested_all_at_once_in_order_with_progress() -> None:
+    examples = [TrainExample("sys", f"brief {i}", "x") for i in range(5)]
+    client = WaitingClient(together=5)
+    seen: list[tuple[int, int]] = []
+    drafts = generate_drafts(
+        client,
+        examples,
+        [10, 20, 30, 40, 50],
+        model=None,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert drafts == [f"draft for brief {i}" for i in range(5)]
+    assert client.max_tokens == {f"brief {i}": 10 * (i + 1) for i in range(5)}
+    assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+
+
+def test_draft_token_cap_follows_the_reference() -> None:
+    assert draft_token_cap(10, 96) == 28
+    assert draft_token_cap(60, 96) == 96
+    assert draft_token_cap(0, 96) == 8
+    assert draft_token_cap(10, 96, max_length=100) == 50  # a long draft still breaks the rule
+    assert draft_token_cap(10, 96, max_length=280) == 96
+
+
+def test_batched_evaluation_equals_drafting_one_by_one(tiny_model_dir: Path) -> None:
+    examples = [
+        TrainExample("You write posts.", f"Announce tea number {i}", "Our tea lands.")
+        for i in range(6)
+    ]
+    with LocalEngine(tiny_model_dir, served_name="tiny", threads=1) as engine:
+        client = LocalClient(engine)
+        engine.metrics.reset_peak()
+        card = evaluate_draft(
+            examples, name="base", base_dir=tiny_model_dir, adapter_dir=None, client=client,
+            model=None, rules=BrandRules(), max_new_tokens=12,
+        )  # fmt: skip
+        assert engine.metrics.max_batch_seen > 1  # the drafts shared decode steps
+        caps = [draft_token_cap(t, 12) for t in card.tokens]
+        one_by_one = [
+            client.chat(e.messages(with_answer=False), max_tokens=c, temperature=0.0).text.strip()
+            for e, c in zip(examples, caps, strict=True)
+        ]
+    assert card.drafts == one_by_one
+    assert card.chrf == [chrf(d, "Our tea lands.") for d in one_by_one]
