@@ -5,11 +5,12 @@ answer, not a stuck placeholder."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -23,7 +24,7 @@ from bot.testkit import payloads
 from bot.testkit.payloads import signed_post
 from bot.testkit.slack import FakeSlack
 from serving.base_model import ResolvedModel
-from tests.bot.slack_harness import serve_bot
+from tests.bot.slack_harness import Served, serve_bot
 from tests.bot.test_draft_classify import PLUGINS, buttons_of, settle, slash, wait
 from tests.conftest import SampleCopyRun
 from tests.vllm.conftest import SERVED, VllmServer
@@ -101,6 +102,20 @@ def test_registry_deploys_promotes_and_rolls_back_on_vllm(
         client.close()
 
 
+@dataclass
+class VllmBot:
+    """The bot, served over signed HTTP with vLLM behind it, and its datasets' names (new in
+    every test: the session's server keeps every adapter name it has loaded)."""
+
+    served: Served
+    copy: str
+    tickets: str
+    ghost: str
+
+
+_bots = itertools.count(1)
+
+
 @pytest.fixture
 def vllm_bot(
     vllm: VllmServer,
@@ -110,41 +125,44 @@ def vllm_bot(
     smollm2_adapter: Path,
     smollm2_model: ResolvedModel,
     tmp_path: Path,
-) -> Iterator[Any]:
+) -> Iterator[VllmBot]:
+    n = next(_bots)
+    copy, tickets, ghost = f"vb{n}_copy", f"vb{n}_tickets", f"vb{n}_ghost"
     fake_slack.add_user(MAYA, "maya")
     fake_slack.add_user(TOM, "tom")
     fake_slack.add_channel(COPY, "brand-copy", members=[fake_slack.bot_user_id, MAYA])
     fake_slack.add_channel(TICKETS, "support", members=[fake_slack.bot_user_id, TOM])
     with db.session() as s:
-        Datasets(s).create("vb_copy", "draft", channels=[COPY], approvers=[MAYA],
+        Datasets(s).create(copy, "draft", channels=[COPY], approvers=[MAYA],
                            system_prompt="You write warm, short posts for a tea shop.")  # fmt: skip
-        Datasets(s).create("vb_tickets", "classify", channels=[TICKETS], ticket_channels=[TICKETS],
+        Datasets(s).create(tickets, "classify", channels=[TICKETS], ticket_channels=[TICKETS],
                            labels=LABELS, approvers=[TOM])  # fmt: skip
-        Datasets(s).create("vb_ghost", "draft", channels=[COPY])
+        Datasets(s).create(ghost, "draft", channels=[COPY])
     client = vllm.client()
     settings = settings_for(tmp_path)
-    for dataset in ("vb_copy", "vb_tickets"):
+    for dataset in (copy, tickets):
         name = register(db, dataset, smollm2_adapter, smollm2_model.fingerprint)
         with db.session() as s:
             row = s.scalars(select(Adapter).where(Adapter.name == name)).one()
             assert promote(s, settings, client, row).ok
     with db.session() as s:  # active in the database, never loaded on the server
-        ghost = Datasets(s).get("vb_ghost")
-        assert ghost is not None
-        Adapters(s).create(ghost, str(smollm2_adapter), status="active")
+        lacking = Datasets(s).get(ghost)
+        assert lacking is not None
+        Adapters(s).create(lacking, str(smollm2_adapter), status="active")
     config: dict[str, object] = {"draft": {"max_tokens": 24, "stream_every_s": 0.001}}
     try:
         with serve_bot(db, fake_slack, slack_signing_secret, PLUGINS, inference=client,
                        config=config) as served:  # fmt: skip
-            yield served
+            yield VllmBot(served, copy, tickets, ghost)
     finally:
         client.close()
 
 
 def test_draft_streams_and_tickets_are_classified_through_the_bot_on_vllm(
-    vllm_bot: Any, fake_slack: FakeSlack, slack_signing_secret: str, db: Database
+    vllm_bot: VllmBot, fake_slack: FakeSlack, slack_signing_secret: str, db: Database
 ) -> None:
-    rid = slash(vllm_bot, fake_slack, slack_signing_secret, "/draft", "-d vb_copy autumn chai")
+    bot = vllm_bot.served
+    rid = slash(bot, fake_slack, slack_signing_secret, "/draft", f"-d {vllm_bot.copy} autumn chai")
     preview = wait(lambda: [r for r in fake_slack.responses(rid) if buttons_of(r)], 180)[-1]
     assert "base model" not in preview["text"]  # the tuned adapter wrote it
     assert "Post to channel" in buttons_of(preview)
@@ -154,17 +172,17 @@ def test_draft_streams_and_tickets_are_classified_through_the_bot_on_vllm(
     ticket = payloads.message(TICKETS, MAYA, "My tin arrived crushed and the lid is bent",
                               ts="1700000200.000100")  # fmt: skip
     body = payloads.event_callback(ticket)
-    assert signed_post(vllm_bot.events_url, slack_signing_secret, body).status_code == 200
+    assert signed_post(bot.events_url, slack_signing_secret, body).status_code == 200
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        settle(vllm_bot)
+        settle(bot)
         with db.session() as s:
             prediction = s.scalars(select(Prediction)).first()
             if prediction is not None and prediction.label:
                 break
         time.sleep(0.5)
     assert prediction is not None and prediction.label in LABELS
-    assert prediction.adapter_name and prediction.adapter_name.startswith("vb_tickets-v")
+    assert prediction.adapter_name and prediction.adapter_name.startswith(f"{vllm_bot.tickets}-v")
     assert sum(prediction.scores.values()) == pytest.approx(1)
     replies = [
         c for c in fake_slack.calls_for("chat.postMessage") if c.args.get("channel") == TICKETS
@@ -173,9 +191,10 @@ def test_draft_streams_and_tickets_are_classified_through_the_bot_on_vllm(
 
 
 def test_an_adapter_the_server_lacks_gets_a_clear_answer(
-    vllm_bot: Any, fake_slack: FakeSlack, slack_signing_secret: str
+    vllm_bot: VllmBot, fake_slack: FakeSlack, slack_signing_secret: str
 ) -> None:
-    rid = slash(vllm_bot, fake_slack, slack_signing_secret, "/draft", "-d vb_ghost hello")
+    ghost = vllm_bot.ghost
+    rid = slash(vllm_bot.served, fake_slack, slack_signing_secret, "/draft", f"-d {ghost} hello")
     answer = wait(lambda: [r for r in fake_slack.responses(rid) if buttons_of(r)], 60)[-1]
-    assert "does not have the adapter `vb_ghost-v" in answer["text"]
+    assert f"does not have the adapter `{ghost}-v" in answer["text"]
     assert "Retry" in buttons_of(answer)
