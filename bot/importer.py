@@ -27,6 +27,7 @@ from bot.storage.repositories import Audit, Examples
 from trainer.cleaning import normalize_text, split_for
 
 NEAR_CHUNK = 200  # rows whose near-duplicates are looked up in one query
+INSERT_BATCH = 500  # rows per INSERT: a large import never becomes one huge statement
 ROLES = {"system", "user", "assistant"}
 
 
@@ -338,7 +339,10 @@ def import_candidates(
             )
         )  # fmt: skip
         result.added_by_split[split] = result.added_by_split.get(split, 0) + 1
-    gate.insert(new_rows, [new.keys for _, new in kept])
+    keys = [new.keys for _, new in kept]
+    for start in range(0, len(new_rows), INSERT_BATCH):
+        end = start + INSERT_BATCH
+        gate.insert(new_rows[start:end], keys[start:end])
     result.added = len(new_rows)
     if new_rows:
         Audit(session).record(

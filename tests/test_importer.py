@@ -193,3 +193,33 @@ def test_import_scrubs_personal_data_and_writes_near_duplicate_keys(
     assert "[CARD]" in blob and "[IBAN]" in blob and "[EMAIL]" in blob and "[PHONE]" in blob
     assert zw not in blob and "\u2060" not in blob
     assert keys == ids  # every imported example can be found as a near duplicate later
+
+
+def test_a_large_import_goes_in_by_batches(db: Database, tmp_path: Path) -> None:
+    from sqlalchemy import event
+
+    from bot.importer import INSERT_BATCH
+
+    count = 2 * INSERT_BATCH + 7
+    path = write_jsonl(
+        tmp_path / "many.jsonl",
+        [ticket(f"order {i} ticket {hashlib.sha256(str(i).encode()).hexdigest()}", LABELS[i % 2])
+         for i in range(count)],
+    )  # fmt: skip
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("INSERT INTO EXAMPLES"):
+            statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        result = do_import(db, "tickets", path)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    assert result.added == count and not result.rejected
+    assert len(statements) == 3  # INSERT_BATCH, INSERT_BATCH, then the 7 left
+    with db.session() as s:
+        ds = Datasets(s).get("tickets")
+        assert ds is not None
+        assert Examples(s).counts(ds.id)["total"] == count
