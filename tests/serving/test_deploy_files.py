@@ -231,3 +231,22 @@ def test_images_pin_the_same_torch_as_setup() -> None:
         assert pins == [default.group(1)], name
     ignored = (DEPLOY.parent / ".dockerignore").read_text().split()
     assert "data/" in ignored and ".venv/" in ignored and "deploy/.env" in ignored
+
+
+def test_kubernetes_secret_keys_are_all_created_by_the_documented_command() -> None:
+    docs = k8s_documents()
+    referenced = {"SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "BRANDBOT_DATABASE_URL"}  # HTTP bot
+    for doc in docs:
+        for match in re.finditer(r"'key': '([A-Z_]+)'", str(doc)):
+            referenced.add(match.group(1))
+    for kind, name in (("Deployment", "brandbot-bot"), ("Deployment", "brandbot-worker"),
+                       ("Job", "brandbot-model-prep")):  # fmt: skip
+        container = deployment(docs, kind, name)["spec"]["template"]["spec"]["containers"][0]
+        refs = [next(iter(e.values()))["name"] for e in container["envFrom"]]
+        assert refs == ["brandbot-config", "brandbot-secrets"], name
+    guide = (DEPLOY.parent / "docs" / "deploy.md").read_text()
+    created = set(re.findall(r"--from-literal=([A-Z_]+)=", guide))
+    assert referenced <= created, referenced - created
+    assert created == set(
+        re.findall(r"--from-literal=([A-Z_]+)=", (DEPLOY / "k8s" / "config.yaml").read_text())
+    )
