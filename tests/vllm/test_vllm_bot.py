@@ -6,7 +6,6 @@ answer, not a stuck placeholder."""
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
