@@ -7,6 +7,7 @@ say which run that was.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -17,13 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "peft")
 _PROBE = """
-import importlib.metadata as m, json, platform
+import contextlib, importlib.metadata as m, json, platform
 out = {"python": platform.python_version()}
 for name in %r:
-    try:
+    with contextlib.suppress(m.PackageNotFoundError):
         out[name] = m.version(name)
-    except m.PackageNotFoundError:
-        pass
 print(json.dumps(out))
 """
 
@@ -73,12 +72,10 @@ def _git(*args: str) -> str:
 
 
 def cpu_model() -> str:
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 

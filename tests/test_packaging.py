@@ -9,6 +9,7 @@ when its version satisfies pyproject.toml, as the image's earlier ``pip install 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import os
 import re
@@ -119,11 +120,9 @@ def _wait_healthy(proc: subprocess.Popen[str], port: int, timeout: float = 90) -
         if proc.poll() is not None:
             out = proc.stdout.read() if proc.stdout else ""
             pytest.fail(f"brandbot exited {proc.returncode}:\n{out[-3000:]}")
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                 return
-        except httpx.HTTPError:
-            pass
         time.sleep(0.5)
     pytest.fail("brandbot did not answer /healthz")
 
