@@ -1,0 +1,107 @@
+"""KV caches the engine keeps: the running batch's slot layers and reusable prompt prefixes.
+
+The batch's cache is one left-padded tensor pair per layer with spare capacity (``SlotLayer``),
+so a decode step writes one column in place instead of re-concatenating the whole cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import cache_utils
+
+_DynamicLayer: Any = cache_utils.DynamicLayer
+Cache: Any = cache_utils.Cache
+
+
+class SlotLayer(_DynamicLayer):  # type: ignore[misc]
+    """A KV cache layer over a preallocated buffer: decoding writes in place, no re-concatenation.
+
+    Shapes are ``[batch, kv_heads, capacity, head_dim]``; ``length`` columns are in use.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.kbuf: torch.Tensor | None = None
+        self.vbuf: torch.Tensor | None = None
+        self.length = 0
+
+    def set(self, keys: torch.Tensor, values: torch.Tensor, spare: int = 64) -> None:
+        b, h, n, d = keys.shape
+        self.kbuf = keys.new_empty((b, h, n + spare, d))
+        self.vbuf = values.new_empty((b, h, n + spare, d))
+        self.kbuf[:, :, :n] = keys
+        self.vbuf[:, :, :n] = values
+        self.length = n
+        self._views()
+
+    def kv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached keys and values in use (views of the buffers)."""
+        assert self.kbuf is not None
+        assert self.vbuf is not None
+        return self.kbuf[:, :, : self.length], self.vbuf[:, :, : self.length]
+
+    def _views(self) -> None:
+        assert self.kbuf is not None
+        assert self.vbuf is not None
+        self.keys = self.kbuf[:, :, : self.length]
+        self.values = self.vbuf[:, :, : self.length]
+        self.is_initialized = True
+        self.device = self.kbuf.device
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kbuf is None:
+            self.set(key_states, value_states)
+            return self.kv()
+        assert self.vbuf is not None
+        n = key_states.shape[-2]
+        if self.length + n > self.kbuf.shape[2]:
+            grow = max(64, self.length // 2, n)
+            self.kbuf = torch.cat([self.kbuf, self.kbuf.new_empty(self._shape(grow))], dim=2)
+            self.vbuf = torch.cat([self.vbuf, self.vbuf.new_empty(self._shape(grow))], dim=2)
+        self.kbuf[:, :, self.length : self.length + n] = key_states
+        self.vbuf[:, :, self.length : self.length + n] = value_states
+        self.length += n
+        self._views()
+        return self.kv()
+
+    def _shape(self, n: int) -> tuple[int, int, int, int]:
+        assert self.kbuf is not None
+        b, h, _, d = self.kbuf.shape
+        return (b, h, n, d)
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+
+def new_cache(layers: int) -> Cache:
+    return Cache(layers=[SlotLayer() for _ in range(layers)])
+
+
+def slots(cache: Cache) -> list[SlotLayer]:
+    return [layer for layer in cache.layers if isinstance(layer, SlotLayer)]
+
+
+def left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    """Pad a ``[b, h, n, d]`` tensor on the left of the sequence axis to ``length``."""
+    n = t.shape[2]
+    if n == length:
+        return t
+    pad = t.new_zeros((t.shape[0], t.shape[1], length - n, t.shape[3]))
+    return torch.cat([pad, t], dim=2)
+
+
+@dataclass
+class Prefix:
+    """A scored prompt's ids, its KV cache (``[1, kv_heads, len(ids), head_dim]`` per layer) and
+    the logits after its last token: what the next prompt sharing its start need not recompute."""
+
+    ids: list[int]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    last_logits: torch.Tensor
