@@ -15,7 +15,16 @@ import time
 import torch
 
 from serving.engine.core import EngineCore, Seq
-from serving.engine.kv_cache import Cache, left_pad, new_cache, slots
+from serving.engine.kv_cache import (
+    Cache,
+    PromptKV,
+    left_pad,
+    new_cache,
+    reused_cache,
+    row_kv,
+    shared_length,
+    slots,
+)
 from serving.inference_types import (
     BASE,
     EngineError,
@@ -26,6 +35,8 @@ from serving.inference_types import (
 )
 
 log = logging.getLogger("serving.engine")
+
+MIN_REUSE = 16  # shorter shared prefixes are recomputed: not worth a cache copy
 
 
 class Batching(EngineCore):
@@ -90,19 +101,51 @@ class Batching(EngineCore):
             room -= 1
         if not new:
             return
-        width = max(len(s.prompt) for s in new)
+        reuse = [self._reusable(seq) for seq in new]
+        fresh = [seq.prompt[n:] for seq, (n, _) in zip(new, reuse, strict=True)]
+        width = max(len(f) for f in fresh)
         ids = torch.full((len(new), width), self._pad_id(), dtype=torch.long)
         mask = torch.zeros((len(new), width), dtype=torch.long)
-        for row, seq in enumerate(new):
-            ids[row, width - len(seq.prompt) :] = torch.tensor(seq.prompt)
-            mask[row, width - len(seq.prompt) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = new_cache(self.num_layers)
+        for row, tokens in enumerate(fresh):
+            ids[row, width - len(tokens) :] = torch.tensor(tokens)
+            mask[row, width - len(tokens) :] = 1
+        offsets = torch.tensor([[n] for n, _ in reuse], dtype=torch.long)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0) + offsets
+        if any(n for n, _ in reuse):
+            cache, reused_mask = reused_cache(self.num_layers, reuse, spare=width + 64)
+            mask = torch.cat([reused_mask, mask], dim=1)
+            reused = sum(n for n, _ in reuse)
+            self.metrics.prefix_tokens_reused += reused
+            self.metrics.prefix_hits.inc(reused)
+        else:
+            cache = new_cache(self.num_layers)
         logits = self._forward(ids, mask, positions, cache, [s.adapter for s in new], True)
+        if self.prefix_caching:
+            self._remember_prompts(new, cache, mask)
         self._merge(cache, mask)
         self._active.extend(new)
         start = len(self._active) - len(new)
         self._sample_and_emit(logits[:, -1, :], range(start, len(self._active)))
+
+    def _reusable(self, seq: Seq) -> tuple[int, PromptKV | None]:
+        """How many of ``seq``'s prompt tokens a remembered prompt of its adapter has computed
+        (never the last one: its logits start the generation), if enough to be worth it."""
+        if not self.prefix_caching:
+            return 0, None
+        cached = self._prompt_kv.get(seq.adapter)
+        if cached is None:
+            return 0, None
+        n = min(shared_length(cached.ids, seq.prompt), len(seq.prompt) - 1)
+        return (n, cached) if n >= MIN_REUSE else (0, None)
+
+    def _remember_prompts(self, new: list[Seq], cache: Cache, mask: torch.Tensor) -> None:
+        """Keep the KV cache of the last admitted prompt of each adapter in this batch."""
+        last: dict[str, int] = {}
+        for row, seq in enumerate(new):
+            last[seq.adapter] = row
+        for adapter, row in last.items():
+            columns = mask[row].nonzero().flatten().to(self.device)
+            self._prompt_kv[adapter] = PromptKV(list(new[row].prompt), row_kv(cache, row, columns))
 
     def _merge(self, cache: Cache, mask: torch.Tensor) -> None:
         mask = mask.to(self.device)

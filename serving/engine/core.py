@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from serving.engine.kv_cache import Cache, Prefix
+from serving.engine.kv_cache import Cache, Prefix, PromptKV
 from serving.engine.metrics import EngineMetrics
 from serving.inference_types import BASE, GenerationHandle, SamplingParams, TokenLogprob
 
@@ -73,6 +73,8 @@ class EngineCore:
     _prefixes: dict[str, Prefix]  # peft adapter name -> its last scored prompt
     _merged: dict[str, list[tuple[torch.nn.Linear, torch.Tensor]]]
     _unmergeable: set[str]
+    prefix_caching: bool
+    _prompt_kv: dict[str, PromptKV]  # peft adapter name -> its last generated prompt
 
     def _forward(
         self,

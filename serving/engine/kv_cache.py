@@ -105,3 +105,62 @@ class Prefix:
     ids: list[int]
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     last_logits: torch.Tensor
+
+
+@dataclass
+class PromptKV:
+    """A generated prompt's ids and KV cache (``[1, kv_heads, len(ids), head_dim]`` per layer):
+    the next prompt for the same adapter reuses the part they share (the dataset's system
+    prompt, usually most of a draft's prompt), as vLLM's prefix caching does."""
+
+    ids: list[int]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def shared_length(a: list[int], b: list[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` have in common."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def reused_cache(
+    layers: int, reuse: list[tuple[int, PromptKV | None]], spare: int
+) -> tuple[Cache, torch.Tensor]:
+    """A cache for a prefill batch whose row ``i`` starts with ``reuse[i][0]`` tokens already
+    computed in ``reuse[i][1]``, right-aligned to a common width (left columns masked), and
+    its ``[rows, width]`` attention mask."""
+    width = max(n for n, _ in reuse)
+    mask = torch.zeros((len(reuse), width), dtype=torch.long)
+    cache = new_cache(layers)
+    sample = next(p for n, p in reuse if n and p is not None).kv[0][0]
+    _, heads, _, dim = sample.shape
+    for index, layer in enumerate(slots(cache)):
+        keys = sample.new_zeros((len(reuse), heads, width, dim))
+        values = sample.new_zeros((len(reuse), heads, width, dim))
+        for row, (n, prompt) in enumerate(reuse):
+            if n and prompt is not None:
+                k, v = prompt.kv[index]
+                keys[row, :, width - n :] = k[0, :, :n]
+                values[row, :, width - n :] = v[0, :, :n]
+                mask[row, width - n :] = 1
+        layer.set(keys, values, spare)
+    return cache, mask
+
+
+def row_kv(
+    cache: Cache, row: int, columns: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Row ``row``'s keys and values at ``columns`` (its real tokens, in order), per layer."""
+    out = []
+    for layer in slots(cache):
+        keys, values = layer.kv()
+        out.append(
+            (
+                keys[row : row + 1].index_select(2, columns).clone(),
+                values[row : row + 1].index_select(2, columns).clone(),
+            )
+        )
+    return out

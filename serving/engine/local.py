@@ -94,6 +94,7 @@ class LocalEngine(Batching, Scoring):
         registry: CollectorRegistry | None = None,
         pack_weights: bool = True,
         fast_scoring: bool = True,
+        prefix_caching: bool = True,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -142,6 +143,8 @@ class LocalEngine(Batching, Scoring):
         self._cache = None
         self._mask = None
         self.fast_scoring = fast_scoring
+        self.prefix_caching = prefix_caching
+        self._prompt_kv = {}
         self._prefixes = {}
         self._merged: dict[str, list[tuple[torch.nn.Linear, torch.Tensor]]] = {}
         self._unmergeable: set[str] = set()

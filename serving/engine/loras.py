@@ -106,6 +106,7 @@ class LoraSlots(EngineCore):
         internal = self._internal.pop(name)
         self.adapters.pop(name)
         self._prefixes.pop(internal, None)
+        self._prompt_kv.pop(internal, None)
         self._merged.pop(internal, None)
         self._unmergeable.discard(internal)
         for seq in self._active:

@@ -17,7 +17,9 @@ class EngineMetrics:
     batch_hist: Histogram
     tokens: Counter
     requests: Counter
+    prefix_hits: Counter
     max_batch_seen: int = 0
+    prefix_tokens_reused: int = 0
     current_batch: int = 0
 
     def reset_peak(self) -> None:
@@ -44,4 +46,9 @@ def make_metrics(registry: CollectorRegistry | None) -> EngineMetrics:
         ),
         tokens=Counter("brandbot_engine_generated_tokens", "Tokens generated", registry=reg),
         requests=Counter("brandbot_engine_requests", "Requests served", ["kind"], registry=reg),
+        prefix_hits=Counter(
+            "brandbot_engine_prefix_cache_tokens",
+            "Prompt tokens whose KV cache was reused instead of computed",
+            registry=reg,
+        ),
     )

@@ -1,0 +1,83 @@
+"""Prefix caching in generation: prompts that share a start (a dataset's system prompt) reuse its
+KV cache, and the results equal an engine that computes every prompt in full."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serving.engine import GenerationResult, LocalEngine, SamplingParams
+from tests.serving.conftest import SERVED, AdapterFactory, unique_name
+
+GREEDY = SamplingParams(max_tokens=10, temperature=0, logprobs=True, top_logprobs=2)
+SYSTEM = "You write for Kettle & Kiln, a pottery studio. " * 6
+
+
+def brief(i: int, system: str = SYSTEM) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": f"Write a tagline for mug number {i}." + " please" * i},
+    ]
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_model_dir: Path) -> Iterator[LocalEngine]:
+    """The reference: the same model with every prompt computed in full."""
+    with LocalEngine(tiny_model_dir, served_name=SERVED, prefix_caching=False) as eng:
+        yield eng
+
+
+def same(a: GenerationResult, b: GenerationResult) -> None:
+    assert a.text == b.text
+    assert a.completion_tokens == b.completion_tokens
+    assert a.prompt_tokens == b.prompt_tokens
+    assert a.logprobs is not None
+    assert b.logprobs is not None
+    for x, y in zip(a.logprobs, b.logprobs, strict=True):
+        assert x.token_id == y.token_id
+        assert x.logprob == pytest.approx(y.logprob, abs=1e-4)
+
+
+def test_a_shared_system_prompt_is_computed_once_and_results_do_not_change(
+    engine: LocalEngine, plain: LocalEngine
+) -> None:
+    engine.chat(brief(0), GREEDY).result()  # computes the system prompt
+    before = engine.metrics.prefix_tokens_reused
+    one = engine.chat(brief(1), GREEDY).result()
+    reused_one = engine.metrics.prefix_tokens_reused - before
+    system_tokens = len(engine.chat_prompt(brief(1)[:1]))
+    assert reused_one >= system_tokens - 2  # the template's end of turn may differ
+    same(one, plain.chat(brief(1), GREEDY).result())
+
+    # a batch mixing reuse lengths: full reuse, another system prompt (no reuse), a repeat
+    prompts = [brief(2), brief(3, system="Short other brand voice."), brief(1), brief(7)]
+    handles = [engine.chat(p, GREEDY) for p in prompts]
+    for p, handle in zip(prompts, handles, strict=True):
+        same(handle.result(), plain.chat(p, GREEDY).result())
+    assert plain.metrics.prefix_tokens_reused == 0
+
+
+def test_a_prompt_cached_for_one_adapter_is_not_reused_for_another(
+    engine: LocalEngine, plain: LocalEngine, make_adapter: AdapterFactory
+) -> None:
+    name = unique_name()
+    path = make_adapter(seed=31, scale=2.0)
+    engine.load_adapter(name, path)
+    plain.load_adapter(name, path)
+    try:
+        engine.chat(brief(4), GREEDY).result()  # the base model's cache of this prompt
+        before = engine.metrics.prefix_tokens_reused
+        first = engine.chat(brief(4), GREEDY, model=name).result()
+        assert engine.metrics.prefix_tokens_reused == before  # nothing of the base's reused
+        same(first, plain.chat(brief(4), GREEDY, model=name).result())
+        mixed = [engine.chat(brief(5), GREEDY, model=m) for m in (name, SERVED, name)]
+        for model, handle in zip((name, SERVED, name), mixed, strict=True):
+            same(handle.result(), plain.chat(brief(5), GREEDY, model=model).result())
+        assert engine.metrics.prefix_tokens_reused > before
+    finally:
+        engine.unload_adapter(name)
+        plain.unload_adapter(name)
+    internal_names = set(engine._prompt_kv)
+    assert internal_names <= {"__base__"}  # the unloaded adapter's cache went with it
