@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from transformers import cache_utils
 
+from serving.inference_types import TokenScore
+
 _DynamicLayer: Any = cache_utils.DynamicLayer
 Cache: Any = cache_utils.Cache
 
@@ -105,6 +107,8 @@ class Prefix:
     ids: list[int]
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     last_logits: torch.Tensor
+    scores: list[TokenScore] | None = None  # of ids[1:], when a prompt_logprobs pass kept them
+    top: int = 0  # the alternatives per score kept in ``scores``
 
 
 @dataclass

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from serving.engine.kv_cache import Prefix, new_cache, slots
+from serving.engine.kv_cache import Cache, Prefix, new_cache, shared_length, slots
 from serving.engine.loras import LoraSlots
 from serving.inference_types import PromptScores, TokenScore
+
+MIN_REUSE = 16  # shorter shared starts are recomputed
 
 
 class Scoring(LoraSlots):
@@ -26,16 +28,8 @@ class Scoring(LoraSlots):
         with_prefix: bool,
     ) -> PromptScores:
         n = len(continuations)
-        cache = new_cache(self.num_layers)
-        ids = torch.tensor([prefix], dtype=torch.long)
-        mask = torch.ones_like(ids)
-        positions = torch.arange(len(prefix)).unsqueeze(0)
-        plogits = self._forward(ids, mask, positions, cache, [adapter], not with_prefix)[0]
-        first = plogits[-1]
-        result = PromptScores()
-        if with_prefix:
-            lp = torch.log_softmax(plogits[:-1], dim=-1)
-            result.prefix = [_score(lp[j], prefix[j + 1], top) for j in range(len(prefix) - 1)]
+        cache, first, scores = self._scored_prefix(prefix, adapter, top, with_prefix)
+        result = PromptScores(prefix=scores)
         width = max((len(c) for c in continuations), default=0)
         if n == 0 or width == 0:
             result.rows = [[] for _ in continuations]
@@ -60,6 +54,53 @@ class Scoring(LoraSlots):
             result.rows.append([_score(lp[j], token, top) for j, token in enumerate(cont)])
             result.next_token.append(int(torch.argmax(predict[row, len(cont)]).item()))
         return result
+
+    def _scored_prefix(
+        self, prefix: list[int], adapter: str, top: int, with_prefix: bool
+    ) -> tuple[Cache, torch.Tensor, list[TokenScore]]:
+        """The prompt's KV cache, the logits after its last token and (``with_prefix``) the
+        score of every prompt token after the first.
+
+        What the adapter's previous prompt shares with this one is not computed again (its KV
+        cache and, when kept with the same ``top``, its tokens' scores); the last prompt token
+        always is, as its logits start the continuations. This prompt is then remembered.
+        """
+        cached = self._prefixes.get(adapter) if self.prefix_caching else None
+        reuse = 0
+        if cached is not None:
+            reuse = min(shared_length(cached.ids, prefix), len(prefix) - 1)
+            if with_prefix and (cached.scores is None or cached.top != top):
+                reuse = 0
+            elif with_prefix:  # a kept score of token i needs tokens 0..i shared
+                reuse = min(reuse, shared_length(cached.ids, prefix) - 1)
+        if reuse < MIN_REUSE:
+            reuse = 0
+        cache = new_cache(self.num_layers)
+        fresh = prefix[reuse:]
+        if reuse:
+            assert cached is not None
+            for layer, (keys, values) in zip(slots(cache), cached.kv, strict=True):
+                layer.set(keys[:, :, :reuse], values[:, :, :reuse], len(fresh))
+            self.metrics.prefix_tokens_reused += reuse
+            self.metrics.prefix_hits.inc(reuse)
+        ids = torch.tensor([fresh], dtype=torch.long)
+        mask = torch.ones((1, len(prefix)), dtype=torch.long)
+        positions = torch.arange(reuse, len(prefix)).unsqueeze(0)
+        plogits = self._forward(ids, mask, positions, cache, [adapter], not with_prefix)[0]
+        first = plogits[-1]
+        scores: list[TokenScore] = []
+        if with_prefix:
+            if reuse:
+                assert cached is not None
+                assert cached.scores is not None
+                scores = cached.scores[:reuse]  # tokens 1..reuse: predicted in the shared part
+            lp = torch.log_softmax(plogits[:-1], dim=-1)
+            scores += [_score(lp[j], prefix[reuse + j + 1], top) for j in range(len(fresh) - 1)]
+        kv = [(k.clone(), v.clone()) for k, v in (layer.kv() for layer in slots(cache))]
+        self._prefixes[adapter] = Prefix(
+            list(prefix), kv, first, scores if with_prefix else None, top
+        )
+        return cache, first, scores
 
     def _score_sums(
         self, prefix: list[int], continuations: list[list[int]], adapter: str

@@ -81,3 +81,38 @@ def test_a_prompt_cached_for_one_adapter_is_not_reused_for_another(
         plain.unload_adapter(name)
     internal_names = set(engine._prompt_kv)
     assert internal_names <= {"__base__"}  # the unloaded adapter's cache went with it
+
+
+def test_prompt_logprobs_reuse_the_shared_start_and_equal_full_computation(
+    engine: LocalEngine, plain: LocalEngine
+) -> None:
+    """``/v1/completions``' prompt_logprobs path (HTTP label scoring) reuses a prompt's start,
+    scores included; an extended prompt, another ``top`` and a fresh start all stay exact."""
+    base = engine.chat_prompt(brief(8))
+    labels = [engine.tokenizer.encode(w, add_special_tokens=False) for w in ("billing", "bug")]
+    cases = [
+        (base, 0),
+        (engine.chat_prompt(brief(9)), 0),  # shares the system prompt
+        (base + labels[0], 0),  # the previous prompt extended: its last token's score is new
+        (engine.chat_prompt(brief(9)), 2),  # other ``top``: scores cannot be reused
+        (engine.chat_prompt(brief(9, system="Another brand entirely.")), 0),
+    ]
+    for with_prefix in (True, False):
+        before = engine.metrics.prefix_tokens_reused
+        for prompt, top in cases:
+            got = engine.prompt_logprobs(prompt, labels, top=top, with_prefix=with_prefix)
+            want = plain.prompt_logprobs(prompt, labels, top=top, with_prefix=with_prefix)
+            assert len(got.prefix) == len(want.prefix) == (len(prompt) - 1 if with_prefix else 0)
+            got_all = [*got.prefix, *(s for row in got.rows for s in row)]
+            want_all = [*want.prefix, *(s for row in want.rows for s in row)]
+            for a, b in zip(got_all, want_all, strict=True):
+                assert a.token_id == b.token_id
+                assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+                assert a.rank == b.rank
+                assert [t for t, _ in a.top] == [t for t, _ in b.top]
+            assert got.next_token == want.next_token
+        # cases 2 and 3 reuse at least the system prompt, with or without the prompt's scores
+        assert (
+            engine.metrics.prefix_tokens_reused - before
+            >= 2 * len(engine.chat_prompt(brief(8)[:1])) - 4
+        )
