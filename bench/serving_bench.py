@@ -268,9 +268,9 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     from bot.testkit.models import build_tiny_adapter
+    from bot.testkit.vllm import BrandbotServeProcess
     from serving.client import HttpClient, LocalClient
     from serving.engine import LocalEngine
-    from serving.server import BackgroundServer, create_app
 
     smoke = args.smoke
     with_vllm = (bool(args.url) or not smoke) if args.vllm is None else args.vllm
@@ -293,6 +293,7 @@ def main() -> int:
         path, name = resolved.path, resolved.name
 
     vllm = None
+    serve = None
     vllm_versions: dict[str, str] = {}
     if with_vllm and not args.url:
         from bot.testkit.vllm import VllmProcess
@@ -314,8 +315,20 @@ def main() -> int:
         engine.load_adapter(ADAPTER, str(adapter_dir))
         plain = AutoModelForCausalLM.from_pretrained(str(path))
         plain.eval()  # type: ignore[no-untyped-call]
-        server = BackgroundServer(create_app(engine, api_key=KEY))
-        serve_url = server.__enter__()
+        serve = BrandbotServeProcess(
+            model_path=path,
+            served_name=SERVED,
+            api_key=KEY,
+            log=tmp / "serve.log",
+            data_dir=tmp / "serve-data",
+            threads=args.threads,
+        )
+        serve.start()
+        serve.wait()
+        serve_url = serve.url
+        HttpClient(serve_url, api_key=KEY, served_model_name=SERVED).load_adapter(
+            ADAPTER, str(adapter_dir.resolve())
+        )
         sides = [
             Side("local in process", {}, LocalClient(engine)),
             Side(
@@ -392,7 +405,6 @@ def main() -> int:
         report(sides, work, levels, baselines, n_base, with_vllm)
         print(f"\nlargest local batch seen: {engine.metrics.max_batch_seen}")
         print(f"load average at the end: {provenance.load()}")
-        server.__exit__(None, None, None)
         for side in sides:
             side.client.close()
         for http in https:
@@ -401,6 +413,8 @@ def main() -> int:
     finally:
         if vllm is not None:
             vllm.stop()
+        if serve is not None:
+            serve.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
