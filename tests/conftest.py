@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import socket
@@ -37,7 +38,9 @@ CliRunner = Callable[..., Result]
 
 @pytest.fixture
 def cli(tmp_path: Path, db_url: str) -> CliRunner:
-    """Run the real ``brandbot`` console script against a fresh database (SQLite and PostgreSQL)."""
+    """Run the ``brandbot`` command line in this process against a fresh database (SQLite and
+    PostgreSQL): its real entry point (``bot.cli:main``) with its own arguments, environment,
+    working directory and standard streams, as the console script runs it."""
     return make_cli(tmp_path, db_url)
 
 
@@ -46,24 +49,39 @@ def cli_sqlite(tmp_path: Path) -> CliRunner:
     return make_cli(tmp_path, None)
 
 
-def make_cli(tmp_path: Path, db_url: str | None) -> CliRunner:
+@pytest.fixture
+def cli_process(tmp_path: Path, db_url: str) -> CliRunner:
+    """The real ``brandbot`` console script as a subprocess, for tests whose point is the
+    process (its logging set-up, its exit on a signal)."""
+    return make_cli(tmp_path, db_url, subprocess_=True)
+
+
+def cli_env(tmp_path: Path, db_url: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRANDBOT_", "SLACK_"))}
     env["BRANDBOT_DATA_DIR"] = str(tmp_path / "data")
     env["BRANDBOT_CONFIG"] = str(tmp_path / "brandbot.toml")
     env["COLUMNS"] = "200"
     if db_url:
         env["BRANDBOT_DATABASE_URL"] = db_url
+    return env
+
+
+def make_cli(tmp_path: Path, db_url: str | None, *, subprocess_: bool = False) -> CliRunner:
+    env = cli_env(tmp_path, db_url)
 
     def run(
         *args: str, stdin: str | None = None, extra_env: dict[str, str] | None = None
     ) -> Result:
+        full_env = {**env, **(extra_env or {})}
+        if not subprocess_:
+            return run_in_process(list(args), full_env, tmp_path, stdin or "")
         proc = subprocess.run(
             [BRANDBOT, *args],
             input=stdin,
             stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
             text=True,
-            env={**env, **(extra_env or {})},
+            env=full_env,
             cwd=tmp_path,
             timeout=120,
             check=False,
@@ -71,6 +89,85 @@ def make_cli(tmp_path: Path, db_url: str | None) -> CliRunner:
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     return run
+
+
+def _stream(text: str = "") -> io.TextIOWrapper:
+    """A standard stream like a pipe's: UTF-8, not a terminal."""
+    return io.TextIOWrapper(io.BytesIO(text.encode()), encoding="utf-8", write_through=True)
+
+
+def _text(stream: io.TextIOWrapper) -> str:
+    stream.flush()
+    buffer = stream.buffer
+    assert isinstance(buffer, io.BytesIO)
+    return buffer.getvalue().decode("utf-8", errors="replace")
+
+
+def run_in_process(args: list[str], env: dict[str, str], cwd: Path, stdin: str) -> Result:
+    """``brandbot *args`` through ``bot.cli:main`` in this process, as a fresh process would run
+    it: ``env`` is the whole environment, ``cwd`` the working directory, the streams are pipes,
+    and the command's cached settings and database are dropped before and after. The exit status
+    follows Python's: ``sys.exit``'s code, 1 and a traceback on stderr for an uncaught error.
+    What a command changes in the process (the root logger, torch's thread count) is put back."""
+    import logging
+    import traceback
+
+    from bot import cli as brandbot
+    from bot.cli import common
+
+    saved_env, saved_cwd, saved_argv = dict(os.environ), Path.cwd(), sys.argv
+    saved_streams = sys.stdin, sys.stdout, sys.stderr
+    root = logging.getLogger()
+    saved_root = root.handlers[:], root.level
+    saved_levels = {
+        name: logger.level
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    torch = sys.modules.get("torch")
+    saved_threads = torch.get_num_threads() if torch is not None else None
+    out, err = _stream(), _stream()
+    code = 0
+    _drop_cached(common)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(cwd)
+        sys.argv = [BRANDBOT, *args]
+        sys.stdin, sys.stdout, sys.stderr = _stream(stdin), out, err
+        try:
+            brandbot.main()
+        except SystemExit as exc:
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except Exception:  # what an uncaught error does to a process
+            traceback.print_exc()
+            code = 1
+    finally:
+        _drop_cached(common)
+        sys.stdin, sys.stdout, sys.stderr = saved_streams
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        root.handlers[:] = saved_root[0]
+        root.setLevel(saved_root[1])
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+        if torch is not None and saved_threads is not None:
+            torch.set_num_threads(saved_threads)
+    return Result(code, _text(out), _text(err))
+
+
+def _drop_cached(common: Any) -> None:
+    """Forget the command line's cached settings and database, as a new process would."""
+    if common.database.cache_info().currsize:
+        common.database().dispose()
+    common.database.cache_clear()
+    common.settings.cache_clear()
 
 
 def write_jsonl(path: Path, records: list[Any]) -> Path:

@@ -1,10 +1,14 @@
-"""The real ``brandbot`` console script, run as a subprocess, against SQLite and PostgreSQL."""
+"""The ``brandbot`` command line through its real entry point (in-process, see the ``cli``
+fixture), against SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
+from serving.base_model import ResolvedModel
 from tests.conftest import CliRunner, write_jsonl
 
 
@@ -203,7 +207,13 @@ def test_example_file_round_trip_through_cli(cli_sqlite: CliRunner, tmp_path: Pa
     assert cli_sqlite("import", str(out), "-d", "c", "--json").json()["duplicate"] == 5
 
 
-def test_run_opens_the_console_with_scripted_input(cli: CliRunner) -> None:
+@pytest.mark.smollm2
+def test_run_opens_the_console_with_scripted_input(
+    cli: CliRunner, tmp_path: Path, smollm2_model: ResolvedModel
+) -> None:
+    # the bundled SmolLM2 the session converted once (conversion: tests/serving/test_base_model.py)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "models").symlink_to(smollm2_model.path.parent, target_is_directory=True)
     script = "\n".join(
         [
             "// a comment",

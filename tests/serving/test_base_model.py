@@ -77,11 +77,16 @@ def test_bundled_gguf_converts_once_and_atomically(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(models)], cwd=Path(__file__).parents[2]
     )
-    time.sleep(4)
-    proc.kill()
-    proc.wait()
+    try:  # kill it mid-conversion: once its temporary folder exists, before the rename
+        while not (half := list(models.glob(f".*-{proc.pid}-*"))):
+            assert proc.poll() is None, "the conversion ended before it began writing"
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()
     digest = file_sha256(gguf, models)
     assert not (models / digest).exists()
+    assert all(p.is_dir() for p in half)  # what the killed conversion left behind
     resolved = resolve_base_model(None, models)
     assert resolved.path == models / digest
     assert resolved.name == "SmolLM2-135M-Instruct"
@@ -91,6 +96,7 @@ def test_bundled_gguf_converts_once_and_atomically(tmp_path: Path) -> None:
     assert (resolved.path / "model.safetensors").is_file()
     assert (resolved.path / "tokenizer.json").is_file()
     assert [p for p in models.iterdir() if p.is_dir()] == [resolved.path]  # no half folder
-    started = time.monotonic()
+    written = {p: p.stat().st_mtime_ns for p in [models, *models.rglob("*")]}
     assert resolve_base_model(None, models) == resolved
-    assert time.monotonic() - started < 2  # no re-hash, no re-conversion
+    # no re-hash (the hash cache is rewritten on a miss), no re-conversion (no new folder)
+    assert {p: p.stat().st_mtime_ns for p in [models, *models.rglob("*")]} == written
