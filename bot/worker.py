@@ -329,22 +329,21 @@ class Worker:
         new_name: str,
         new_dir: Path,
     ) -> tuple[Any, Any, Any]:
-        from trainer.evaluate import evaluate_classify, evaluate_draft
+        from trainer.evaluate import Candidate, evaluate_classify, evaluate_drafts
 
-        def one(label: str, model: str | None, adapter_dir: Path | None) -> Any:
-            if task == "classify":
-                return evaluate_classify(
-                    heldout, labels, name=label, client=self.client, model=model
-                )
-            return evaluate_draft(
-                heldout, name=label, base_dir=base_dir, adapter_dir=adapter_dir,
-                client=self.client, model=model, rules=rules,
-            )  # fmt: skip
-
-        base_sc = one("base", None, None)
-        current_sc = one(current_name, current_name, current_path) if current_name else None
-        new_sc = one(new_name, new_name, new_dir)
-        return base_sc, current_sc, new_sc
+        candidates = [Candidate("base", None, None), Candidate(new_name, new_name, new_dir)]
+        if current_name:
+            candidates.insert(1, Candidate(current_name, current_name, current_path))
+        if task == "classify":
+            cards = [
+                evaluate_classify(heldout, labels, name=c.name, client=self.client, model=c.model)
+                for c in candidates
+            ]
+        else:  # every model's drafts in one batch, the weights loaded once for perplexity
+            cards = evaluate_drafts(
+                heldout, candidates, base_dir=base_dir, client=self.client, rules=rules
+            )
+        return cards[0], cards[1] if current_name else None, cards[-1]
 
 
 def main() -> None:
@@ -376,12 +375,14 @@ def evaluate_dataset(
 ) -> dict[str, Any]:
     """``brandbot eval``: the base model and the active adapter on the held-out examples, with
     the promotion rule's verdict of the adapter against the base. ``progress(model, done,
-    total)`` follows each model's held-out examples; ``seconds`` is the whole evaluation."""
+    total)`` follows each model's held-out examples; ``seconds`` is the whole evaluation (the
+    model server's start and the adapter's load included)."""
     from bot.storage.repositories import Datasets
     from serving.base_model import resolve_base_model
-    from trainer.evaluate import BrandRules, evaluate_classify, evaluate_draft
+    from trainer.evaluate import BrandRules, Candidate, evaluate_classify, evaluate_drafts
     from trainer.promotion import decide_promotion
 
+    started = time.perf_counter()
     with db.session() as session:
         dataset = Datasets(session).get(dataset_name)
         heldout, ids = train_examples(session, dataset, "heldout")
@@ -396,27 +397,32 @@ def evaluate_dataset(
     if name and path and name not in {m.id for m in client.models()}:
         client.load_adapter(name, str(path))
 
-    def one(label: str, model: str | None, adapter_dir: Path | None) -> Any:
-        def step(done: int, total: int) -> None:
-            if progress is not None:
-                progress(label, done, total)
+    def step(label: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(label, done, total)
 
-        if task == "classify":
-            return evaluate_classify(heldout, labels, name=label, client=client, model=model,
-                                     progress=step)  # fmt: skip
-        return evaluate_draft(heldout, name=label, base_dir=base.path, adapter_dir=adapter_dir,
-                              client=client, model=model, rules=rules, progress=step)  # fmt: skip
+    candidates = [Candidate("base", None, None)]
+    if name:
+        candidates.append(Candidate(name, name, path))
+    if task == "classify":
+        cards = []
+        for c in candidates:
 
-    started = time.perf_counter()
-    base_sc = one("base", None, None)
+            def one(done: int, total: int, label: str = c.name) -> None:
+                step(label, done, total)
+
+            cards.append(evaluate_classify(heldout, labels, name=c.name, client=client,
+                                           model=c.model, progress=one))  # fmt: skip
+    else:  # both models' drafts in one batch, the weights loaded once for perplexity
+        cards = evaluate_drafts(heldout, candidates, base_dir=base.path, client=client,
+                                rules=rules, progress=step)  # fmt: skip
     result: dict[str, Any] = {
         "dataset": dataset_name,
         "heldout": len(ids),
-        "base": base_sc.summary(),
+        "base": cards[0].summary(),
     }
     if name:
-        current_sc = one(name, name, path)
-        decision = decide_promotion(None, current_sc, base=base_sc)
-        result |= {"active": current_sc.summary(), "verdict": decision.reason}
+        decision = decide_promotion(None, cards[1], base=cards[0])
+        result |= {"active": cards[1].summary(), "verdict": decision.reason}
     result["seconds"] = time.perf_counter() - started
     return result

@@ -46,11 +46,11 @@ def test_quality_bench_smoke() -> None:
     assert "per-label F1" in proc.stdout and "tuned (clinc_banking-v1)" in proc.stdout
 
 
-def test_eval_bench_smoke_batched_drafts_equal_one_at_a_time() -> None:
+def test_eval_bench_smoke_one_batch_for_both_models_drafts_the_same() -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "eval_bench.py"), "--smoke"],
+        [sys.executable, str(ROOT / "bench" / "eval_bench.py"), "--smoke", "--compare"],
         capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "same drafts: yes" in proc.stdout
-    assert "batched" in proc.stdout
+    assert "same drafts in one batch as in a batch per model: yes" in proc.stdout
+    assert "| drafts: base and adapter in one batch |" in proc.stdout

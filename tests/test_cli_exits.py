@@ -31,9 +31,41 @@ def test_train_and_eval_exit_zero(cli: CliRunner, tmp_path: Path, tiny_model_dir
     assert evaluated.json()["base"]["examples"] == evaluated.json()["heldout"]
 
 
+def test_a_failed_training_run_exits_four(
+    cli: CliRunner, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    (tmp_path / "brandbot.toml").write_text(
+        f'base_model = "{tiny_model_dir}"\n[training]\nmin_examples = 50\n'
+    )
+    cli("datasets", "create", "c", "--task", "draft")
+    src = write_jsonl(
+        tmp_path / "c.jsonl",
+        [{"messages": [{"role": "user", "content": f"brief {i}"},
+                       {"role": "assistant", "content": f"Tea number {i} is here."}]}
+         for i in range(6)],
+    )  # fmt: skip
+    assert cli("import", str(src), "-d", "c").code == 0
+    trained = cli("train", "-d", "c", "--json")
+    assert trained.code == 4, trained.err[-3000:]
+    report = trained.json()
+    assert (report["status"], report["exit_code"], report["adapter"]) == ("failed", 4, None)
+    assert "TooFewExamples" in report["reason"]
+    human = cli("train", "-d", "c")
+    assert human.code == 4 and "Traceback" not in human.err
+    assert "failed" in human.err and "TooFewExamples" in human.err
+    listed = cli("adapters", "list", "-d", "c", "--json")
+    assert listed.code == 0 and listed.json() == {"adapters": []}
+
+
 def test_help_lists_the_exit_codes(cli_sqlite: CliRunner) -> None:
     shown = " ".join(cli_sqlite("--help").out.split())
-    for text in ("0 all good", "1 partly done", "2 usage or input error", "3 nothing imported"):
+    for text in (
+        "0 all good",
+        "1 partly done",
+        "2 usage or input error",
+        "3 nothing imported",
+        "4 the work did not succeed",
+    ):
         assert text in shown
 
 

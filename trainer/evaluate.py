@@ -8,7 +8,8 @@ promotion rule does.
   trainer's own answer-only loss, so it is the held-out version of the training loss); chrF of a
   generated draft against the approved text; brand-rule compliance of that draft (maximum length,
   banned words, required words). Drafts are generated through serving's client (the local engine
-  or a vLLM server), greedy, so they are what ``/draft`` would produce.
+  or a vLLM server), greedy, so they are what ``/draft`` would produce; every model's drafts are
+  requested at once (:func:`evaluate_drafts`), so the server batches them together.
 - Classify: accuracy, macro-F1, per-label precision/recall/F1, the confusion matrix and the
   invalid-answer rate, with predictions from the client's ``classify`` — the same
   choice-constrained label scoring as production. A prediction is *invalid* when the server
@@ -28,10 +29,21 @@ from typing import Any, TypeVar
 
 from serving.client import InferenceClient, InferenceError
 from trainer.cleaning import content_hash
-from trainer.data import TrainExample, bucket_batches, collate, tokenize_examples
+from trainer.data import TrainExample
+from trainer.drafts import (
+    Progress,
+    draft_token_cap,
+    generate_drafts,
+    generate_drafts_for,
+    limit_tokens,
+)
+from trainer.likelihood import answer_nll, answer_nll_many
 from trainer.rules import rule_violations
 
 T = TypeVar("T")
+# re-exported: callers import the held-out helpers from here
+__all__ = ["answer_nll", "answer_nll_many", "draft_token_cap", "generate_drafts",
+           "generate_drafts_for", "limit_tokens"]  # fmt: skip
 INVALID = "(invalid)"
 
 # --- chrF ----------------------------------------------------------------------------------------
@@ -295,102 +307,71 @@ def example_key(task: str, example: TrainExample) -> str:
 # --- running the models --------------------------------------------------------------------
 
 
-def answer_nll(
+@dataclass(frozen=True)
+class Candidate:
+    """One model to evaluate: ``name`` on its scorecard, ``model`` its served name (None = the
+    base model), ``adapter_dir`` its weights for perplexity (None = the base)."""
+
+    name: str
+    model: str | None
+    adapter_dir: Path | None
+
+
+def evaluate_drafts(
+    examples: Sequence[TrainExample],
+    candidates: Sequence[Candidate],
+    *,
     base_dir: Path,
-    examples: Sequence[TrainExample],
-    *,
-    adapter_dir: Path | None = None,
-    max_length: int = 2048,
-    batch_tokens: int = 2048,
-    device: str = "cpu",
-) -> list[tuple[float, int]]:
-    """Per example: (sum of the answer tokens' negative log-likelihoods, answer tokens).
+    client: InferenceClient | None,
+    rules: BrandRules,
+    max_new_tokens: int = 96,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[Scorecard]:
+    """Score several models on the same held-out draft examples; scorecards in their order.
 
-    The answer tokens are exactly the ones training learns (answer + end-of-turn); the model is
-    the base, or the base with the adapter in ``adapter_dir``.
+    Perplexity uses the weights directly, all models in one load (:func:`answer_nll_many`).
+    Drafts of every model are generated through ``client`` greedily, all at once in one batch
+    (:func:`generate_drafts_for`), each capped by :func:`draft_token_cap` at the dataset's
+    length limit in tokens; with ``client=None`` drafts are skipped (perplexity only, e.g.
+    while a server is unavailable). A scorecard's ``seconds`` is its own perplexity pass plus
+    its share of the drafts generated together (split by the number of models).
+    ``progress(name, done, total)`` follows each model's drafts.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import time
 
-    from trainer.lora import answer_loss
+    seconds: list[float] = []
+    items = answer_nll_many(base_dir, examples, [c.adapter_dir for c in candidates],
+                            seconds=seconds)  # fmt: skip
+    keys = [example_key("draft", e) for e in examples]
+    cards = [
+        Scorecard(name=c.name, task="draft", keys=list(keys), nll=[n for n, _ in nll],
+                  tokens=[t for _, t in nll], seconds=spent)
+        for c, nll, spent in zip(candidates, items, seconds, strict=True)
+    ]  # fmt: skip
+    if client is None or not candidates:
+        return cards
+    tokens = cards[0].tokens
+    references = [(e.answer, t) for e, t in zip(examples, tokens, strict=True)]
+    limit = limit_tokens(rules.max_length, references)
+    caps = [draft_token_cap(t, max_new_tokens, limit) for t in tokens]
+    names = {c.model: c.name for c in candidates}
 
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    data = tokenize_examples(tokenizer, examples, max_length=max_length, min_examples=0)
-    if data.dropped or data.truncated:
-        raise ValueError(f"held-out examples longer than max_length={max_length}")
-    loader: Any = AutoModelForCausalLM
-    model: Any = loader.from_pretrained(str(base_dir), dtype=torch.float32)
-    if adapter_dir is not None:
-        import warnings
+    def step(model: str | None, done: int, total: int) -> None:
+        if progress is not None:
+            progress(names[model], done, total)
 
-        from peft import PeftModel
-
-        with warnings.catch_warnings():  # peft asks transformers a deprecated question
-            warnings.simplefilter("ignore", FutureWarning)
-            model = PeftModel.from_pretrained(model, str(adapter_dir))
-    model.to(device)
-    model.eval()
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
-    with torch.inference_mode():
-        lengths = [len(e) for e in data.examples]
-        for batch in bucket_batches(lengths, batch_tokens, data.shared_prefix):
-            losses = answer_loss(model, *collate(data, batch), reduction="none").tolist()
-            at = 0
-            for row in batch.rows:
-                example = data.examples[row]
-                n = example.answer_tokens
-                out[example.index] = (float(sum(losses[at : at + n])), n)
-                at += n
-    return out
-
-
-Progress = Callable[[int, int], None]
-"""``progress(done, total)``: called as held-out drafts or predictions finish."""
-
-CONCURRENT_REQUESTS = 32  # the local engine's default batch; vLLM batches as many
-
-
-def draft_token_cap(
-    reference_tokens: int, max_new_tokens: int, max_length: int | None = None
-) -> int:
-    """New tokens allowed for one held-out draft: twice its reference's tokens plus a few, at
-    most ``max_new_tokens``; chrF has judged a draft by then (any longer and it only loses
-    precision), and a batch takes as long as its longest draft. With a ``max_length`` (in
-    characters) the cap is at least ``max_length / 2`` tokens, so a rambling draft is still cut
-    past the limit (a token is two characters or more in practice) and rule compliance keeps
-    its meaning."""
-    floor = math.ceil(max_length / 2) if max_length else 0
-    return max(1, min(max_new_tokens, max(2 * reference_tokens + 8, floor)))
-
-
-def generate_drafts(
-    client: InferenceClient,
-    examples: Sequence[TrainExample],
-    caps: Sequence[int],
-    *,
-    model: str | None,
-    progress: Progress | None = None,
-) -> list[str]:
-    """Greedy drafts for every example, all requested at once so the server batches them (the
-    local engine's continuous batching, or vLLM's); results in the examples' order."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    if not examples:
-        return []
-
-    def draft(example: TrainExample, cap: int) -> str:
-        reply = client.chat(
-            example.messages(with_answer=False), model=model, max_tokens=cap, temperature=0.0
-        )
-        return reply.text.strip()
-
-    workers = min(len(examples), CONCURRENT_REQUESTS)
-    with ThreadPoolExecutor(workers, thread_name_prefix="brandbot-eval") as pool:
-        futures = [pool.submit(draft, e, c) for e, c in zip(examples, caps, strict=True)]
-        for done, _ in enumerate(as_completed(futures), start=1):
-            if progress is not None:
-                progress(done, len(futures))
-        return [f.result() for f in futures]
+    started = time.perf_counter()
+    drafts = generate_drafts_for(
+        client, examples, caps, [c.model for c in candidates], progress=step
+    )
+    share = (time.perf_counter() - started) / len(candidates)
+    for card, texts in zip(cards, drafts, strict=True):
+        for example, text in zip(examples, texts, strict=True):
+            card.drafts.append(text)
+            card.chrf.append(chrf(text, example.answer))
+            card.compliant.append(not rules.violations(text))
+        card.seconds += share
+    return cards
 
 
 def evaluate_draft(
@@ -405,32 +386,16 @@ def evaluate_draft(
     max_new_tokens: int = 96,
     progress: Progress | None = None,
 ) -> Scorecard:
-    """Score a model on held-out draft examples.
+    """:func:`evaluate_drafts` for one model (``adapter_dir=None`` scores the base)."""
 
-    ``adapter_dir=None`` scores the base. Perplexity uses the weights directly; drafts are
-    generated through ``client`` under the served ``model`` name (None = base) greedily, all
-    at once (:func:`generate_drafts`), each capped by :func:`draft_token_cap`; with
-    ``client=None`` drafts are skipped (perplexity only, e.g. while a server is unavailable).
-    """
-    import time
+    def step(_name: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(done, total)
 
-    started = time.perf_counter()
-    items = answer_nll(base_dir, examples, adapter_dir=adapter_dir)
-    card = Scorecard(
-        name=name,
-        task="draft",
-        keys=[example_key("draft", e) for e in examples],
-        nll=[n for n, _ in items],
-        tokens=[t for _, t in items],
-    )
-    if client is not None:
-        caps = [draft_token_cap(t, max_new_tokens, rules.max_length) for t in card.tokens]
-        drafts = generate_drafts(client, examples, caps, model=model, progress=progress)
-        for example, text in zip(examples, drafts, strict=True):
-            card.drafts.append(text)
-            card.chrf.append(chrf(text, example.answer))
-            card.compliant.append(not rules.violations(text))
-    card.seconds = time.perf_counter() - started
+    [card] = evaluate_drafts(
+        examples, [Candidate(name, model, adapter_dir)], base_dir=base_dir, client=client,
+        rules=rules, max_new_tokens=max_new_tokens, progress=step,
+    )  # fmt: skip
     return card
 
 

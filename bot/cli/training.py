@@ -9,6 +9,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 from sqlalchemy import select
 
+from bot.cli import exits
 from bot.cli.common import (
     CliError,
     DatasetOption,
@@ -65,6 +66,8 @@ def worker(
             w.requeue_stale()
             summary = w.run_once()
             console.print(Redactor(secrets).scrub(summary.reason) if summary else "no queued run")
+            if summary is not None and summary.status == "failed":
+                raise typer.Exit(exits.FAILED)
             return
         console.print("worker: waiting for queued runs (Ctrl-C to stop)")
         try:
@@ -101,11 +104,13 @@ def train(
                 settings(), database(), client, progress=progress, config_overrides=_overrides(gpus)
             )
             summary = worker.run_now(run_id)
+    code = exits.run_exit_code(summary.status)
     if as_json:
-        print_json(summary.__dict__)
-        return
-    if summary.status == "failed":
-        raise CliError(f"run {run_id} failed: {summary.reason}")
+        print_json({**summary.__dict__, "exit_code": code})
+        raise typer.Exit(code)
+    if code != exits.OK:
+        err_console.print(f"run {run_id} {summary.status}: {summary.reason}", highlight=False)
+        raise typer.Exit(code)
     console.print(f"run {run_id}: {summary.adapter}: {summary.reason}")
 
 

@@ -82,7 +82,7 @@ def test_brandbot_worker_logs_through_the_redaction(db_url: str, cli: CliRunner)
         "BRANDBOT_INFERENCE_API_KEY": key,
         "BRANDBOT_BASE_MODEL": f"/nowhere/{key}/xoxb-1111-2222-leaked",
     })  # fmt: skip
-    assert out.code == 0, out.err
+    assert out.code == 4, out.err  # the run failed: its base model is nowhere
     failed = [json.loads(line) for line in out.err.splitlines() if "failed" in line]
     assert failed and failed[0]["level"] == "error" and "[redacted]" in failed[0]["message"]
     assert key not in out.err + out.out and "xoxb-1111" not in out.err + out.out

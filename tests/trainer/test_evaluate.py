@@ -286,12 +286,13 @@ def test_drafts_are_requested_all_at_once_in_order_with_progress() -> None:
     assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
 
 
-def test_draft_token_cap_follows_the_reference() -> None:
+def test_draft_token_cap_follows_the_reference_or_the_length_limit() -> None:
     assert draft_token_cap(10, 96) == 28
     assert draft_token_cap(60, 96) == 96
     assert draft_token_cap(0, 96) == 8
-    assert draft_token_cap(10, 96, max_length=100) == 50  # a long draft still breaks the rule
-    assert draft_token_cap(10, 96, max_length=280) == 96
+    assert draft_token_cap(10, 96, limit=50) == 50  # a long draft still breaks the rule
+    assert draft_token_cap(40, 96, limit=70) == 70  # not 2 x 40 + 8: past the limit anyway
+    assert draft_token_cap(10, 96, limit=280) == 96
 
 
 def test_batched_evaluation_equals_drafting_one_by_one(tiny_model_dir: Path) -> None:
