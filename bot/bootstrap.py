@@ -17,11 +17,14 @@ from sqlalchemy import Connection, func, select, text
 
 from bot.cron import cron_trigger
 from bot.jobs import JobQueue
+from bot.outbox import OutboxPump
 from bot.plugin import ChatAPI, Services
 from bot.plugin_loader import PluginEntry, instantiate, load_plugins
 from bot.runtime import Runtime
 from bot.settings import Settings
 from bot.storage.db import Database
+
+__all__ = ["Bot", "OutboxPump", "SchedulerLeader", "build_bot", "load_active_adapters_soon"]
 
 log = logging.getLogger("brandbot.bootstrap")
 
@@ -59,29 +62,6 @@ def build_bot(
     else:
         loaded = instantiate(plugins, settings.plugins, services)
     return Bot(settings, db, services, Runtime(services, loaded))
-
-
-class OutboxPump:
-    """Delivers outbox events every ``interval`` seconds on a daemon thread."""
-
-    def __init__(self, runtime: Runtime, interval: float = 1.0) -> None:
-        self.runtime = runtime
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="brandbot-outbox", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.runtime.deliver_outbox()
-            except Exception:
-                log.exception("outbox delivery failed; retrying")
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 #: APScheduler's job table in the bot's database. It belongs to APScheduler, which creates it;

@@ -223,6 +223,22 @@ class Settings(BaseSettings):
         "answered 'busy, try again in a minute'.",
         examples=[100],
     )
+    retry_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        validation_alias=AliasChoices("BRANDBOT_RETRY_SECONDS", "retry_seconds"),
+        description="First wait before an internal event (outbox) or a background job that "
+        "failed is tried again; the wait doubles with each attempt, up to an hour.",
+        examples=[5],
+    )
+    max_attempts: int = Field(
+        default=10,
+        ge=1,
+        validation_alias=AliasChoices("BRANDBOT_MAX_ATTEMPTS", "max_attempts"),
+        description="Attempts of an internal event or background job before it is set aside "
+        "as a dead letter (counted in `/brandbot status`).",
+        examples=[10],
+    )
 
     @field_validator("database_url")
     @classmethod

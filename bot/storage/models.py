@@ -338,16 +338,22 @@ class ProcessedEvent(Base):
 
 
 class OutboxEvent(Base):
-    """An internal event written with the state change that caused it, delivered once."""
+    """An internal event written with the state change that caused it, delivered once.
+
+    A delivery that fails is tried again from ``available_at`` (later after each attempt);
+    after the last allowed attempt ``dead_at`` is set and the row waits for a person.
+    """
 
     __tablename__ = "outbox_events"
-    __table_args__ = (Index("ix_outbox_events_pending", "delivered_at", "id"),)
+    __table_args__ = (Index("ix_outbox_events_pending", "delivered_at", "dead_at", "available_at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     topic: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    available_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    dead_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
 
