@@ -231,6 +231,14 @@ class Settings(BaseSettings):
         "failed is tried again; the wait doubles with each attempt, up to an hour.",
         examples=[5],
     )
+    training_lease_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        validation_alias=AliasChoices("BRANDBOT_TRAINING_LEASE_SECONDS", "training_lease_seconds"),
+        description="A training worker's lease on the run it trains, renewed every third of it; "
+        "a run whose worker died is given to another worker this long after its last renewal.",
+        examples=[120],
+    )
     max_attempts: int = Field(
         default=10,
         ge=1,

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -183,6 +184,14 @@ class TrainingRun(Base):
     __table_args__ = (
         UniqueConstraint("dataset_id", "scheduled_for"),
         Index("ix_training_runs_status", "status"),
+        # One running run per dataset: two workers never train a dataset at once.
+        Index(
+            "uq_training_runs_one_running",
+            "dataset_id",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -203,6 +212,8 @@ class TrainingRun(Base):
     peak_memory_mb: Mapped[float | None] = mapped_column(Float, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    # Until when the worker owns the run; its heartbeat extends it (bot/run_claims.py).
+    lease_until: Mapped[dt.datetime | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
