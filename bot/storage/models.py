@@ -237,7 +237,17 @@ class Adapter(Base):
     """A trained LoRA adapter ``<dataset>-v<N>`` with its metrics and promotion state."""
 
     __tablename__ = "adapters"
-    __table_args__ = (UniqueConstraint("dataset_id", "version"),)
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "version"),
+        # At most one active adapter per dataset, whoever promotes or rolls back.
+        Index(
+            "uq_adapters_one_active",
+            "dataset_id",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
