@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select, update
 
+from bot.durable import backoff, resume_due
 from bot.observability import OUTBOX_DEAD, OUTBOX_DELIVERED
 from bot.plugin import Context, InternalEvent
 from bot.ratelimit import Busy
@@ -29,14 +30,6 @@ if TYPE_CHECKING:
     from bot.runtime import Runtime
 
 log = logging.getLogger("brandbot.outbox")
-
-#: The longest wait between two attempts.
-MAX_BACKOFF_SECONDS = 3600.0
-
-
-def backoff(attempts: int, base: float) -> dt.timedelta:
-    """The wait after the ``attempts``-th failed attempt: ``base``, then doubling, capped."""
-    return dt.timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), MAX_BACKOFF_SECONDS))
 
 
 def due(session: Session, limit: int, now: dt.datetime) -> list[int]:
@@ -141,7 +134,8 @@ def deliver(runtime: Runtime, limit: int = 50) -> int:
 
 
 class OutboxPump:
-    """Delivers outbox events every ``interval`` seconds on a daemon thread."""
+    """Delivers outbox events, and resumes due jobs (``bot.durable``), every ``interval``
+    seconds on a daemon thread."""
 
     def __init__(self, runtime: Runtime, interval: float = 1.0) -> None:
         self.runtime = runtime
@@ -158,6 +152,10 @@ class OutboxPump:
                 deliver(self.runtime)
             except Exception:
                 log.exception("outbox delivery failed; retrying")
+            try:
+                resume_due(self.runtime)
+            except Exception:
+                log.exception("resuming jobs failed; retrying")
 
     def stop(self) -> None:
         self._stop.set()

@@ -231,6 +231,14 @@ class Settings(BaseSettings):
         "failed is tried again; the wait doubles with each attempt, up to an hour.",
         examples=[5],
     )
+    job_lease_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        validation_alias=AliasChoices("BRANDBOT_JOB_LEASE_SECONDS", "job_lease_seconds"),
+        description="How long a bot process owns a background job it started (a "
+        "classification, a draft, a brief); after it, another process runs the job again.",
+        examples=[600],
+    )
     training_lease_seconds: float = Field(
         default=120.0,
         gt=0,

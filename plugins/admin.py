@@ -8,6 +8,7 @@ from typing import Any
 from bot.collection import dataset_stats
 from bot.cron import next_fire
 from bot.datasets import DatasetError, check_consistency, parse_fields, parse_spec
+from bot.durable import dead_jobs
 from bot.outbox import dead_letters
 from bot.plugin import CommandEvent, Context, Plugin, command, require
 from bot.replies import is_reply_dataset, reply_mode
@@ -69,9 +70,9 @@ class AdminPlugin(Plugin):
         healthy = inference.health() if inference is not None else None
         server = {True: "reachable", False: "UNREACHABLE", None: "not configured"}[healthy]
         lines.append(f"model server: {server}")
-        dead = dead_letters(ctx.session)
+        dead = dead_letters(ctx.session) + dead_jobs(ctx.session)
         lines.append(
-            f"dead letters: {dead} (internal events given up on; see the logs)"
+            f"dead letters: {dead} (events or jobs given up on; see the logs)"
             if dead
             else "dead letters: none"
         )

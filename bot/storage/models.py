@@ -379,6 +379,33 @@ class OutboxEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
 
 
+class Job(Base):
+    """Slow work queued by a handler (a classification, a draft, a brief), written in the
+    handler's transaction so a restart cannot lose it (bot/durable.py).
+
+    ``target`` names the callable (``module:Class.method`` of a loaded plugin, or
+    ``module:function``); ``args`` are its JSON arguments after the services. ``status``:
+    queued -> running (leased until ``lease_until``) -> deleted when done; dead after the last
+    allowed attempt.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_due", "status", "available_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    target: Mapped[str] = mapped_column(String(256))
+    args: Mapped[list[Any]] = mapped_column(default=list)
+    with_services: Mapped[bool] = mapped_column(default=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    available_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(default=None)
+    worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class AuditEntry(Base):
     """Who did what to which example or dataset. Ids and hashes only, never message text."""
 
@@ -422,6 +449,7 @@ __all__ = [
     "Dataset",
     "Draft",
     "Example",
+    "Job",
     "NearDupKey",
     "OptOut",
     "OutboxEvent",

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from bot.durable import backoff
 from bot.jobs import JobQueue
-from bot.outbox import backoff, dead_letters
+from bot.outbox import dead_letters
 from bot.plugin import Context, InternalEvent, Plugin, Services, on_event
 from bot.plugin_loader import PluginEntry, instantiate
 from bot.runtime import Runtime
