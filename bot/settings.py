@@ -231,6 +231,14 @@ class Settings(BaseSettings):
         "failed is tried again; the wait doubles with each attempt, up to an hour.",
         examples=[5],
     )
+    leader_bid_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        validation_alias=AliasChoices("BRANDBOT_LEADER_BID_SECONDS", "leader_bid_seconds"),
+        description="How often each bot replica bids to run the schedule (PostgreSQL); a "
+        "replica takes over this long at most after the leader dies.",
+        examples=[15],
+    )
     job_lease_seconds: float = Field(
         default=600.0,
         gt=0,
