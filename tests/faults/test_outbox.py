@@ -155,3 +155,15 @@ def test_a_failing_chart_upload_is_retried_without_posting_the_report_again(
     with db.session() as s:
         chart = s.scalars(select(OutboxEvent).where(OutboxEvent.topic == "report.chart")).one()
         assert chart.attempts == 3 and chart.delivered_at is not None
+
+
+def test_brandbot_report_counts_the_dead_letters(db: Database, cli: Any) -> None:
+    from bot.storage.repositories import Datasets
+
+    with db.session() as s:
+        Datasets(s).create("kk_copy", "draft")
+        Outbox(s).publish("poison", {}).dead_at = utcnow()
+    shown = cli("report", "-d", "kk_copy", "--json")
+    assert shown.code == 0, shown.err
+    assert shown.json()["dead_letters"] == 1
+    assert "dead letters: 1" in cli("report", "-d", "kk_copy").out
