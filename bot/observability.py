@@ -54,6 +54,11 @@ JOBS_FAILED = Counter("brandbot_jobs_failed_total", "Queued jobs that raised.", 
 OUTBOX_DELIVERED = Counter(
     "brandbot_outbox_delivered_total", "Internal events delivered.", ["topic"]
 )
+OUTBOX_DEAD = Counter(
+    "brandbot_outbox_dead_letters_total",
+    "Internal events given up on after their last attempt.",
+    ["topic"],
+)
 
 _TOKEN_RE = re.compile(
     r"\b(xox[abposr]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+)"

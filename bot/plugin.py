@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from bot.durable import submission
 from bot.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -289,9 +290,8 @@ class Context:
     def submit_after_commit(
         self, fn: Callable[..., Any], *args: Any, name: str | None = None
     ) -> None:
-        """Queue slow work once this handler's transaction has committed, so the job sees
-        the rows the handler wrote (submitting inside the transaction races the commit)."""
-        self._after_commit.append((fn, args, name))
+        """Run slow work after this transaction commits; stored in it (bot/durable.py)."""
+        self._after_commit.append(submission(self.session, self.services, fn, args, name))
 
     def after_commit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Call ``fn(*args)`` right after this handler's transaction commits, on the same

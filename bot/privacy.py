@@ -168,6 +168,7 @@ def _retire_adapters(
         if dataset is None:
             continue
         if was_active:
+            session.flush()  # one active adapter per dataset: retire before activating
             clean = [a for a in adapters if a not in tainted and a.status == "retired"]
             target = clean[-1] if clean else None
             if target is not None:

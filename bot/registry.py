@@ -70,6 +70,7 @@ def promote(
         return Promotion(False, reason, previous.name if previous else None)
     if previous is not None and previous.id != adapter.id:
         previous.status = "retired"
+        session.flush()  # one active adapter per dataset: the database checks each statement
     adapter.status, adapter.promoted_at = "active", utcnow()
     Audit(session).record(
         "adapter.promote", actor=actor, dataset_id=adapter.dataset_id, adapter=adapter.name,
@@ -118,6 +119,7 @@ def roll_back(
     if not result.ok:
         return Promotion(False, "; ".join(result.reasons), current.name)
     current.status = "retired"
+    session.flush()  # one active adapter per dataset: retire before activating
     if target is not None:
         target.status, target.promoted_at = "active", utcnow()
     Audit(session).record(

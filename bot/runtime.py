@@ -17,14 +17,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import update
-
 from bot.observability import (
     EVENTS_DUPLICATE,
     EVENTS_RECEIVED,
     HANDLER_ERRORS,
     HANDLER_LATENCY,
-    OUTBOX_DELIVERED,
 )
 from bot.plugin import (
     ActionEvent,
@@ -43,8 +40,7 @@ from bot.plugin import (
     Services,
 )
 from bot.ratelimit import Busy
-from bot.storage.models import OutboxEvent, utcnow
-from bot.storage.repositories import Outbox, ProcessedEvents
+from bot.storage.repositories import ProcessedEvents
 
 log = logging.getLogger("brandbot.runtime")
 
@@ -354,49 +350,10 @@ class Runtime:
     # ---- internal events (outbox) and schedules ------------------------------------------
 
     def deliver_outbox(self, limit: int = 50) -> int:
-        """Deliver pending outbox events, each in its own transaction with its handlers."""
-        delivered = 0
-        db = self.services.db
-        with db.session() as session:
-            ids = [e.id for e in Outbox(session).claim_pending(limit)]
-        for event_id in ids:
-            if not self.services.jobs.has_room():  # the events wait in the outbox meanwhile
-                log.info("job queue full: outbox delivery paused")
-                break
-            try:
-                with db.session() as session:
-                    # Claim by a conditional update: a second consumer (another thread, process
-                    # or replica) blocks on the row or the database lock until this transaction
-                    # ends, then finds it delivered. A handler that raises rolls the claim back.
-                    claimed = session.execute(
-                        update(OutboxEvent)
-                        .where(OutboxEvent.id == event_id, OutboxEvent.delivered_at.is_(None))
-                        .values(delivered_at=utcnow(), attempts=OutboxEvent.attempts + 1)
-                    ).rowcount  # type: ignore[attr-defined]
-                    if not claimed:
-                        continue
-                    row = session.get(OutboxEvent, event_id)
-                    assert row is not None
-                    event = InternalEvent(row.topic, dict(row.payload), f"outbox:{row.id}")
-                    contexts = []
-                    for bound in self.match(event):
-                        ctx = Context(self.services, session, event)
-                        contexts.append(ctx)
-                        self._call(bound, event, ctx)
-                    OUTBOX_DELIVERED.labels(row.topic).inc()
-                    delivered += 1
-                self._run_after_commit(contexts)
-            except Busy:
-                log.warning("outbox event %s: the job queue was full", event_id)
-            except Exception as exc:
-                error_id = uuid.uuid4().hex[:8]
-                log.exception("outbox event %s failed", event_id, extra={"error_id": error_id})
-                with db.session() as session:
-                    row = session.get(OutboxEvent, event_id)
-                    if row is not None:
-                        row.attempts += 1
-                        row.last_error = f"{type(exc).__name__} (error id {error_id})"
-        return delivered
+        """Deliver the due outbox events (``bot.outbox.deliver``); how many were delivered."""
+        from bot.outbox import deliver
+
+        return deliver(self, limit)
 
     def scheduled(self) -> list[Bound]:
         return [b for b in self.handlers if b.spec.kind == "schedule"]

@@ -223,6 +223,46 @@ class Settings(BaseSettings):
         "answered 'busy, try again in a minute'.",
         examples=[100],
     )
+    retry_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        validation_alias=AliasChoices("BRANDBOT_RETRY_SECONDS", "retry_seconds"),
+        description="First wait before an internal event (outbox) or a background job that "
+        "failed is tried again; the wait doubles with each attempt, up to an hour.",
+        examples=[5],
+    )
+    leader_bid_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        validation_alias=AliasChoices("BRANDBOT_LEADER_BID_SECONDS", "leader_bid_seconds"),
+        description="How often each bot replica bids to run the schedule (PostgreSQL); a "
+        "replica takes over this long at most after the leader dies.",
+        examples=[15],
+    )
+    job_lease_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        validation_alias=AliasChoices("BRANDBOT_JOB_LEASE_SECONDS", "job_lease_seconds"),
+        description="How long a bot process owns a background job it started (a "
+        "classification, a draft, a brief); after it, another process runs the job again.",
+        examples=[600],
+    )
+    training_lease_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        validation_alias=AliasChoices("BRANDBOT_TRAINING_LEASE_SECONDS", "training_lease_seconds"),
+        description="A training worker's lease on the run it trains, renewed every third of it; "
+        "a run whose worker died is given to another worker this long after its last renewal.",
+        examples=[120],
+    )
+    max_attempts: int = Field(
+        default=10,
+        ge=1,
+        validation_alias=AliasChoices("BRANDBOT_MAX_ATTEMPTS", "max_attempts"),
+        description="Attempts of an internal event or background job before it is set aside "
+        "as a dead letter (counted in `/brandbot status`).",
+        examples=[10],
+    )
 
     @field_validator("database_url")
     @classmethod

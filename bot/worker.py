@@ -1,12 +1,11 @@
-"""The training worker: claims queued runs from the database (one worker per run, with
-``FOR UPDATE SKIP LOCKED`` on PostgreSQL), trains with the trainer library, evaluates base vs
-current vs new adapter on the same held-out examples, registers the adapter, promotes it only if
-it wins, and announces the result through the outbox (``run.finished`` / ``run.failed``).
+"""The training worker: claims queued runs from the database (``bot.run_claims``: an atomic
+claim, a lease its heartbeat renews, one running run per dataset), trains with the trainer
+library, evaluates base vs current vs new adapter on the same held-out examples, registers the
+adapter, promotes it only if it wins, and announces the result through the outbox
+(``run.finished`` / ``run.failed``).
 
-A run whose worker died is found again: on SQLite (one process) every ``running`` run is
-re-queued at start; on PostgreSQL a run is ``running`` only while its worker holds the run's
-advisory lock, so a run whose lock is free is re-queued. Training resumes from the run's
-checkpoints.
+A run whose worker died is re-queued once its lease runs out, by any worker, and resumes from
+its checkpoints under the same adapter version.
 """
 
 from __future__ import annotations
@@ -22,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import select
 
 from bot.registry import promote
+from bot.run_claims import Heartbeat, LeaseLost, RunClaims
 from bot.settings import Settings
 from bot.storage.db import Database
 from bot.storage.models import Adapter, Dataset, Example, TrainingRun, utcnow
@@ -32,7 +32,6 @@ from bot.storage.repositories import Adapters, Audit, Outbox
 from serving.client import InferenceClient
 
 log = logging.getLogger("brandbot.worker")
-RUN_LOCK_BASE = 0x62620000  # advisory lock key = base + run id
 
 
 @dataclass
@@ -93,119 +92,72 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.config_overrides = config_overrides or {}
         self.progress = progress
-        self._lock_conn: Connection | None = None
+        self.claims = RunClaims(db, self.worker_id, settings.training_lease_seconds)
         self._stop = threading.Event()
 
     # ---- claiming ---------------------------------------------------------------------
 
-    def _pg(self) -> bool:
-        return self.db.dialect == "postgresql"
-
-    def _try_lock(self, run_id: int) -> bool:
-        if not self._pg():
-            return True
-        if self._lock_conn is None:
-            self._lock_conn = self.db.engine.connect()
-        got = self._lock_conn.execute(
-            text("SELECT pg_try_advisory_lock(:k)"), {"k": RUN_LOCK_BASE + run_id}
-        ).scalar()
-        self._lock_conn.commit()
-        return bool(got)
-
-    def _unlock(self, run_id: int) -> None:
-        if self._lock_conn is not None:
-            self._lock_conn.execute(
-                text("SELECT pg_advisory_unlock(:k)"), {"k": RUN_LOCK_BASE + run_id}
-            )
-            self._lock_conn.commit()
-
     def requeue_stale(self) -> list[int]:
-        """Runs left ``running`` by a worker that died go back to the queue."""
-        requeued = []
-        with self.db.session() as session:
-            for run in session.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
-                if self._pg():
-                    if not self._try_lock(run.id):
-                        continue  # its worker is alive
-                    self._unlock(run.id)
-                run.status, run.worker_id = "queued", None
-                requeued.append(run.id)
-        if requeued:
-            log.warning("re-queued runs %s left running by a stopped worker", requeued)
-        return requeued
+        """Runs whose worker stopped renewing its lease go back to the queue."""
+        return self.claims.requeue_expired()
 
     def claim(self) -> int | None:
-        """Take the oldest queued run; None when there is none."""
-        with self.db.session() as session:
-            stmt = (
-                select(TrainingRun)
-                .where(TrainingRun.status == "queued")
-                .order_by(TrainingRun.id)
-                .limit(1)
-            )
-            if self._pg():
-                stmt = stmt.with_for_update(skip_locked=True)
-            run = session.scalar(stmt)
-            if run is None:
-                return None
-            if not self._try_lock(run.id):
-                return None
-            run.status, run.worker_id, run.started_at = "running", self.worker_id, utcnow()
-            return run.id
+        """Take the oldest queued run of a dataset not being trained; None when there is none."""
+        return self.claims.claim()
 
     # ---- running ----------------------------------------------------------------------
 
     def run_now(self, run_id: int) -> RunSummary:
         """Run a specific queued run in this process (``brandbot train``)."""
-        with self.db.session() as session:
-            run = session.get(TrainingRun, run_id)
-            if run is None or run.status != "queued" or not self._try_lock(run_id):
-                return RunSummary(run_id, "skipped", reason="the run is not queued")
-            run.status, run.worker_id, run.started_at = "running", self.worker_id, utcnow()
-        try:
-            return self.execute(run_id)
-        finally:
-            self._unlock(run_id)
+        if not self.claims.claim_run(run_id):
+            return RunSummary(run_id, "skipped", reason="the run is not queued")
+        return self.execute(run_id)
 
     def run_once(self) -> RunSummary | None:
         run_id = self.claim()
         if run_id is None:
             return None
-        try:
-            return self.execute(run_id)
-        finally:
-            self._unlock(run_id)
+        return self.execute(run_id)
 
     def serve(self, poll_seconds: float = 5.0) -> None:
-        """Claim and run until ``stop()``."""
-        self.requeue_stale()
+        """Claim and run until ``stop()``; runs of dead workers are re-queued between runs."""
+        poll = min(poll_seconds, self.claims.lease.total_seconds() / 3)
         while not self._stop.is_set():
+            self.requeue_stale()
             if self.run_once() is None:
-                self._stop.wait(poll_seconds)
+                self._stop.wait(poll)
 
     def stop(self) -> None:
         self._stop.set()
 
     def execute(self, run_id: int) -> RunSummary:
+        """Run a run this worker claimed, renewing its lease meanwhile."""
         started = time.perf_counter()
-        try:
-            return self._execute(run_id, started)
-        except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            log.error("run %s failed: %s", run_id, message)
-            with self.db.session() as session:
-                run = session.get(TrainingRun, run_id)
-                if run is not None:
-                    run.status, run.finished_at = "failed", utcnow()
-                    run.error = message[:4000] + "\n" + traceback.format_exc()[-4000:]
-                    run.duration_s = time.perf_counter() - started
-                    Outbox(session).publish(
-                        "run.failed",
-                        {"run_id": run_id, "dataset_id": run.dataset_id, "error": message[:500]},
-                    )
-            return RunSummary(run_id, "failed", reason=message)
+        with Heartbeat(self.claims, run_id) as beat:
+            try:
+                return self._execute(run_id, started, beat)
+            except LeaseLost as exc:
+                log.error("run %s abandoned: %s", run_id, exc)
+                return RunSummary(run_id, "lost", reason=str(exc))
+            except Exception as exc:
+                return self._failed(run_id, exc, started)
 
-    def _execute(self, run_id: int, started: float) -> RunSummary:
+    def _failed(self, run_id: int, exc: Exception, started: float) -> RunSummary:
+        message = f"{type(exc).__name__}: {exc}"
+        log.error("run %s failed: %s", run_id, message)
+        with self.db.session() as session:
+            run = session.get(TrainingRun, run_id, with_for_update=True)
+            if run is not None and run.status == "running" and run.worker_id == self.worker_id:
+                run.status, run.finished_at, run.lease_until = "failed", utcnow(), None
+                run.error = message[:4000] + "\n" + traceback.format_exc()[-4000:]
+                run.duration_s = time.perf_counter() - started
+                Outbox(session).publish(
+                    "run.failed",
+                    {"run_id": run_id, "dataset_id": run.dataset_id, "error": message[:500]},
+                )
+        return RunSummary(run_id, "failed", reason=message)
+
+    def _execute(self, run_id: int, started: float, beat: Heartbeat) -> RunSummary:
         from serving.base_model import resolve_base_model
         from trainer.config import defaults_for
         from trainer.evaluate import BrandRules
@@ -216,6 +168,7 @@ class Worker:
         with self.db.session() as session:
             run = session.get(TrainingRun, run_id)
             assert run is not None
+            self.claims.check_owned(run)
             dataset = session.get(Dataset, run.dataset_id)
             assert dataset is not None
             train, train_ids = train_examples(session, dataset, "train")
@@ -233,12 +186,12 @@ class Worker:
                 checkpoints = Path(run.checkpoint_dir)
             run.checkpoint_dir = str(checkpoints)
             run.example_ids = train_ids
-            run.hyperparams = config.model_dump(mode="json")
-            run.base_model, run.base_fingerprint = str(base.path), base.fingerprint
-            adapter_version = int(run.hyperparams.get("_version", 0)) or None
+            # A retried run keeps the version (and the name) its first attempt was given.
+            adapter_version = int((run.hyperparams or {}).get("_version", 0)) or None
             if adapter_version is None:
                 adapter_version = Adapters(session).next_version()
-                run.hyperparams = {**run.hyperparams, "_version": adapter_version}
+            run.hyperparams = {**config.model_dump(mode="json"), "_version": adapter_version}
+            run.base_model, run.base_fingerprint = str(base.path), base.fingerprint
             name = f"{dataset.name}-v{adapter_version}"
             task, labels = dataset.task, list(dataset.labels)
             rules = BrandRules(
@@ -255,7 +208,7 @@ class Worker:
         result = train_lora(
             base.path, train, config, out_dir,
             served_model_name=settings.served_model_name, base_fingerprint=base.fingerprint,
-            progress=self.progress, checkpoint_dir=checkpoints,
+            progress=self._progress(beat), checkpoint_dir=checkpoints,
         )  # fmt: skip
         loaded = {m.id for m in self.client.models()}
         if current_name and current_path and current_name not in loaded:
@@ -274,8 +227,9 @@ class Worker:
             "heldout_ids": heldout_ids,
         }
         with self.db.session() as session:
-            run = session.get(TrainingRun, run_id)
+            run = session.get(TrainingRun, run_id, with_for_update=True)
             assert run is not None
+            self.claims.check_owned(run)
             dataset = session.get(Dataset, run.dataset_id)
             assert dataset is not None
             adapter = Adapter(
@@ -301,7 +255,7 @@ class Worker:
                     self.client.unload_adapter(name)
                 except Exception:  # the server may already have dropped it
                     log.debug("unload of %s failed", name)
-            run.status, run.finished_at = "succeeded", utcnow()
+            run.status, run.finished_at, run.lease_until = "succeeded", utcnow(), None
             run.losses = result.losses
             run.metrics = {**metrics, "scorecards": [s.to_dict() for s in scorecards if s]}
             run.duration_s = time.perf_counter() - started
@@ -316,6 +270,17 @@ class Worker:
             )  # fmt: skip
         log.info("run %s finished: %s", run_id, reason)
         return RunSummary(run_id, "succeeded", name, promoted, reason)
+
+    def _progress(self, beat: Heartbeat) -> Callable[[int, int, float], None]:
+        """The training progress callback: stops the training once the lease is lost."""
+
+        def progress(step: int, total: int, loss: float) -> None:
+            if beat.lost.is_set():
+                raise LeaseLost(f"run {beat.run_id}: the lease was lost while training")
+            if self.progress is not None:
+                self.progress(step, total, loss)
+
+        return progress
 
     def _evaluate(
         self,

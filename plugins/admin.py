@@ -8,6 +8,8 @@ from typing import Any
 from bot.collection import dataset_stats
 from bot.cron import next_fire
 from bot.datasets import DatasetError, check_consistency, parse_fields, parse_spec
+from bot.durable import dead_jobs
+from bot.outbox import dead_letters
 from bot.plugin import CommandEvent, Context, Plugin, command, require
 from bot.replies import is_reply_dataset, reply_mode
 from bot.signals import production_signals
@@ -62,12 +64,18 @@ class AdminPlugin(Plugin):
     @command("/brandbot status")
     @require(admins=True)
     def status(self, event: CommandEvent, ctx: Context) -> None:
-        """Datasets, active adapters and their metrics, last and next training, model server."""
+        """Datasets, active adapters and metrics, last and next training, server, dead letters."""
         lines = ["*brandbot status*"]
         inference = ctx.services.inference
         healthy = inference.health() if inference is not None else None
         server = {True: "reachable", False: "UNREACHABLE", None: "not configured"}[healthy]
         lines.append(f"model server: {server}")
+        dead = dead_letters(ctx.session) + dead_jobs(ctx.session)
+        lines.append(
+            f"dead letters: {dead} (events or jobs given up on; see the logs)"
+            if dead
+            else "dead letters: none"
+        )
         for dataset in Datasets(ctx.session).list():
             adapter = Adapters(ctx.session).active(dataset.id)
             run = Runs(ctx.session).latest(dataset.id)

@@ -10,6 +10,8 @@ from rich.table import Table
 
 from bot.cli.common import DatasetOption, JsonOption, console, database, print_json, settings
 from bot.collection import Collector
+from bot.durable import dead_jobs
+from bot.outbox import dead_letters
 from bot.reporting import build_report
 from bot.signals import production_signals
 from bot.storage.models import TrainingRun
@@ -23,7 +25,8 @@ def report(
 ) -> None:
     """The latest run's report (metrics base / current / new, the decision, sample drafts, the
     loss and metric chart as a PNG) and the production signals since the last training: draft
-    revision rate, share posted unedited, time to an approved draft, label correction rate."""
+    revision rate, share posted unedited, time to an approved draft, label correction rate;
+    and the dead letters (events and jobs given up on), if any."""
     from sqlalchemy import select
 
     with database().session() as session:
@@ -38,6 +41,7 @@ def report(
         )
         built = build_report(session, run.id) if run else None
         run_id = run.id if run else None
+        dead = dead_letters(session) + dead_jobs(session)
     png_path = None
     if built is not None and built.chart_png:
         png_path = output or settings().runs_dir / str(run_id) / "report.png"
@@ -51,6 +55,7 @@ def report(
                 "run": run_id,
                 "report": built.lines if built else None,
                 "chart": str(png_path) if png_path else None,
+                "dead_letters": dead,
             }
         )
         return
@@ -65,3 +70,7 @@ def report(
     for key, value in signals.items():
         table.add_row(key.replace("_", " "), "-" if value is None else str(value))
     console.print(table)
+    if dead:
+        console.print(
+            f"dead letters: {dead} internal events or jobs were given up on (see the logs)"
+        )

@@ -108,8 +108,7 @@ class SlackRuntime:
         self.check_slack()
         self.adapters.start()
         self.pump.start()
-        if self.leader.start():
-            log.info("this replica runs the schedule")
+        self.leader.campaign(self.settings.leader_bid_seconds)
 
     def stop(self) -> None:
         self.adapters.stop()

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -183,6 +184,14 @@ class TrainingRun(Base):
     __table_args__ = (
         UniqueConstraint("dataset_id", "scheduled_for"),
         Index("ix_training_runs_status", "status"),
+        # One running run per dataset: two workers never train a dataset at once.
+        Index(
+            "uq_training_runs_one_running",
+            "dataset_id",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -203,6 +212,8 @@ class TrainingRun(Base):
     peak_memory_mb: Mapped[float | None] = mapped_column(Float, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    # Until when the worker owns the run; its heartbeat extends it (bot/run_claims.py).
+    lease_until: Mapped[dt.datetime | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
@@ -226,7 +237,17 @@ class Adapter(Base):
     """A trained LoRA adapter ``<dataset>-v<N>`` with its metrics and promotion state."""
 
     __tablename__ = "adapters"
-    __table_args__ = (UniqueConstraint("dataset_id", "version"),)
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "version"),
+        # At most one active adapter per dataset, whoever promotes or rolls back.
+        Index(
+            "uq_adapters_one_active",
+            "dataset_id",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
@@ -338,18 +359,51 @@ class ProcessedEvent(Base):
 
 
 class OutboxEvent(Base):
-    """An internal event written with the state change that caused it, delivered once."""
+    """An internal event written with the state change that caused it, delivered once.
+
+    A delivery that fails is tried again from ``available_at`` (later after each attempt);
+    after the last allowed attempt ``dead_at`` is set and the row waits for a person.
+    """
 
     __tablename__ = "outbox_events"
-    __table_args__ = (Index("ix_outbox_events_pending", "delivered_at", "id"),)
+    __table_args__ = (Index("ix_outbox_events_pending", "delivered_at", "dead_at", "available_at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     topic: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    available_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    dead_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Job(Base):
+    """Slow work queued by a handler (a classification, a draft, a brief), written in the
+    handler's transaction so a restart cannot lose it (bot/durable.py).
+
+    ``target`` names the callable (``module:Class.method`` of a loaded plugin, or
+    ``module:function``); ``args`` are its JSON arguments after the services. ``status``:
+    queued -> running (leased until ``lease_until``) -> deleted when done; dead after the last
+    allowed attempt.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_due", "status", "available_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    target: Mapped[str] = mapped_column(String(256))
+    args: Mapped[list[Any]] = mapped_column(default=list)
+    with_services: Mapped[bool] = mapped_column(default=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    available_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(default=None)
+    worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class AuditEntry(Base):
@@ -395,6 +449,7 @@ __all__ = [
     "Dataset",
     "Draft",
     "Example",
+    "Job",
     "NearDupKey",
     "OptOut",
     "OutboxEvent",

@@ -268,10 +268,11 @@ class Outbox:
         return event
 
     def claim_pending(self, limit: int = 50) -> list[OutboxEvent]:
-        """Undelivered events, locked on PostgreSQL so two consumers never take the same one."""
+        """Undelivered events (not dead letters), locked on PostgreSQL so two consumers never
+        take the same one."""
         stmt = (
             select(OutboxEvent)
-            .where(OutboxEvent.delivered_at.is_(None))
+            .where(OutboxEvent.delivered_at.is_(None), OutboxEvent.dead_at.is_(None))
             .order_by(OutboxEvent.id)
             .limit(limit)
         )
