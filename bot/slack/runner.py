@@ -24,6 +24,7 @@ from bot.slack.app import SlackBridge
 from bot.slack.chat import SlackChat
 from bot.storage.db import Database
 from bot.web import Readiness, build_web_app
+from serving.client import InferenceClient
 
 log = logging.getLogger("brandbot.slack")
 BACKLOG = 2048
@@ -42,7 +43,7 @@ class SlackRuntime:
         settings: Settings,
         db: Database,
         *,
-        inference: Any = None,
+        inference: InferenceClient | None = None,
         plugins: list[PluginEntry] | None = None,
     ) -> None:
         if settings.slack_bot_token is None:
@@ -79,7 +80,7 @@ class SlackRuntime:
         )
         self.pump = OutboxPump(self.bot.runtime)
         self.leader = SchedulerLeader(self.bot.runtime, db)
-        self.adapters = AdapterWatcher(settings, db, self.bot.services.inference)
+        self.adapters = AdapterWatcher(settings, db, inference)
 
     def _check_db(self) -> str | None:
         self.bot.db.check_connection()
