@@ -9,6 +9,7 @@ from bot.collection import dataset_stats
 from bot.cron import next_fire
 from bot.datasets import DatasetError, check_consistency, parse_fields, parse_spec
 from bot.plugin import CommandEvent, Context, Plugin, command, require
+from bot.registry import serving_problem
 from bot.replies import is_reply_dataset, reply_mode
 from bot.signals import production_signals
 from bot.storage.repositories import Adapters, DatasetExists, Datasets, Runs, UnknownDataset
@@ -65,8 +66,11 @@ class AdminPlugin(Plugin):
         """Datasets, active adapters and their metrics, last and next training, model server."""
         lines = ["*brandbot status*"]
         inference = ctx.services.inference
-        healthy = inference.health() if inference is not None else None
-        server = {True: "reachable", False: "UNREACHABLE", None: "not configured"}[healthy]
+        if inference is None:
+            server = "not configured"
+        else:
+            problem = serving_problem(ctx.session, inference)
+            server = "ready" if problem is None else f"NOT READY ({problem})"
         lines.append(f"model server: {server}")
         for dataset in Datasets(ctx.session).list():
             adapter = Adapters(ctx.session).active(dataset.id)

@@ -19,6 +19,7 @@ from bot.bootstrap import (
     build_bot,
 )
 from bot.plugin_loader import PluginEntry
+from bot.registry import serving_problem
 from bot.settings import Settings
 from bot.slack.app import SlackBridge
 from bot.slack.chat import SlackChat
@@ -87,10 +88,13 @@ class SlackRuntime:
         return None
 
     def _check_inference(self) -> str | None:
+        """Ready once the base model is loaded (or the model server answered) and every active
+        adapter is on it; asking starts loading an in-process model."""
         client = self.bot.services.inference
         if client is None:
             return "not configured"
-        return None if client.health() else "model server unreachable"
+        with self.bot.db.session() as session:
+            return serving_problem(session, client)
 
     def check_slack(self) -> None:
         try:

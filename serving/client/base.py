@@ -146,7 +146,14 @@ class InferenceClient(ABC):
     def unload_adapter(self, name: str) -> None: ...
 
     @abstractmethod
-    def health(self) -> bool: ...
+    def health(self) -> bool:
+        """True only when the model can answer now: the base model is loaded (in process) or
+        the server answered its health check. Never true on hope."""
+
+    def readiness(self) -> str | None:
+        """None when :meth:`health` holds, else why not, in words for ``/readyz`` and
+        ``/brandbot status``."""
+        return None if self.health() else "model server unreachable"
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections or the engine."""

@@ -117,11 +117,21 @@ class LocalClient(InferenceClient):
         _local(lambda: self.engine.unload_adapter(name))
 
     def health(self) -> bool:
-        return True
+        """The engine loaded its model when it was built; it serves while its thread runs."""
+        return engine_running(self.engine)
+
+    def readiness(self) -> str | None:
+        return None if self.health() else "the local engine stopped"
 
     def close(self) -> None:
         if self.owns_engine:
             self.engine.close()
+
+
+def engine_running(engine: LocalEngine) -> bool:
+    """Whether ``engine``'s scheduler thread runs and was not asked to stop (only
+    :meth:`~serving.engine.LocalEngine.close` stops it; a failed step does not)."""
+    return engine._thread.is_alive() and not engine._stop.is_set()
 
 
 def _local(call: Callable[[], T]) -> T:
