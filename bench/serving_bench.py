@@ -268,9 +268,10 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     from bot.testkit.models import build_tiny_adapter
+    from bot.testkit.servers import BackgroundServer
     from serving.client import HttpClient, LocalClient
     from serving.engine import LocalEngine
-    from serving.server import BackgroundServer, create_app
+    from serving.server import create_app
 
     smoke = args.smoke
     with_vllm = (bool(args.url) or not smoke) if args.vllm is None else args.vllm

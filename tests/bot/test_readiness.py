@@ -145,3 +145,25 @@ def test_status_reports_a_model_that_is_not_ready(
         text = str(fake_slack.responses(rid)[0]["text"])
     lazy.close()
     assert "model server: NOT READY (model server unreachable)" in text
+
+
+def test_brandbot_serve_health_fails_once_the_engine_stopped(tiny_model_dir: Path) -> None:
+    from serving.server import create_app
+
+    engine = LocalEngine(tiny_model_dir, served_name=SERVED)
+    web = TestClient(create_app(engine, api_key="k"))
+    try:
+        assert web.get("/health").status_code == 200
+        plain = web.post(
+            "/v1/completions",
+            json={"model": SERVED, "prompt": [1, 2, 3], "max_tokens": 2, "temperature": 0},
+            headers={"Authorization": "Bearer k"},
+        ).json()
+        (choice,) = plain["choices"]
+        assert plain["object"] == "text_completion" and plain["usage"]["prompt_tokens"] == 3
+        assert choice["logprobs"] is None and choice["stop_reason"] is None
+        assert "prompt_logprobs" not in choice and "prompt_token_ids" not in choice
+    finally:
+        engine.close()
+    answer = web.get("/health")
+    assert answer.status_code == 503 and "stopped" in answer.json()["error"]["message"]
