@@ -8,13 +8,10 @@ Nothing here talks to chat: callers fetch the message and tell people.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import bindparam, case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, select
 
 from bot.gate import (
     EXAMPLES,
@@ -30,12 +27,12 @@ from bot.gate import (
 from bot.near_dups import NEAR_CANDIDATES_PG, shared_twice
 from bot.plugin import ChatMessage
 from bot.privacy import TICKET_PROMPTS, forget_user, purge_ticket_text
-from bot.storage.models import Approval, Dataset, Example, OptOut, TrainingRun
+from bot.storage.models import Dataset, Example, OptOut
 from trainer.cleaning import slack_message_key
 
 __all__ = [
     "NEAR_CANDIDATES_PG", "TICKET_PROMPTS", "ApproveRequest", "Collector", "Outcome", "Scrubber",
-    "dataset_stats", "default_scrubber", "forget_user", "near_dup_keys", "purge_ticket_text",
+    "default_scrubber", "forget_user", "near_dup_keys", "purge_ticket_text",
 ]  # fmt: skip
 
 # The batch path's small queries, built once: SQLAlchemy then skips constructing them and
@@ -56,17 +53,6 @@ EXAMPLES_AT = select(Example).where(
     Example.channel_id.in_(bindparam("channels", expanding=True)),
     Example.message_ts.in_(bindparam("stamps", expanding=True)),
 )
-_LAST_TRAINED = (
-    select(func.max(TrainingRun.started_at))
-    .where(TrainingRun.dataset_id == bindparam("dataset"), TrainingRun.status == "succeeded")
-    .scalar_subquery()
-)
-TOTALS = select(
-    func.count(),
-    func.coalesce(func.sum(case(
-        (_LAST_TRAINED.is_(None), 1), (EXAMPLES.c.created_at > _LAST_TRAINED, 1), else_=0
-    )), 0),
-).where(EXAMPLES.c.dataset_id == bindparam("dataset"), EXAMPLES.c.status == "active")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -122,13 +108,6 @@ class _New:
         self.split = split
         self.kind = "negative" if prepared.request.kind == "reject" else "positive"
         self.id = 0
-
-
-def parse_ts(ts: str) -> float:
-    try:
-        return float(ts)
-    except ValueError:
-        return 0.0
 
 
 class Collector(Gate):
@@ -376,52 +355,3 @@ class Collector(Gate):
             if example is not None:
                 outcomes.append(self.withdraw(example, actor, "message_deleted"))
         return outcomes
-
-    # ---- numbers people see -------------------------------------------------------------
-
-    def last_training(self, dataset: Dataset) -> dt.datetime | None:
-        return self.session.scalar(
-            select(func.max(TrainingRun.started_at)).where(
-                TrainingRun.dataset_id == dataset.id, TrainingRun.status == "succeeded"
-            )
-        )
-
-    def totals(self, dataset: Dataset) -> tuple[int, int]:
-        """(active examples, of which new since the last successful training run), in one
-        query: the notice after every approval must stay cheap."""
-        total, new = self.session.connection().execute(TOTALS, {"dataset": dataset.id}).one()
-        return int(total), int(new)
-
-    def summary_line(self, dataset: Dataset) -> str:
-        total, new = self.totals(dataset)
-        return (
-            f"Added to {dataset.name}: {total} example{'s' if total != 1 else ''}, "
-            f"{new} new since the last training."
-        )
-
-
-def dataset_stats(session: Session, dataset: Dataset) -> dict[str, Any]:
-    """Counts for `datasets show` and `/brandbot datasets NAME`."""
-    from bot.storage.repositories import Examples
-
-    counts = Examples(session).counts(dataset.id)
-    collector_totals = Collector(session, scrubber=lambda t: t).totals(dataset)
-    top = session.execute(
-        select(Approval.user_id, func.count())
-        .join(Example, Example.id == Approval.example_id)
-        .where(Example.dataset_id == dataset.id, Example.status == "active")
-        .group_by(Approval.user_id)
-        .order_by(func.count().desc())
-        .limit(5)
-    ).all()
-    by_label = counts["by_label"]
-    balance = None
-    if by_label:
-        balance = round(min(by_label.values()) / max(by_label.values()), 3)
-    counts.update(
-        new_since_last_training=collector_totals[1],
-        top_approvers=[{"user": u, "approvals": int(n)} for u, n in top],
-        label_balance=balance,
-        missing_labels=[lbl for lbl in dataset.labels if lbl not in by_label],
-    )
-    return counts

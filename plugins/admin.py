@@ -5,8 +5,8 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from bot.collection import dataset_stats
 from bot.cron import next_fire
+from bot.dataset_stats import dataset_stats
 from bot.datasets import DatasetError, check_consistency, parse_fields, parse_spec
 from bot.plugin import CommandEvent, Context, Plugin, command, require
 from bot.registry import serving_problem

@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from bot.access import is_approver, may_read
 from bot.briefs import write_brief
 from bot.collection import ApproveRequest, Collector
+from bot.dataset_stats import summary_line
 from bot.gate import scrubber_from
 from bot.plugin import (
     ActionEvent,
@@ -211,7 +212,7 @@ class CollectPlugin(Plugin):
                     continue
                 told.add(once)
                 if dataset.id not in summaries:
-                    summaries[dataset.id] = collector.summary_line(dataset)
+                    summaries[dataset.id] = summary_line(collector.session, dataset)
                 notices.append((event, summaries[dataset.id]))
 
     def _allowed(
@@ -433,7 +434,7 @@ class CollectPlugin(Plugin):
             if outcome.status == "refused":
                 ctx.respond(f"Not added to {dataset.name}: {outcome.reason}.")
             else:
-                ctx.respond(f"Labelled `{wanted}`. {collector.summary_line(dataset)}")
+                ctx.respond(f"Labelled `{wanted}`. {summary_line(collector.session, dataset)}")
 
     @command("/brandbot brief")
     def brief(self, event: CommandEvent, ctx: Context) -> None:

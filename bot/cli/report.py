@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from bot.cli.common import DatasetOption, JsonOption, console, database, print_json, settings
-from bot.collection import Collector
+from bot.dataset_stats import last_training
 from bot.reporting import build_report
 from bot.signals import production_signals
 from bot.storage.models import TrainingRun
@@ -28,7 +28,7 @@ def report(
 
     with database().session() as session:
         ds = Datasets(session).get(dataset)
-        since = Collector(session, scrubber=lambda t: t).last_training(ds)
+        since = last_training(session, ds)
         signals = production_signals(session, ds, since)
         run = session.scalar(
             select(TrainingRun)
