@@ -17,9 +17,9 @@ from bot.gate import (
     EXAMPLES,
     MAX_TEXT_CHARS,
     MIN_TEXT_CHARS,
+    ExampleOutcome,
     Gate,
     NewExample,
-    Outcome,
     Scrubber,
     default_scrubber,
     near_dup_keys,
@@ -31,8 +31,8 @@ from bot.storage.models import Dataset, Example, OptOut
 from trainer.cleaning import slack_message_key
 
 __all__ = [
-    "NEAR_CANDIDATES_PG", "TICKET_PROMPTS", "ApproveRequest", "Collector", "Outcome", "Scrubber",
-    "default_scrubber", "forget_user", "near_dup_keys", "purge_ticket_text",
+    "NEAR_CANDIDATES_PG", "TICKET_PROMPTS", "ApproveRequest", "Collector", "ExampleOutcome",
+    "Scrubber", "default_scrubber", "forget_user", "near_dup_keys", "purge_ticket_text",
 ]  # fmt: skip
 
 # The batch path's small queries, built once: SQLAlchemy then skips constructing them and
@@ -149,7 +149,7 @@ class Collector(Gate):
         label: str | None = None,
         prompt: str | None = None,
         prompt_source: str | None = None,
-    ) -> Outcome:
+    ) -> ExampleOutcome:
         """Record an approver's approve/reject/label reaction on ``message`` for ``dataset``."""
         request = ApproveRequest(
             dataset, message, approver=approver, emoji=emoji, kind=kind, workspace=workspace,
@@ -157,14 +157,14 @@ class Collector(Gate):
         )  # fmt: skip
         return self.approve_many([request])[0]
 
-    def approve_many(self, requests: list[ApproveRequest]) -> list[Outcome]:
+    def approve_many(self, requests: list[ApproveRequest]) -> list[ExampleOutcome]:
         """``approve_reaction`` for several reactions, in a handful of queries however many.
 
         The outcome is what ``approve_reaction`` would give for each in turn: a later request
         for the same message re-approves the example an earlier one created, and a text the
         batch already added is a duplicate (or, when near-identical, a near duplicate).
         """
-        outcomes: list[Outcome | None] = [None] * len(requests)
+        outcomes: list[ExampleOutcome | None] = [None] * len(requests)
         todo = list(range(len(requests)))
         while todo:  # one request per message each round; repeats wait for the next round
             seen: set[tuple[int, str, str]] = set()
@@ -180,7 +180,7 @@ class Collector(Gate):
         return [o for o in outcomes if o is not None]
 
     def _approve_round(
-        self, items: list[tuple[int, ApproveRequest]], outcomes: list[Outcome | None]
+        self, items: list[tuple[int, ApproveRequest]], outcomes: list[ExampleOutcome | None]
     ) -> None:
         from trainer.near_dup import is_near_duplicate
 
@@ -192,7 +192,7 @@ class Collector(Gate):
                 outcomes[i] = self.approve(example, r.approver, r.emoji, r.kind, r.label)
                 continue
             prepared = self._prepare(i, r)
-            if isinstance(prepared, Outcome):
+            if isinstance(prepared, ExampleOutcome):
                 outcomes[i] = prepared
             else:
                 fresh.append(prepared)
@@ -213,10 +213,10 @@ class Collector(Gate):
         texts: dict[int | _New, str] = {example_id: t for example_id, t in stored.items()}
         batch_holders: dict[tuple[int, str], list[_New]] = {}
         added: list[_New] = []
-        twins_added: list[tuple[Outcome, _New]] = []  # their ids are known after the insert
+        twins_added: list[tuple[ExampleOutcome, _New]] = []  # their ids are known after the insert
 
         def duplicate(p: _Prepared, of: int | _New, reason: str) -> None:
-            outcome = Outcome(p.request.dataset.name, "duplicate", None, reason)
+            outcome = ExampleOutcome(p.request.dataset.name, "duplicate", None, reason)
             if isinstance(of, _New):
                 twins_added.append((outcome, of))
             else:
@@ -253,7 +253,7 @@ class Collector(Gate):
         for outcome, new in twins_added:
             outcome.example_id = new.id
 
-    def _insert_added(self, added: list[_New], outcomes: list[Outcome | None]) -> None:
+    def _insert_added(self, added: list[_New], outcomes: list[ExampleOutcome | None]) -> None:
         """Insert the batch's new examples through the gate (approvals and near-dup keys
         with them), audit them, and record each one's outcome."""
         rows = []
@@ -282,10 +282,12 @@ class Collector(Gate):
             )  # fmt: skip
             prompt = p.new.prompt
             needs_brief = r.dataset.task == "draft" and prompt is None and r.kind == "approve"
-            outcomes[p.index] = Outcome(r.dataset.name, "added", new.id, needs_brief=needs_brief)
+            outcomes[p.index] = ExampleOutcome(
+                r.dataset.name, "added", new.id, needs_brief=needs_brief
+            )
         self.audit.record_many("example.add", audits)
 
-    def _prepare(self, index: int, r: ApproveRequest) -> _Prepared | Outcome:
+    def _prepare(self, index: int, r: ApproveRequest) -> _Prepared | ExampleOutcome:
         """Clean the text (and the prompt) and compute its hashes, or say why it is refused."""
         prompt, prompt_source, subject = r.prompt, r.prompt_source, r.subject
         parent = r.message.parent
@@ -296,7 +298,7 @@ class Collector(Gate):
                 subject = subject or parent.user_id
         new = self.prepare(r.dataset, r.message.text, prompt, prompt_source, r.label)
         if isinstance(new, str):
-            return Outcome(r.dataset.name, "refused", reason=new)
+            return ExampleOutcome(r.dataset.name, "refused", reason=new)
         return _Prepared(index, r, new, subject if new.prompt else None)
 
     def _examples_for(
@@ -320,11 +322,11 @@ class Collector(Gate):
     def unapprove(
         self, dataset: Dataset, channel: str, ts: str, user: str, emoji: str, *,
         is_admin: bool = False,
-    ) -> Outcome:  # fmt: skip
+    ) -> ExampleOutcome:  # fmt: skip
         """A reaction removed: see ``Gate.remove_approval``."""
         example = self.example_for(dataset, channel, ts)
         if example is None:
-            return Outcome(dataset.name, "unchanged")
+            return ExampleOutcome(dataset.name, "unchanged")
         return self.remove_approval(example, user, emoji, is_admin=is_admin)
 
     def message_changed(
@@ -334,7 +336,7 @@ class Collector(Gate):
         new_text: str,
         actor: str | None,
         approver_of: Callable[[Dataset], bool] | None = None,
-    ) -> list[Outcome]:
+    ) -> list[ExampleOutcome]:
         """An edited message: see ``Gate.change_text``; ``approver_of(dataset)`` says whether
         the editor approves that dataset."""
         outcomes = []
@@ -348,7 +350,7 @@ class Collector(Gate):
             )
         return outcomes
 
-    def message_deleted(self, channel: str, ts: str, actor: str | None) -> list[Outcome]:
+    def message_deleted(self, channel: str, ts: str, actor: str | None) -> list[ExampleOutcome]:
         outcomes = []
         for dataset in self.datasets_for_channel(channel):
             example = self.example_for(dataset, channel, ts)

@@ -9,9 +9,9 @@ from bot.cron import next_fire
 from bot.dataset_stats import dataset_stats
 from bot.datasets import DatasetError, check_consistency, parse_fields, parse_spec
 from bot.plugin import CommandEvent, Context, Plugin, command, require
+from bot.production_signals import production_signals
 from bot.registry import serving_problem
-from bot.replies import is_reply_dataset, reply_mode
-from bot.signals import production_signals
+from bot.reply_prompts import is_reply_dataset, reply_mode
 from bot.storage.repositories import Adapters, DatasetExists, Datasets, Runs, UnknownDataset
 
 LIST_FIELDS = {

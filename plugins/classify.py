@@ -32,7 +32,7 @@ from bot.plugin import (
     on_message,
 )
 from bot.ratelimit import admit
-from bot.replies import fit_ticket
+from bot.reply_prompts import fit_ticket
 from bot.storage.models import Dataset, Prediction, utcnow
 from bot.storage.repositories import Adapters, Outbox
 from serving.client import InferenceError, InferenceUnavailable

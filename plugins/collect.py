@@ -4,7 +4,7 @@ Reactions by a dataset's approvers in its channels add examples (approve emoji),
 examples (reject emoji) or labelled tickets (label emoji); removing the last one, deleting the
 message or editing it updates the example. People can opt out, and admins can erase a person.
 In a reply dataset's ticket channels, an approved answer in a ticket's thread becomes a
-(ticket -> answer) example whose prompt is built as the replies plugin asks (bot.replies).
+(ticket -> answer) example whose prompt is built as the replies plugin asks (bot.reply_prompts).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from bot.plugin import (
     schedule,
 )
 from bot.privacy import forget_user, purge_ticket_text
-from bot.replies import reply_mode, reply_prompt
+from bot.reply_prompts import reply_mode, reply_prompt
 from bot.review import ask_approvers, decide
 from bot.storage.models import (
     ChannelNotice,

@@ -32,7 +32,7 @@ from bot.plugin import (
     text_edit_modal,
 )
 from bot.ratelimit import admit
-from bot.replies import is_reply_dataset
+from bot.reply_prompts import is_reply_dataset
 from bot.storage.models import Dataset, Draft, utcnow
 from bot.storage.repositories import Adapters
 from serving.client import InferenceError, InferenceUnavailable

@@ -41,7 +41,7 @@ from bot.plugin import (
     text_edit_modal,
 )
 from bot.ratelimit import admit
-from bot.replies import fit_ticket, reply_datasets, reply_mode, reply_prompt
+from bot.reply_prompts import fit_ticket, reply_datasets, reply_mode, reply_prompt
 from bot.storage.models import Dataset, Suggestion, utcnow
 from bot.storage.repositories import Adapters
 from serving.client import InferenceError, InferenceUnavailable

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from bot.cli.common import DatasetOption, JsonOption, console, database, print_json, settings
 from bot.dataset_stats import last_training
+from bot.production_signals import production_signals
 from bot.reporting import build_report
-from bot.signals import production_signals
 from bot.storage.models import TrainingRun
 from bot.storage.repositories import Datasets
 

@@ -147,11 +147,11 @@ class SlackRuntime:
     @staticmethod
     def run_http_workers(settings: Settings, host: str, port: int, workers: int) -> None:
         """Serve HTTP from ``workers`` processes on one port, each with its own listening
-        socket so the kernel spreads connections over them (``bot.slack.workers``); a worker
+        socket so the kernel spreads connections over them (``bot.slack.processes``); a worker
         that dies is restarted. Each builds its own runtime from the environment
         (``worker_app``); the database must be PostgreSQL, which every process can write at
         once, and whose advisory lock lets exactly one of them run the schedule."""
-        from bot.slack.workers import Supervisor, reuse_port_available, serve_worker
+        from bot.slack.processes import Supervisor, reuse_port_available, serve_worker
 
         if workers > 1 and settings.resolved_database_url.startswith("sqlite"):
             raise ValueError(

@@ -23,7 +23,7 @@ from serving.protocol import (
     Delta,
     TokenLogprobOut,
     TopLogprob,
-    Usage,
+    UsageInfo,
     error_body,
     new_id,
     now,
@@ -76,7 +76,7 @@ class ChatRoutes:
             for i in range(req.n)
         ]
         completion = sum(r.completion_tokens for r in results.values())
-        usage = Usage(
+        usage = UsageInfo(
             prompt_tokens=len(ids),
             completion_tokens=completion,
             total_tokens=len(ids) + completion,
@@ -95,7 +95,7 @@ class ChatRoutes:
         prompt_tokens: int,
         include_usage: bool,
     ) -> AsyncIterator[str]:
-        def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
+        def chunk(choices: list[ChunkChoice], usage: UsageInfo | None = None) -> str:
             return sse(
                 ChatCompletionChunk(
                     id=rid, created=created, model=req.model, choices=choices, usage=usage
@@ -124,7 +124,7 @@ class ChatRoutes:
                     finished += 1
                     completion += event.result.completion_tokens
             if include_usage:
-                usage = Usage(
+                usage = UsageInfo(
                     prompt_tokens=prompt_tokens,
                     completion_tokens=completion,
                     total_tokens=prompt_tokens + completion,
@@ -177,7 +177,7 @@ class ChatRoutes:
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(stream(), media_type="text/event-stream")
-        usage = Usage(
+        usage = UsageInfo(
             prompt_tokens=len(prompt),
             completion_tokens=len(label_tokens),
             total_tokens=len(prompt) + len(label_tokens),

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.inference_types import (
-    Event,
+    GenerationEvent,
     GenerationHandle,
     GenerationResult,
     PromptTooLong,
@@ -119,7 +119,7 @@ def sampling(
 class Run:
     """n generations of one request, their events merged into one asyncio queue."""
 
-    queue: asyncio.Queue[tuple[int, Event]]
+    queue: asyncio.Queue[tuple[int, GenerationEvent]]
     handles: list[GenerationHandle]
 
     def cancel(self) -> None:
@@ -144,11 +144,11 @@ class Run:
 def start(engine: LocalEngine, ids: list[int], params: SamplingParams, model: str, n: int) -> Run:
     """Start ``n`` generations of ``ids`` on ``engine``; their events go to the running loop."""
     loop = asyncio.get_running_loop()
-    q: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+    q: asyncio.Queue[tuple[int, GenerationEvent]] = asyncio.Queue()
     handles = []
     for index in range(n):
 
-        def sink(event: Event, index: int = index) -> None:
+        def sink(event: GenerationEvent, index: int = index) -> None:
             loop.call_soon_threadsafe(q.put_nowait, (index, event))
 
         handles.append(engine.generate(ids, params, model, sink=sink))

@@ -16,7 +16,7 @@ from serving.protocol import (
     CompletionRequest,
     CompletionResponse,
     PromptLogprob,
-    Usage,
+    UsageInfo,
     new_id,
     now,
 )
@@ -85,7 +85,7 @@ class CompletionRoutes:
             created=now(),
             model=req.model,
             choices=[choice for choice, _ in choices],
-            usage=Usage(
+            usage=UsageInfo(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion,
                 total_tokens=prompt_tokens + completion,
