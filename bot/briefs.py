@@ -23,7 +23,7 @@ def write_brief(services: object, example_id: int) -> None:
         if example is None or example.prompt:
             return
         text = example.text
-    result = services.inference.chat(
+    result = services.require_inference().chat(
         [{"role": "user", "content": BRIEF_PROMPT.format(text=text)}],
         max_tokens=40,
         temperature=0.0,

@@ -8,21 +8,18 @@ Nothing here talks to chat: callers fetch the message and tell people.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import bindparam, case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, select
 
 from bot.gate import (
     EXAMPLES,
     MAX_TEXT_CHARS,
     MIN_TEXT_CHARS,
+    ExampleOutcome,
     Gate,
     NewExample,
-    Outcome,
     Scrubber,
     default_scrubber,
     near_dup_keys,
@@ -30,12 +27,12 @@ from bot.gate import (
 from bot.near_dups import NEAR_CANDIDATES_PG, shared_twice
 from bot.plugin import ChatMessage
 from bot.privacy import TICKET_PROMPTS, forget_user, purge_ticket_text
-from bot.storage.models import Approval, Dataset, Example, OptOut, TrainingRun
+from bot.storage.models import Dataset, Example, OptOut
 from trainer.cleaning import slack_message_key
 
 __all__ = [
-    "NEAR_CANDIDATES_PG", "TICKET_PROMPTS", "ApproveRequest", "Collector", "Outcome", "Scrubber",
-    "dataset_stats", "default_scrubber", "forget_user", "near_dup_keys", "purge_ticket_text",
+    "NEAR_CANDIDATES_PG", "TICKET_PROMPTS", "ApproveRequest", "Collector", "ExampleOutcome",
+    "Scrubber", "default_scrubber", "forget_user", "near_dup_keys", "purge_ticket_text",
 ]  # fmt: skip
 
 # The batch path's small queries, built once: SQLAlchemy then skips constructing them and
@@ -56,17 +53,6 @@ EXAMPLES_AT = select(Example).where(
     Example.channel_id.in_(bindparam("channels", expanding=True)),
     Example.message_ts.in_(bindparam("stamps", expanding=True)),
 )
-_LAST_TRAINED = (
-    select(func.max(TrainingRun.started_at))
-    .where(TrainingRun.dataset_id == bindparam("dataset"), TrainingRun.status == "succeeded")
-    .scalar_subquery()
-)
-TOTALS = select(
-    func.count(),
-    func.coalesce(func.sum(case(
-        (_LAST_TRAINED.is_(None), 1), (EXAMPLES.c.created_at > _LAST_TRAINED, 1), else_=0
-    )), 0),
-).where(EXAMPLES.c.dataset_id == bindparam("dataset"), EXAMPLES.c.status == "active")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -124,13 +110,6 @@ class _New:
         self.id = 0
 
 
-def parse_ts(ts: str) -> float:
-    try:
-        return float(ts)
-    except ValueError:
-        return 0.0
-
-
 class Collector(Gate):
     """Reactions and message events, batched, through the gate."""
 
@@ -170,7 +149,7 @@ class Collector(Gate):
         label: str | None = None,
         prompt: str | None = None,
         prompt_source: str | None = None,
-    ) -> Outcome:
+    ) -> ExampleOutcome:
         """Record an approver's approve/reject/label reaction on ``message`` for ``dataset``."""
         request = ApproveRequest(
             dataset, message, approver=approver, emoji=emoji, kind=kind, workspace=workspace,
@@ -178,14 +157,14 @@ class Collector(Gate):
         )  # fmt: skip
         return self.approve_many([request])[0]
 
-    def approve_many(self, requests: list[ApproveRequest]) -> list[Outcome]:
+    def approve_many(self, requests: list[ApproveRequest]) -> list[ExampleOutcome]:
         """``approve_reaction`` for several reactions, in a handful of queries however many.
 
         The outcome is what ``approve_reaction`` would give for each in turn: a later request
         for the same message re-approves the example an earlier one created, and a text the
         batch already added is a duplicate (or, when near-identical, a near duplicate).
         """
-        outcomes: list[Outcome | None] = [None] * len(requests)
+        outcomes: list[ExampleOutcome | None] = [None] * len(requests)
         todo = list(range(len(requests)))
         while todo:  # one request per message each round; repeats wait for the next round
             seen: set[tuple[int, str, str]] = set()
@@ -201,7 +180,7 @@ class Collector(Gate):
         return [o for o in outcomes if o is not None]
 
     def _approve_round(
-        self, items: list[tuple[int, ApproveRequest]], outcomes: list[Outcome | None]
+        self, items: list[tuple[int, ApproveRequest]], outcomes: list[ExampleOutcome | None]
     ) -> None:
         from trainer.near_dup import is_near_duplicate
 
@@ -213,7 +192,7 @@ class Collector(Gate):
                 outcomes[i] = self.approve(example, r.approver, r.emoji, r.kind, r.label)
                 continue
             prepared = self._prepare(i, r)
-            if isinstance(prepared, Outcome):
+            if isinstance(prepared, ExampleOutcome):
                 outcomes[i] = prepared
             else:
                 fresh.append(prepared)
@@ -234,10 +213,10 @@ class Collector(Gate):
         texts: dict[int | _New, str] = {example_id: t for example_id, t in stored.items()}
         batch_holders: dict[tuple[int, str], list[_New]] = {}
         added: list[_New] = []
-        twins_added: list[tuple[Outcome, _New]] = []  # their ids are known after the insert
+        twins_added: list[tuple[ExampleOutcome, _New]] = []  # their ids are known after the insert
 
         def duplicate(p: _Prepared, of: int | _New, reason: str) -> None:
-            outcome = Outcome(p.request.dataset.name, "duplicate", None, reason)
+            outcome = ExampleOutcome(p.request.dataset.name, "duplicate", None, reason)
             if isinstance(of, _New):
                 twins_added.append((outcome, of))
             else:
@@ -274,7 +253,7 @@ class Collector(Gate):
         for outcome, new in twins_added:
             outcome.example_id = new.id
 
-    def _insert_added(self, added: list[_New], outcomes: list[Outcome | None]) -> None:
+    def _insert_added(self, added: list[_New], outcomes: list[ExampleOutcome | None]) -> None:
         """Insert the batch's new examples through the gate (approvals and near-dup keys
         with them), audit them, and record each one's outcome."""
         rows = []
@@ -303,10 +282,12 @@ class Collector(Gate):
             )  # fmt: skip
             prompt = p.new.prompt
             needs_brief = r.dataset.task == "draft" and prompt is None and r.kind == "approve"
-            outcomes[p.index] = Outcome(r.dataset.name, "added", new.id, needs_brief=needs_brief)
+            outcomes[p.index] = ExampleOutcome(
+                r.dataset.name, "added", new.id, needs_brief=needs_brief
+            )
         self.audit.record_many("example.add", audits)
 
-    def _prepare(self, index: int, r: ApproveRequest) -> _Prepared | Outcome:
+    def _prepare(self, index: int, r: ApproveRequest) -> _Prepared | ExampleOutcome:
         """Clean the text (and the prompt) and compute its hashes, or say why it is refused."""
         prompt, prompt_source, subject = r.prompt, r.prompt_source, r.subject
         parent = r.message.parent
@@ -317,7 +298,7 @@ class Collector(Gate):
                 subject = subject or parent.user_id
         new = self.prepare(r.dataset, r.message.text, prompt, prompt_source, r.label)
         if isinstance(new, str):
-            return Outcome(r.dataset.name, "refused", reason=new)
+            return ExampleOutcome(r.dataset.name, "refused", reason=new)
         return _Prepared(index, r, new, subject if new.prompt else None)
 
     def _examples_for(
@@ -341,11 +322,11 @@ class Collector(Gate):
     def unapprove(
         self, dataset: Dataset, channel: str, ts: str, user: str, emoji: str, *,
         is_admin: bool = False,
-    ) -> Outcome:  # fmt: skip
+    ) -> ExampleOutcome:  # fmt: skip
         """A reaction removed: see ``Gate.remove_approval``."""
         example = self.example_for(dataset, channel, ts)
         if example is None:
-            return Outcome(dataset.name, "unchanged")
+            return ExampleOutcome(dataset.name, "unchanged")
         return self.remove_approval(example, user, emoji, is_admin=is_admin)
 
     def message_changed(
@@ -355,7 +336,7 @@ class Collector(Gate):
         new_text: str,
         actor: str | None,
         approver_of: Callable[[Dataset], bool] | None = None,
-    ) -> list[Outcome]:
+    ) -> list[ExampleOutcome]:
         """An edited message: see ``Gate.change_text``; ``approver_of(dataset)`` says whether
         the editor approves that dataset."""
         outcomes = []
@@ -369,59 +350,10 @@ class Collector(Gate):
             )
         return outcomes
 
-    def message_deleted(self, channel: str, ts: str, actor: str | None) -> list[Outcome]:
+    def message_deleted(self, channel: str, ts: str, actor: str | None) -> list[ExampleOutcome]:
         outcomes = []
         for dataset in self.datasets_for_channel(channel):
             example = self.example_for(dataset, channel, ts)
             if example is not None:
                 outcomes.append(self.withdraw(example, actor, "message_deleted"))
         return outcomes
-
-    # ---- numbers people see -------------------------------------------------------------
-
-    def last_training(self, dataset: Dataset) -> dt.datetime | None:
-        return self.session.scalar(
-            select(func.max(TrainingRun.started_at)).where(
-                TrainingRun.dataset_id == dataset.id, TrainingRun.status == "succeeded"
-            )
-        )
-
-    def totals(self, dataset: Dataset) -> tuple[int, int]:
-        """(active examples, of which new since the last successful training run), in one
-        query: the notice after every approval must stay cheap."""
-        total, new = self.session.connection().execute(TOTALS, {"dataset": dataset.id}).one()
-        return int(total), int(new)
-
-    def summary_line(self, dataset: Dataset) -> str:
-        total, new = self.totals(dataset)
-        return (
-            f"Added to {dataset.name}: {total} example{'s' if total != 1 else ''}, "
-            f"{new} new since the last training."
-        )
-
-
-def dataset_stats(session: Session, dataset: Dataset) -> dict[str, Any]:
-    """Counts for `datasets show` and `/brandbot datasets NAME`."""
-    from bot.storage.repositories import Examples
-
-    counts = Examples(session).counts(dataset.id)
-    collector_totals = Collector(session, scrubber=lambda t: t).totals(dataset)
-    top = session.execute(
-        select(Approval.user_id, func.count())
-        .join(Example, Example.id == Approval.example_id)
-        .where(Example.dataset_id == dataset.id, Example.status == "active")
-        .group_by(Approval.user_id)
-        .order_by(func.count().desc())
-        .limit(5)
-    ).all()
-    by_label = counts["by_label"]
-    balance = None
-    if by_label:
-        balance = round(min(by_label.values()) / max(by_label.values()), 3)
-    counts.update(
-        new_since_last_training=collector_totals[1],
-        top_approvers=[{"user": u, "approvals": int(n)} for u, n in top],
-        label_balance=balance,
-        missing_labels=[lbl for lbl in dataset.labels if lbl not in by_label],
-    )
-    return counts

@@ -96,7 +96,7 @@ def near_dup_keys(text_: str) -> list[str]:
 
 
 @dataclass
-class Outcome:
+class ExampleOutcome:
     """What happened to one dataset's example; ``reason`` is shown to people when refused."""
 
     dataset: str
@@ -264,11 +264,11 @@ class Gate:
         label: str | None = None,
         subject: str | None = None,
         emoji: str | None = None,
-    ) -> Outcome:
+    ) -> ExampleOutcome:
         """One example from the product's own feedback (a posted draft or reply, a confirmed
         or corrected ticket label): active when ``actor`` is an approver, else pending."""
         if self.opted_out(author, subject):
-            return Outcome(dataset.name, "refused", reason="the author opted out")
+            return ExampleOutcome(dataset.name, "refused", reason="the author opted out")
         emoji = emoji or source
         if channel and ts:
             existing = self.example_for(dataset, channel, ts)
@@ -282,10 +282,10 @@ class Gate:
                     rehash(existing)
                 if approved:
                     return self.approve(existing, actor, emoji, "label" if label else "approve")
-                return Outcome(dataset.name, "unchanged", existing.id)
+                return ExampleOutcome(dataset.name, "unchanged", existing.id)
         new = self.prepare(dataset, text, prompt, prompt_source or source, label)
         if isinstance(new, str):
-            return Outcome(dataset.name, "refused", reason=new)
+            return ExampleOutcome(dataset.name, "refused", reason=new)
         same = self.session.scalar(
             select(Example).where(
                 Example.dataset_id == dataset.id, Example.content_hash == new.digest
@@ -294,11 +294,13 @@ class Gate:
         if same is not None:
             if approved and same.status == "pending":
                 return self.approve(same, actor, emoji, "label" if label else "approve")
-            return Outcome(
+            return ExampleOutcome(
                 dataset.name, "duplicate", same.id, "the same text is already an example"
             )
         if dataset.task != "classify" and (near := self.near_duplicate(new)) is not None:
-            return Outcome(dataset.name, "duplicate", near, "a near-identical example exists")
+            return ExampleOutcome(
+                dataset.name, "duplicate", near, "a near-identical example exists"
+            )
         identity = f"slack:{workspace}:{channel}:{ts}" if channel and ts else new.digest
         status = "active" if approved else "pending"
         row = dict(
@@ -316,11 +318,11 @@ class Gate:
             dataset_id=dataset.id, example_id=example_id, content_hash=new.digest,
             source=source, split=row["split"],
         )  # fmt: skip
-        return Outcome(dataset.name, "added" if approved else "pending", example_id)
+        return ExampleOutcome(dataset.name, "added" if approved else "pending", example_id)
 
     def approve(
         self, example: Example, approver: str, emoji: str, kind: str, label: str | None = None
-    ) -> Outcome:
+    ) -> ExampleOutcome:
         """An approver vouches for ``example``: it becomes active, with any edit waiting in
         ``pending_text`` applied (unless the edited text is refused or duplicates another)."""
         dataset = self.session.get(Dataset, example.dataset_id)
@@ -351,7 +353,8 @@ class Gate:
             actor=approver, dataset_id=dataset.id, example_id=example.id,
             content_hash=example.content_hash,
         )  # fmt: skip
-        return Outcome(dataset.name, "reactivated" if was != "active" else "unchanged", example.id)
+        status = "reactivated" if was != "active" else "unchanged"
+        return ExampleOutcome(dataset.name, status, example.id)
 
     def recompute_kind(self, example: Example) -> None:
         kinds = set(
@@ -359,7 +362,7 @@ class Gate:
         )
         example.kind = "negative" if kinds == {"reject"} else "positive"
 
-    def withdraw(self, example: Example, actor: str | None, why: str) -> Outcome:
+    def withdraw(self, example: Example, actor: str | None, why: str) -> ExampleOutcome:
         dataset = self.session.get(Dataset, example.dataset_id)
         name = dataset.name if dataset else ""
         if example.status != "withdrawn":
@@ -368,11 +371,11 @@ class Gate:
                 "example.withdraw", actor=actor, dataset_id=example.dataset_id,
                 example_id=example.id, content_hash=example.content_hash, reason=why,
             )  # fmt: skip
-        return Outcome(name, "withdrawn", example.id)
+        return ExampleOutcome(name, "withdrawn", example.id)
 
     def remove_approval(
         self, example: Example, user: str, emoji: str, *, is_admin: bool
-    ) -> Outcome:
+    ) -> ExampleOutcome:
         """A reaction removed. Removing one's own approval withdraws the example when it was
         the last one; an admin who had none there withdraws it outright (a deliberate act);
         anyone else's removal changes nothing."""
@@ -386,25 +389,25 @@ class Gate:
         if not had:
             if is_admin:
                 return self.withdraw(example, user, "withdrawn by an admin")
-            return Outcome(name, "unchanged", example.id)
+            return ExampleOutcome(name, "unchanged", example.id)
         left = self.session.scalar(
             select(func.count()).select_from(Approval).where(Approval.example_id == example.id)
         )
         if left:
             self.recompute_kind(example)
-            return Outcome(name, "unchanged", example.id)
+            return ExampleOutcome(name, "unchanged", example.id)
         return self.withdraw(example, user, "reaction_removed")
 
     def change_text(
         self, dataset: Dataset, example: Example, new_text: str, actor: str | None, *,
         by_approver: bool,
-    ) -> Outcome:  # fmt: skip
+    ) -> ExampleOutcome:  # fmt: skip
         """The example's message was edited. An approver's edit (or one of a pending example)
         applies; anyone else's edit of an active example makes it pending, keeping the
         approved text until an approver approves the edit."""
         cleaned, refused = self.clean(new_text, dataset)
         if not refused and cleaned == example.text and example.pending_text is None:
-            return Outcome(dataset.name, "unchanged", example.id)
+            return ExampleOutcome(dataset.name, "unchanged", example.id)
         waiting = example.pending_text is not None  # an approved text's edit, not yet approved
         if not by_approver and (example.status == "active" or waiting):
             example.pending_text = cleaned if not refused else new_text[:MAX_TEXT_CHARS]
@@ -413,14 +416,14 @@ class Gate:
                 "example.edit_pending", actor=actor, dataset_id=dataset.id,
                 example_id=example.id, content_hash=example.content_hash,
             )  # fmt: skip
-            return Outcome(dataset.name, "pending", example.id)
+            return ExampleOutcome(dataset.name, "pending", example.id)
         if refused:
             return self.withdraw(example, actor, "edited text refused")
         problem = self._apply_text(dataset, example, cleaned, actor)
         if problem:
             return self.withdraw(example, actor, problem)
         example.pending_text = None
-        return Outcome(dataset.name, "updated", example.id)
+        return ExampleOutcome(dataset.name, "updated", example.id)
 
     def _apply_text(
         self, dataset: Dataset, example: Example, new_text: str, actor: str | None

@@ -2,7 +2,7 @@
 
 Import is idempotent: an example is identified by its content hash, so the same content twice is
 one example. A bad line is reported with its number and reason and skipped; the rest goes in.
-Splits follow DESIGN.md: from the first content hash, except that a text already in the dataset
+Splits are computed once, from the first content hash, except that a text already in the dataset
 keeps that text's split, so held-out text never enters train.
 """
 

@@ -1,9 +1,14 @@
 """The bot's inference client: HTTP to vLLM or `brandbot serve` when BRANDBOT_INFERENCE_URL is
 set, else the local engine in process, created on first use (so commands that never generate
-never load a model)."""
+never load a model).
+
+Its health tells the truth: an in-process model that was not loaded yet is not healthy. Asking
+for :meth:`LazyInference.readiness` starts loading it in the background, so a readiness probe
+loads the model at start while a process nobody asks (a CLI command) still never does."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -25,12 +30,20 @@ class LazyInference(InferenceClient):
         self.settings = settings
         self._client: InferenceClient | None = None
         self._lock = threading.Lock()
+        self._loading: threading.Thread | None = None
+        self._loading_lock = threading.Lock()  # never held while a model loads
+        self._failure: str | None = None
 
     @property
     def client(self) -> InferenceClient:
         with self._lock:
             if self._client is None:
-                self._client = self._build()
+                try:
+                    self._client = self._build()
+                except Exception as exc:
+                    self._failure = f"{type(exc).__name__}: {exc}"[:300]
+                    raise
+                self._failure = None
             return self._client
 
     def _build(self) -> InferenceClient:
@@ -75,9 +88,30 @@ class LazyInference(InferenceClient):
         self.client.unload_adapter(name)
 
     def health(self) -> bool:
-        if self._client is None and not self.settings.inference_url:
-            return True  # the in-process engine loads on first use
-        return self.client.health()
+        return self.readiness() is None
+
+    def readiness(self) -> str | None:
+        """None once the base model is loaded (or the model server answered); else why not.
+        An in-process model that is not loaded yet starts loading in the background."""
+        client = self._client
+        if client is not None:
+            return client.readiness()
+        if self.settings.inference_url:
+            return self.client.readiness()  # building an HTTP client loads nothing
+        if self._failure is not None:
+            return f"the base model failed to load: {self._failure}"
+        with self._loading_lock:
+            if self._loading is None or not self._loading.is_alive():
+                self._loading = threading.Thread(
+                    target=self._load_quietly, name="brandbot-load-model", daemon=True
+                )
+                self._loading.start()
+        return "loading the base model"
+
+    def _load_quietly(self) -> None:
+        """Build the client on a background thread; a failure is kept for readiness to say."""
+        with contextlib.suppress(Exception):
+            _ = self.client
 
     def close(self) -> None:
         """Close the real client, if one was built (the local engine's thread is joined)."""

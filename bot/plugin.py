@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from bot.durable import submission
 from bot.ratelimit import RateLimiter
+from serving.client import InferenceClient, InferenceUnavailable
 
 if TYPE_CHECKING:
     from bot.jobs import JobQueue
@@ -231,12 +232,19 @@ class Services:
     db: Database
     chat: ChatAPI
     jobs: JobQueue
-    inference: Any = None
+    inference: InferenceClient | None = None
     help_entries: Callable[[str | None], list[tuple[str, str]]] | None = None
     limits: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         self.limits = RateLimiter(lambda: self.settings.rate_limit_per_minute)
+
+    def require_inference(self) -> InferenceClient:
+        """The inference client, for a handler that needs one; raises
+        :class:`~serving.client.InferenceUnavailable` when none is set up."""
+        if self.inference is None:
+            raise InferenceUnavailable("no model server is configured")
+        return self.inference
 
 
 @dataclass

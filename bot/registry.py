@@ -148,3 +148,20 @@ def load_active(session: Session, settings: Settings, client: InferenceClient) -
         except (InferenceError, InferenceUnavailable) as exc:
             log.warning("could not load %s: %s", adapter.name, exc)
     return done
+
+
+def serving_problem(session: Session, client: InferenceClient) -> str | None:
+    """Why ``client`` cannot serve what the datasets use yet, or None when it can: the base model
+    is loaded (or the server answered) and every dataset's active adapter is listed on it."""
+    problem = client.readiness()
+    if problem is not None:
+        return problem
+    active = set(session.scalars(select(Adapter.name).where(Adapter.status == "active")))
+    if not active:
+        return None
+    try:
+        listed = {m.id for m in client.models()}
+    except (InferenceError, InferenceUnavailable) as exc:
+        return f"cannot list the server's models: {exc}"
+    missing = sorted(active - listed)
+    return f"active adapters not loaded yet: {', '.join(missing)}" if missing else None

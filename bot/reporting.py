@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot.replies import is_reply_dataset
-from bot.signals import production_signals, suggestion_signals
+from bot.production_signals import production_signals, suggestion_signals
+from bot.reply_prompts import is_reply_dataset
 from bot.storage.models import Adapter, Dataset, Example, TrainingRun
 
 PRIMARY = {"draft": "answer_perplexity", "classify": "macro_f1"}

@@ -1,6 +1,6 @@
 """Deployment settings, read from the environment and an optional ``brandbot.toml``.
 
-The environment names are fixed by DESIGN.md (``BRANDBOT_*`` and ``SLACK_*``). ``brandbot.toml``
+The environment names are part of the interface (``BRANDBOT_*`` and ``SLACK_*``). ``brandbot.toml``
 holds deployment settings only (datasets live in the database); its keys are the lower-case
 field names, e.g. ``data_dir = "/var/lib/brandbot"``. The environment wins over the file.
 A list setting takes values separated by commas (``BRANDBOT_ADMINS=U0ADMIN,U0OTHER``) or JSON.
@@ -58,7 +58,7 @@ def split_list(value: Any) -> Any:
 
 
 def _env(name: str) -> Any:
-    """Let a field be set by its DESIGN.md environment name or by its toml key."""
+    """Let a field be set by its environment name or by its toml key."""
     return Field(validation_alias=AliasChoices(name, name.lower().removeprefix("brandbot_")))
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from bot.collection import dataset_stats
 from bot.cron import next_fire
+from bot.dataset_stats import dataset_stats
 from bot.datasets import DatasetError, check_consistency, parse_fields, parse_spec
 from bot.durable import dead_jobs
 from bot.outbox import dead_letters
 from bot.plugin import CommandEvent, Context, Plugin, command, require
-from bot.replies import is_reply_dataset, reply_mode
-from bot.signals import production_signals
+from bot.production_signals import production_signals
+from bot.registry import serving_problem
+from bot.reply_prompts import is_reply_dataset, reply_mode
 from bot.storage.repositories import Adapters, DatasetExists, Datasets, Runs, UnknownDataset
 
 LIST_FIELDS = {
@@ -67,8 +68,11 @@ class AdminPlugin(Plugin):
         """Datasets, active adapters and metrics, last and next training, server, dead letters."""
         lines = ["*brandbot status*"]
         inference = ctx.services.inference
-        healthy = inference.health() if inference is not None else None
-        server = {True: "reachable", False: "UNREACHABLE", None: "not configured"}[healthy]
+        if inference is None:
+            server = "not configured"
+        else:
+            problem = serving_problem(ctx.session, inference)
+            server = "ready" if problem is None else f"NOT READY ({problem})"
         lines.append(f"model server: {server}")
         dead = dead_letters(ctx.session) + dead_jobs(ctx.session)
         lines.append(

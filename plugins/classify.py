@@ -32,7 +32,7 @@ from bot.plugin import (
     on_message,
 )
 from bot.ratelimit import admit
-from bot.replies import fit_ticket
+from bot.reply_prompts import fit_ticket
 from bot.storage.models import Dataset, Prediction, utcnow
 from bot.storage.repositories import Adapters, Outbox
 from serving.client import InferenceError, InferenceUnavailable
@@ -124,16 +124,17 @@ class ClassifyPlugin(Plugin):
             adapter = Adapters(session).active(dataset.id)
             model = adapter.name if adapter else None
         messages = ticket_messages(dataset, text)
-        limit = services.inference.max_model_len()
+        inference = services.require_inference()
+        limit = inference.max_model_len()
         if limit:  # a ticket longer than the context is judged on its start and end
             longest = max(len(label) for label in dataset.labels) + 8
             fitted, _ = fit_ticket(
                 text, None,
-                lambda t: int(services.inference.count_tokens(ticket_messages(dataset, t))),
+                lambda t: int(inference.count_tokens(ticket_messages(dataset, t))),
                 limit - longest, fixed_bytes=len(dataset.system_prompt.encode()),
             )  # fmt: skip
             messages = ticket_messages(dataset, fitted)
-        result = services.inference.classify(messages, dataset.labels, model=model)
+        result = inference.classify(messages, dataset.labels, model=model)
         return result, model
 
     def classify_ticket(self, services: Services, prediction_id: int) -> None:

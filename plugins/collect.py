@@ -4,7 +4,7 @@ Reactions by a dataset's approvers in its channels add examples (approve emoji),
 examples (reject emoji) or labelled tickets (label emoji); removing the last one, deleting the
 message or editing it updates the example. People can opt out, and admins can erase a person.
 In a reply dataset's ticket channels, an approved answer in a ticket's thread becomes a
-(ticket -> answer) example whose prompt is built as the replies plugin asks (bot.replies).
+(ticket -> answer) example whose prompt is built as the replies plugin asks (bot.reply_prompts).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from bot.access import is_approver, may_read
 from bot.briefs import write_brief
 from bot.collection import ApproveRequest, Collector
+from bot.dataset_stats import summary_line
 from bot.gate import scrubber_from
 from bot.plugin import (
     ActionEvent,
@@ -44,7 +45,7 @@ from bot.plugin import (
     schedule,
 )
 from bot.privacy import forget_user, purge_ticket_text
-from bot.replies import reply_mode, reply_prompt
+from bot.reply_prompts import reply_mode, reply_prompt
 from bot.review import ask_approvers, decide
 from bot.storage.models import (
     ChannelNotice,
@@ -211,7 +212,7 @@ class CollectPlugin(Plugin):
                     continue
                 told.add(once)
                 if dataset.id not in summaries:
-                    summaries[dataset.id] = collector.summary_line(dataset)
+                    summaries[dataset.id] = summary_line(collector.session, dataset)
                 notices.append((event, summaries[dataset.id]))
 
     def _allowed(
@@ -433,7 +434,7 @@ class CollectPlugin(Plugin):
             if outcome.status == "refused":
                 ctx.respond(f"Not added to {dataset.name}: {outcome.reason}.")
             else:
-                ctx.respond(f"Labelled `{wanted}`. {collector.summary_line(dataset)}")
+                ctx.respond(f"Labelled `{wanted}`. {summary_line(collector.session, dataset)}")
 
     @command("/brandbot brief")
     def brief(self, event: CommandEvent, ctx: Context) -> None:

@@ -32,7 +32,7 @@ from bot.plugin import (
     text_edit_modal,
 )
 from bot.ratelimit import admit
-from bot.replies import is_reply_dataset
+from bot.reply_prompts import is_reply_dataset
 from bot.storage.models import Dataset, Draft, utcnow
 from bot.storage.repositories import Adapters
 from serving.client import InferenceError, InferenceUnavailable
@@ -227,7 +227,7 @@ class DraftPlugin(Plugin):
             max_tokens = min(max_tokens, dataset.max_length // 3 + 8)
         for _attempt in range(self.cfg.retries_for_rules + 1):
             text, last = "", time.monotonic()
-            for delta in services.inference.stream_chat(
+            for delta in services.require_inference().stream_chat(
                 messages_for(dataset, brief), model=model,
                 max_tokens=max_tokens, temperature=self.cfg.temperature,
             ):  # fmt: skip

@@ -41,7 +41,7 @@ from bot.plugin import (
     text_edit_modal,
 )
 from bot.ratelimit import admit
-from bot.replies import fit_ticket, reply_datasets, reply_mode, reply_prompt
+from bot.reply_prompts import fit_ticket, reply_datasets, reply_mode, reply_prompt
 from bot.storage.models import Dataset, Suggestion, utcnow
 from bot.storage.repositories import Adapters
 from serving.client import InferenceError, InferenceUnavailable
@@ -220,12 +220,13 @@ class RepliesPlugin(Plugin):
             out.append({"role": "user", "content": reply_prompt(text, label)})
             return out
 
-        limit = services.inference.max_model_len()
+        inference = services.require_inference()
+        limit = inference.max_model_len()
         if not limit:
             return build(ticket), 0
         budget = limit - self._max_tokens(dataset)
         fitted, cut = fit_ticket(
-            ticket, label, lambda text: int(services.inference.count_tokens(build(text))), budget,
+            ticket, label, lambda text: int(inference.count_tokens(build(text))), budget,
             fixed_bytes=len(dataset.system_prompt.encode()),
         )  # fmt: skip
         return build(fitted), cut
@@ -245,7 +246,7 @@ class RepliesPlugin(Plugin):
             session.expunge_all()
         try:
             messages, cut = self._messages(services, dataset, row.ticket_text or "", row.label)
-            result = services.inference.chat(
+            result = services.require_inference().chat(
                 messages, model=model, max_tokens=self._max_tokens(dataset),
                 temperature=self.cfg.temperature,
             )  # fmt: skip

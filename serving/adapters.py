@@ -1,8 +1,8 @@
 """Adapter deployment: lint, load under an immutable versioned name, verify, canary, rollback.
 
 vLLM loads some adapters it should refuse and silently serves base-model output for others
-(see ../shared/VLLM.md), so nothing reaches the server before :func:`lint_adapter` passes, and
-nothing is used before :func:`canary` proves the adapter changes the model's output.
+(docs/serving.md lists the cases), so nothing reaches the server before :func:`lint_adapter`
+passes, and nothing is used before :func:`canary` proves the adapter changes the model's output.
 
 Every adapter folder written by the trainer carries ``brandbot_adapter.json`` with the
 fingerprint of the base weights it was trained on (:func:`write_adapter_meta`); the lint

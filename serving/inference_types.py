@@ -90,30 +90,36 @@ class GenerationResult:
 
 
 @dataclass
-class Event:
+class GenerationEvent:
+    """One step of a running generation: a text delta, its log-probabilities, the final
+    result, or the error that ended it."""
+
     delta: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
     result: GenerationResult | None = None
     error: BaseException | None = None
 
 
+Event = GenerationEvent  # the name serving/engine/ still imports; new code says GenerationEvent
+
+
 class GenerationHandle:
     """A running generation: iterate :meth:`deltas` to stream, or call :meth:`result`."""
 
-    def __init__(self, sink: Callable[[Event], None] | None = None) -> None:
-        self._queue: queue.Queue[Event] = queue.Queue()
+    def __init__(self, sink: Callable[[GenerationEvent], None] | None = None) -> None:
+        self._queue: queue.Queue[GenerationEvent] = queue.Queue()
         self._sink = sink
         self._result: GenerationResult | None = None
         self.cancelled = False
 
-    def _put(self, event: Event) -> None:
+    def _put(self, event: GenerationEvent) -> None:
         """Called on the engine thread; ``sink`` (e.g. an asyncio bridge) replaces the queue."""
         if self._sink is not None:
             self._sink(event)
         else:
             self._queue.put(event)
 
-    def events(self, timeout: float | None = None) -> Iterator[Event]:
+    def events(self, timeout: float | None = None) -> Iterator[GenerationEvent]:
         """Every event up to and including the final one (whose ``result`` is set)."""
         while True:
             event = self._queue.get(timeout=timeout)

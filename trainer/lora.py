@@ -4,7 +4,7 @@ Why a hand-written loop instead of ``transformers.Trainer``/TRL: the loss is on 
 only, so the decoder runs to hidden states and the vocabulary projection (49k x 576 for SmolLM2,
 a third of the model's arithmetic per token) is applied only at the positions that predict an
 answer token. Prompt positions never produce logits. With length bucketing (little padding) this
-is where the speed comes from; see docs/training.md for the numbers.
+is where the speed comes from; docs/training.md has the numbers.
 
 Contract of :func:`train_lora`: it takes examples and settings, writes a PEFT adapter folder that
 passes ``serving.adapters.lint_adapter`` (``base_model_name_or_path`` = the served model name, and
@@ -14,10 +14,11 @@ and, when called again with the same folder, config and examples, resumes from t
 checkpoint: the result equals an uninterrupted run with the same seed (tested after SIGKILL).
 
 Several GPUs (``config.processes > 1``): :func:`train_lora` re-executes itself through
-``accelerate launch --num_processes N`` (:func:`launch_train_lora`; gloo CPU processes when there
-is no GPU). Each process runs every N-th micro-batch of each optimizer step of the shared,
-deterministic step plan; after the step's backward passes the LoRA gradients (and the step's loss)
-are summed across processes in one all-reduce, so every process applies the same update to the
+``accelerate launch --num_processes N`` (:mod:`trainer.launch`; gloo CPU processes when there is
+no GPU). Checkpoints and resuming are :mod:`trainer.checkpoints`. Each process runs every N-th
+micro-batch of each optimizer step of the shared, deterministic step plan; after the step's
+backward passes the LoRA gradients (and the step's loss) are summed across processes in one
+all-reduce, so every process applies the same update to the
 same weights, and the sum is exactly the gradient one process would have accumulated over the
 whole step. Only the main process reports progress and writes checkpoints and the adapter.
 Why not ``Accelerator.prepare`` (DDP): DDP syncs gradients through hooks set up in the wrapped
@@ -29,30 +30,31 @@ arithmetic with fewer collectives.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import importlib.util
 import inspect
-import json
 import math
 import os
 import random
 import resource
 import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from serving.adapters import write_adapter_meta
+from trainer import launch as distributed
+from trainer.checkpoints import (
+    checkpoint_state,
+    latest_checkpoint,
+    run_key,
+    save_checkpoint,
+    set_rng_state,
+    trainable,
+)
 from trainer.config import TrainConfig
 from trainer.data import (
     TokenizedDataset,
@@ -63,22 +65,11 @@ from trainer.data import (
     epoch_order,
     tokenize_examples,
 )
-
-ProgressCallback = Callable[[int, int, float], None]
-CHECKPOINT_FORMAT = 1
-_KEEP_CHECKPOINTS = 2
-#: a line the launched main process prints per optimizer step: the marker, then JSON
-_PROGRESS_MARK = "brandbot-train-progress "
-#: set in the environment of the processes :func:`launch_train_lora` starts
-_LAUNCHED_ENV = "BRANDBOT_TRAIN_LAUNCHED"
+from trainer.launch import LAUNCHED_ENV, LaunchedTrainingFailed, ProgressCallback
 
 
 class ResumeMismatch(RuntimeError):
     """The checkpoint folder belongs to a run with another config or other examples."""
-
-
-class LaunchedTrainingFailed(RuntimeError):
-    """Training under ``accelerate launch`` failed; the message holds the processes' error."""
 
 
 @dataclass
@@ -221,105 +212,6 @@ def plan_steps(data: TokenizedDataset, config: TrainConfig) -> tuple[list[Any], 
     return batches, steps
 
 
-# --- checkpoints -------------------------------------------------------------------------------
-
-
-def _trainable(model: Any) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _run_key(data: TokenizedDataset, config: TrainConfig) -> str:
-    """Identifies config + data; a checkpoint is only resumed by the same run."""
-    digest = hashlib.sha256(
-        config.model_dump_json(exclude={"checkpoint_every", "threads"}).encode()
-    )
-    for example in data.examples:
-        digest.update(f"{example.answer_start}:{','.join(map(str, example.input_ids))};".encode())
-    return digest.hexdigest()
-
-
-def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` as ``ckpt-<step>.pt`` atomically (temp file, fsync, rename) and keep only
-    the newest few, so a kill at any moment leaves a complete checkpoint behind."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"ckpt-{state['step']:07d}.pt"
-    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
-    with tmp.open("wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    with contextlib.suppress(OSError):  # make the rename durable too
-        fd = os.open(folder, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    for old in sorted(folder.glob("ckpt-*.pt"))[:-_KEEP_CHECKPOINTS]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def latest_checkpoint(folder: Path) -> dict[str, Any] | None:
-    """The newest readable checkpoint in ``folder`` (None if there is none)."""
-    for path in sorted(folder.glob("ckpt-*.pt"), reverse=True):
-        try:
-            state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: S112 - an unreadable file: fall back to the one before
-            continue
-        if state.get("format") == CHECKPOINT_FORMAT:
-            return state
-    return None
-
-
-def _rng_state() -> dict[str, Any]:
-    import numpy as np
-
-    numpy_state: Any = np.random.get_state()
-    kind, keys, pos, has_gauss, gauss = numpy_state
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
-
-
-def _state(
-    step: int,
-    key: str,
-    steps: list[list[int]],
-    params: dict[str, torch.nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    losses: list[float],
-    rng_ranks: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Everything a resumed run needs to continue exactly where this one is (with several
-    processes, ``rng_ranks`` holds every process's RNG states, by rank)."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "step": step,
-        "run_key": key,
-        "steps": steps,
-        "adapter": {n: p.detach().cpu().clone() for n, p in params.items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(),
-        "rng_ranks": rng_ranks or [],
-        "losses": list(losses),
-    }
-
-
 def peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
@@ -348,7 +240,8 @@ def train_lora(
     called after every optimizer step.
 
     With ``config.processes > 1``, called in a single process, it runs itself under
-    ``accelerate launch`` (:func:`launch_train_lora`) and returns the main process's result;
+    ``accelerate launch`` (:func:`trainer.launch.launch_train_lora`) and returns the main
+    process's result;
     called in each of ``config.processes`` launched processes, it is one data-parallel rank.
     """
     started = time.perf_counter()
@@ -357,14 +250,14 @@ def train_lora(
         raise FileExistsError(f"the adapter folder {out_dir} already exists; names are not reused")
     if len(examples) < config.min_examples:  # refuse before loading anything
         raise TooFewExamples(len(examples), config.min_examples)
-    accelerator = _accelerator(config)
+    accelerator = distributed.accelerator(config)
     if config.processes > 1 and accelerator is None:
-        if os.environ.get(_LAUNCHED_ENV):  # never launch again from a launched process
+        if os.environ.get(LAUNCHED_ENV):  # never launch again from a launched process
             raise LaunchedTrainingFailed(
                 f"launched for {config.processes} processes, but this one is not part of a "
                 "distributed run (WORLD_SIZE is unset)"
             )
-        return launch_train_lora(
+        return distributed.launch_train_lora(
             base_dir, examples, config, out_dir,
             served_model_name=served_model_name, base_fingerprint=base_fingerprint,
             progress=progress, checkpoint_dir=checkpoint_dir,
@@ -383,7 +276,7 @@ def train_lora(
     device = str(accelerator.device) if accelerator else config.resolved_device()
     model = load_lora_model(Path(base_dir), config, device)
     model.train()
-    params = _trainable(model)
+    params = trainable(model)
     optimizer = torch.optim.AdamW(
         list(params.values()), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -391,7 +284,7 @@ def train_lora(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _cosine_with_warmup(len(steps), warmup)
     )
-    key = _run_key(data, config)
+    key = run_key(data, config)
     losses: list[float] = []
     first = 0
     if checkpoint_dir is not None and (state := latest_checkpoint(checkpoint_dir)) is not None:
@@ -406,7 +299,7 @@ def train_lora(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         ranks = state.get("rng_ranks") or []
-        _set_rng_state(ranks[rank] if len(ranks) == world else state["rng"])
+        set_rng_state(ranks[rank] if len(ranks) == world else state["rng"])
         losses, first = list(state["losses"]), int(state["step"])
 
     real_tokens = computed = 0
@@ -423,7 +316,7 @@ def train_lora(
             real_tokens += int(tensors.attention_mask.sum())
             computed += int(tensors.attention_mask[:, tensors.prefix :].sum()) + tensors.prefix
         if accelerator is not None:
-            step_loss = _sum_across_processes(accelerator, params, step_loss)
+            step_loss = distributed.sum_across_processes(accelerator, params, step_loss)
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
         optimizer.step()
@@ -434,9 +327,9 @@ def train_lora(
             progress(step + 1, len(steps), step_loss)
         due = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0
         if checkpoint_dir is not None and due and step + 1 < len(steps):
-            rng_ranks = _gather_rng(accelerator) if accelerator is not None else None
+            rng_ranks = distributed.gather_rng(accelerator) if accelerator is not None else None
             if main:
-                state = _state(
+                state = checkpoint_state(
                     step + 1, key, steps, params, optimizer, scheduler, losses, rng_ranks
                 )
                 save_checkpoint(checkpoint_dir, state)
@@ -468,158 +361,6 @@ def train_lora(
     )
 
 
-# --- several processes ----------------------------------------------------------------------
-
-
-def _accelerator(config: TrainConfig) -> Any:
-    """The ``accelerate.Accelerator`` of this rank when the process was started by a launcher
-    (``accelerate launch``, torchrun: ``WORLD_SIZE > 1``), else None. The launch must match
-    ``config.processes``: the step plan depends on it."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return None
-    if world != config.processes:
-        raise ValueError(
-            f"this process is one of {world} launched processes, but the config says "
-            f"processes={config.processes}; launch as many processes as the config names"
-        )
-    from accelerate import Accelerator  # type: ignore[import-untyped]
-
-    return Accelerator(cpu=config.resolved_device() == "cpu")
-
-
-def _sum_across_processes(
-    accelerator: Any, params: dict[str, torch.nn.Parameter], step_loss: float
-) -> float:
-    """Sum every process's LoRA gradients (a process without a micro-batch in this step adds
-    zeros) and step losses in one all-reduce; the gradients are replaced by the sums, in fp32
-    while on the wire. Returns the step's total loss."""
-    values = list(params.values())
-    flat = torch.cat(
-        [
-            (p.grad if p.grad is not None else torch.zeros_like(p)).detach().float().flatten()
-            for p in values
-        ]
-        + [torch.tensor([step_loss], device=values[0].device)]
-    )
-    total = accelerator.reduce(flat, reduction="sum")
-    offset = 0
-    for p in values:
-        n = p.numel()
-        p.grad = total[offset : offset + n].view_as(p).to(p.dtype)
-        offset += n
-    return float(total[offset])
-
-
-def _gather_rng(accelerator: Any) -> list[dict[str, Any]]:
-    """Every process's RNG states, by rank (a collective: all processes call it)."""
-    from accelerate.utils import gather_object  # type: ignore[import-untyped]
-
-    return list(gather_object([_rng_state()]))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def launch_command(config: TrainConfig, *args: str) -> list[str]:
-    """``accelerate launch`` with ``config.processes`` processes on this machine running
-    ``python -m trainer.lora ARGS``: one per GPU, or gloo CPU processes without a GPU.
-
-    ``--multi_gpu`` selects accelerate's torchrun launcher, which starts the processes on a CPU
-    machine too (``Accelerator(cpu=True)`` then joins them with gloo); ``--cpu`` would not: it
-    starts one process and expects MPI to start the others. Every option is given, so no
-    accelerate config file is read; the rendezvous port is a free one, so concurrent runs on one
-    machine do not collide."""
-    return [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--num_processes", str(config.processes), "--num_machines", "1", "--multi_gpu",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-        "-m", "trainer.lora", *args,
-    ]  # fmt: skip
-
-
-def launch_train_lora(
-    base_dir: Path,
-    examples: Sequence[TrainExample],
-    config: TrainConfig,
-    out_dir: Path,
-    *,
-    served_model_name: str,
-    base_fingerprint: str,
-    progress: ProgressCallback | None = None,
-    checkpoint_dir: Path | None = None,
-) -> TrainResult:
-    """:func:`train_lora` in ``config.processes`` processes under ``accelerate launch``.
-
-    The run's inputs go to the processes as a JSON file; the main process prints one progress
-    line per step (relayed to ``progress``) and writes its :class:`TrainResult`, or its error,
-    to a result file. Raises :class:`LaunchedTrainingFailed` with the error (for example a
-    ``TooFewExamples`` message) or the launcher's output when a process fails.
-    """
-    if importlib.util.find_spec("accelerate") is None:
-        raise RuntimeError(
-            f"training in {config.processes} processes needs accelerate; install it with "
-            "pip install 'brandbot[gpu]' (or 'accelerate>=1,<2')"
-        )
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="brandbot-launch-") as tmp:
-        spec, result_file, log_file = (Path(tmp, n) for n in ("spec.json", "result.json", "log"))
-        spec.write_text(
-            json.dumps(
-                {
-                    "base_dir": str(base_dir),
-                    "examples": [e.__dict__ for e in examples],
-                    "config": config.model_dump(mode="json"),
-                    "out_dir": str(out_dir),
-                    "served_model_name": served_model_name,
-                    "base_fingerprint": base_fingerprint,
-                    "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
-                    "result": str(result_file),
-                }
-            ),
-            encoding="utf-8",
-        )
-        root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, _LAUNCHED_ENV: "1", "PYTHONPATH": os.pathsep.join(
-            p for p in (root, os.environ.get("PYTHONPATH")) if p
-        )}  # fmt: skip
-        with log_file.open("w") as log:
-            proc = subprocess.Popen(
-                launch_command(config, str(spec)), stdout=subprocess.PIPE, stderr=log,
-                text=True, env=env,
-            )  # fmt: skip
-            try:
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    if line.startswith(_PROGRESS_MARK):
-                        if progress is not None:
-                            step, total, loss = json.loads(line[len(_PROGRESS_MARK) :])
-                            progress(int(step), int(total), float(loss))
-                    else:
-                        log.write(line)
-                proc.wait()
-            finally:
-                if proc.poll() is None:
-                    proc.terminate()
-                    proc.wait()
-        outcome = json.loads(result_file.read_text()) if result_file.is_file() else {}
-        if proc.returncode != 0 or "error" in outcome or "result" not in outcome:
-            detail = outcome.get("error") or log_file.read_text(errors="replace")[-3000:]
-            raise LaunchedTrainingFailed(
-                f"training in {config.processes} processes failed "
-                f"(exit status {proc.returncode}): {detail}"
-            )
-    result = dict(outcome["result"])
-    result["adapter_dir"] = Path(result["adapter_dir"])
-    result["duration_s"] = time.perf_counter() - started  # with the processes' start-up
-    return TrainResult(**result)
-
-
 def save_adapter(model: Any, out_dir: Path, *, served_model_name: str, fingerprint: str) -> Path:
     """``save_pretrained`` into a temp sibling, add the fingerprint file, rename into place, so
     ``out_dir`` is either absent or a complete adapter that the serving lint accepts."""
@@ -636,33 +377,3 @@ def save_adapter(model: Any, out_dir: Path, *, served_model_name: str, fingerpri
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def _launched_main(argv: Sequence[str]) -> None:
-    """One process of :func:`launch_train_lora`: ``python -m trainer.lora SPEC.json``."""
-    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    main = int(os.environ.get("RANK", "0")) == 0
-    result_file = Path(spec["result"])
-
-    def report(step: int, total: int, loss: float) -> None:
-        print(_PROGRESS_MARK + json.dumps([step, total, loss]), flush=True)
-
-    try:
-        result = train_lora(
-            Path(spec["base_dir"]), [TrainExample(**e) for e in spec["examples"]],
-            TrainConfig(**spec["config"]), Path(spec["out_dir"]),
-            served_model_name=spec["served_model_name"], base_fingerprint=spec["base_fingerprint"],
-            progress=report,
-            checkpoint_dir=Path(spec["checkpoint_dir"]) if spec["checkpoint_dir"] else None,
-        )  # fmt: skip
-    except Exception as exc:
-        if main:
-            result_file.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
-        raise
-    if main:
-        fields = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
-        result_file.write_text(json.dumps({"result": fields}))
-
-
-if __name__ == "__main__":
-    _launched_main(sys.argv[1:])

@@ -15,7 +15,7 @@ from bot.cli.common import (
     print_json,
     split_list,
 )
-from bot.collection import dataset_stats
+from bot.dataset_stats import dataset_stats
 from bot.datasets import check_consistency, check_name, parse_fields, parse_spec
 from bot.storage.models import Dataset
 from bot.storage.repositories import Adapters, Datasets, Examples, Runs

@@ -9,11 +9,11 @@ import typer
 from rich.table import Table
 
 from bot.cli.common import DatasetOption, JsonOption, console, database, print_json, settings
-from bot.collection import Collector
+from bot.dataset_stats import last_training
 from bot.durable import dead_jobs
 from bot.outbox import dead_letters
+from bot.production_signals import production_signals
 from bot.reporting import build_report
-from bot.signals import production_signals
 from bot.storage.models import TrainingRun
 from bot.storage.repositories import Datasets
 
@@ -31,7 +31,7 @@ def report(
 
     with database().session() as session:
         ds = Datasets(session).get(dataset)
-        since = Collector(session, scrubber=lambda t: t).last_training(ds)
+        since = last_training(session, ds)
         signals = production_signals(session, ds, since)
         run = session.scalar(
             select(TrainingRun)

@@ -190,7 +190,6 @@ class SlackBridge:
         # never the slash commands.
         self.batch_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="brandbot-batch")
         self.batcher = EventBatcher(runtime, self.batch_pool)
-        self._tasks: set[asyncio.Future[Any]] = set()
         client = AsyncWebClient(
             token=bot_token,
             base_url=api_url,
@@ -218,9 +217,7 @@ class SlackBridge:
     # ---- helpers ----------------------------------------------------------------------
 
     def _background(self, fn: Callable[[], Any]) -> None:
-        future = asyncio.get_running_loop().run_in_executor(self.pool, fn)
-        self._tasks.add(future)
-        future.add_done_callback(self._tasks.discard)
+        asyncio.get_running_loop().run_in_executor(self.pool, fn)
 
     def _reply_to(self, event: Event) -> Callable[[str], None]:
         def reply(text: str) -> None:
@@ -236,11 +233,6 @@ class SlackBridge:
         """Stop taking work; handlers under way finish on their threads."""
         self.pool.shutdown(wait=False)
         self.batch_pool.shutdown(wait=False)
-
-    async def drain(self, timeout: float = 10.0) -> None:
-        """Wait for background handlers (tests, shutdown)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
 
     # ---- listeners --------------------------------------------------------------------
 

@@ -19,11 +19,13 @@ from bot.bootstrap import (
     build_bot,
 )
 from bot.plugin_loader import PluginEntry
+from bot.registry import serving_problem
 from bot.settings import Settings
 from bot.slack.app import SlackBridge
 from bot.slack.chat import SlackChat
 from bot.storage.db import Database
 from bot.web import Readiness, build_web_app
+from serving.client import InferenceClient
 
 log = logging.getLogger("brandbot.slack")
 BACKLOG = 2048
@@ -42,7 +44,7 @@ class SlackRuntime:
         settings: Settings,
         db: Database,
         *,
-        inference: Any = None,
+        inference: InferenceClient | None = None,
         plugins: list[PluginEntry] | None = None,
     ) -> None:
         if settings.slack_bot_token is None:
@@ -79,17 +81,20 @@ class SlackRuntime:
         )
         self.pump = OutboxPump(self.bot.runtime)
         self.leader = SchedulerLeader(self.bot.runtime, db)
-        self.adapters = AdapterWatcher(settings, db, self.bot.services.inference)
+        self.adapters = AdapterWatcher(settings, db, inference)
 
     def _check_db(self) -> str | None:
         self.bot.db.check_connection()
         return None
 
     def _check_inference(self) -> str | None:
+        """Ready once the base model is loaded (or the model server answered) and every active
+        adapter is on it; asking starts loading an in-process model."""
         client = self.bot.services.inference
         if client is None:
             return "not configured"
-        return None if client.health() else "model server unreachable"
+        with self.bot.db.session() as session:
+            return serving_problem(session, client)
 
     def check_slack(self) -> None:
         try:
@@ -141,11 +146,11 @@ class SlackRuntime:
     @staticmethod
     def run_http_workers(settings: Settings, host: str, port: int, workers: int) -> None:
         """Serve HTTP from ``workers`` processes on one port, each with its own listening
-        socket so the kernel spreads connections over them (``bot.slack.workers``); a worker
+        socket so the kernel spreads connections over them (``bot.slack.processes``); a worker
         that dies is restarted. Each builds its own runtime from the environment
         (``worker_app``); the database must be PostgreSQL, which every process can write at
         once, and whose advisory lock lets exactly one of them run the schedule."""
-        from bot.slack.workers import Supervisor, reuse_port_available, serve_worker
+        from bot.slack.processes import Supervisor, reuse_port_available, serve_worker
 
         if workers > 1 and settings.resolved_database_url.startswith("sqlite"):
             raise ValueError(

@@ -1,4 +1,4 @@
-"""The whole data model of DESIGN.md as SQLAlchemy 2 typed models.
+"""The whole data model (docs/architecture.md walks through it) as SQLAlchemy 2 typed models.
 
 Lists and maps (channels, labels, emoji) are JSON columns: they are read and written whole and
 never queried inside. Times are timezone-aware UTC.

@@ -223,13 +223,6 @@ class Adapters:
             select(Adapter).where(Adapter.dataset_id == dataset_id, Adapter.status == "active")
         )
 
-    def for_dataset(self, dataset_id: int) -> list[Adapter]:
-        return list(
-            self.session.scalars(
-                select(Adapter).where(Adapter.dataset_id == dataset_id).order_by(Adapter.version)
-            )
-        )
-
 
 class ProcessedEvents:
     def __init__(self, session: Session) -> None:

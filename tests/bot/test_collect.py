@@ -413,14 +413,14 @@ def test_status_and_retrain(env: Env) -> None:
 def test_new_since_the_last_training_counts_only_later_active_examples(env: Env) -> None:
     import datetime as dt
 
-    from bot.collection import Collector
+    from bot.dataset_stats import totals
     from bot.storage.models import TrainingRun
 
     first = env.fake.add_message(COPY, POST, user=PRIYA)
     env.react(MAYA, "white_check_mark", COPY, first)
     with env.db.session() as s:
         ds = Datasets(s).get("kk_copy")
-        assert Collector(s).totals(ds) == (1, 1)  # never trained: everything is new
+        assert totals(s, ds) == (1, 1)  # never trained: everything is new
         started = utcnow() + dt.timedelta(seconds=1)
         s.add(TrainingRun(dataset_id=ds.id, status="failed", started_at=started))
         s.add(TrainingRun(dataset_id=ds.id, status="succeeded", started_at=started))
@@ -432,7 +432,7 @@ def test_new_since_the_last_training_counts_only_later_active_examples(env: Env)
     assert "Added to kk_copy: 2 examples, 1 new since the last training." in env.ephemerals()
     env.react(MAYA, "white_check_mark", COPY, second, removed=True)
     with env.db.session() as s:
-        assert Collector(s).totals(Datasets(s).get("kk_copy")) == (1, 0)
+        assert totals(s, Datasets(s).get("kk_copy")) == (1, 0)
 
 
 # ---- reactions that arrive together ------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.plugin_loader import PluginEntry
-from bot.replies import reply_prompt
+from bot.reply_prompts import reply_prompt
 from bot.storage import Database
 from bot.storage.models import (
     Approval,

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.plugin_loader import PluginEntry
-from bot.replies import CUT_NOTE, cut_middle, fit_ticket, reply_prompt
+from bot.reply_prompts import CUT_NOTE, cut_middle, fit_ticket, reply_prompt
 from bot.storage import Database
 from bot.storage.models import Example, OptOut, Prediction, Suggestion, utcnow
 from bot.storage.repositories import Datasets

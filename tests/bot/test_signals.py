@@ -1,6 +1,6 @@
 import datetime as dt
 
-from bot.signals import production_signals
+from bot.production_signals import production_signals
 from bot.storage import Database
 from bot.storage.models import Draft, Prediction
 from bot.storage.repositories import Datasets
@@ -35,8 +35,8 @@ def test_production_signals(sqlite_url: str) -> None:
 
 
 def test_suggestion_signals_and_the_report_line(sqlite_url: str) -> None:
+    from bot.production_signals import suggestion_signals
     from bot.reporting import suggestion_line
-    from bot.signals import suggestion_signals
     from bot.storage.models import Suggestion
 
     db = Database(sqlite_url)

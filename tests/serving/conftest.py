@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from bot.testkit.models import build_tiny_adapter
+from bot.testkit.servers import BackgroundServer
 from serving.base_model import read_fingerprint
 from serving.engine import LocalEngine
-from serving.server import BackgroundServer, create_app
+from serving.server import create_app
 
 SERVED = "brandbot-base"
 API_KEY = "test-key"

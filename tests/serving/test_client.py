@@ -71,7 +71,7 @@ def test_5xx_is_retried_with_backoff_then_reported() -> None:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from serving.server import BackgroundServer
+    from bot.testkit.servers import BackgroundServer
 
     calls: list[float] = []
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot.testkit.servers import BackgroundServer
 from serving.engine import EngineBusy, LocalEngine, SamplingParams
-from serving.server import BackgroundServer, create_app
+from serving.server import create_app
 from tests.serving.conftest import SERVED
 
 MESSAGES = [{"role": "user", "content": "Write a tagline"}]

@@ -1,17 +1,9 @@
-"""One inference client for the bot and the worker.
+"""The client of any OpenAI-compatible server with vLLM's runtime LoRA API (vLLM itself, or
+``brandbot serve``).
 
-Two implementations of :class:`InferenceClient`:
-
-- :class:`HttpClient` talks to any OpenAI-compatible server with vLLM's runtime LoRA API
-  (vLLM itself, or ``brandbot serve``), with timeouts, retries with backoff on connection errors
-  and 5xx answers, and :class:`InferenceUnavailable` when the server cannot be reached.
-- :class:`LocalClient` calls the in-process :class:`~serving.engine.LocalEngine`.
-
-Label confidences are computed the same way by both (DESIGN.md): each label is scored as the
-assistant's whole answer — its tokens and the chat template's end-of-turn token — and the
-confidences are the softmax over those summed log-probabilities. Over HTTP the client asks
-``/tokenize`` for the exact token sequences, then :mod:`serving.http_scoring` for their
-log-probabilities, in the one way that is safe on the server at hand.
+For label scores the client asks ``/tokenize`` for the exact token sequences, then
+:mod:`serving.http_scoring` for their log-probabilities, in the one way that is safe on the
+server at hand.
 """
 
 from __future__ import annotations
@@ -19,21 +11,23 @@ from __future__ import annotations
 import json
 import threading
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
-from serving.engine import (
-    EngineBusy,
-    EngineError,
-    LocalEngine,
-    SamplingParams,
-    UnknownModel,
-    softmax,
+from serving.client.base import (
+    ChatResult,
+    Classification,
+    InferenceClient,
+    InferenceError,
+    InferenceUnavailable,
+    Message,
+    ModelInfo,
+    Usage,
+    check_labels,
+    classification,
 )
 from serving.http_scoring import (
     ScoringUnsupported,
@@ -42,255 +36,6 @@ from serving.http_scoring import (
     score_by_reads,
 )
 from serving.tokens import answer_tokens
-
-Message = dict[str, Any]
-T = TypeVar("T")
-
-
-class InferenceUnavailable(Exception):
-    """The model server cannot be reached (down, refusing, timing out, or failing with 5xx)."""
-
-
-class InferenceError(Exception):
-    """The server refused the request (4xx); ``status`` is the HTTP status (404 = unknown model)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class ChatResult:
-    """A finished completion. ``logprobs``: per generated token, its top alternatives."""
-
-    text: str
-    finish_reason: str
-    usage: Usage
-    logprobs: list[dict[str, float]] | None = None
-
-
-@dataclass(frozen=True)
-class Classification:
-    """The chosen label, its confidence, and every label's confidence (they sum to 1)."""
-
-    label: str
-    confidence: float
-    scores: dict[str, float]
-    logprobs: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    id: str
-    parent: str | None = None
-    root: str | None = None
-    max_model_len: int | None = None
-    owned_by: str | None = None
-
-
-def classification(labels: Sequence[str], summed: Sequence[float]) -> Classification:
-    """Softmax over the labels' summed log-probabilities; ties go to the first label."""
-    probs = softmax(list(summed))
-    best = max(range(len(labels)), key=lambda i: probs[i])
-    return Classification(
-        label=labels[best],
-        confidence=probs[best],
-        scores=dict(zip(labels, probs, strict=True)),
-        logprobs=dict(zip(labels, summed, strict=True)),
-    )
-
-
-def _check_labels(labels: Sequence[str]) -> list[str]:
-    out = list(labels)
-    if not out:
-        raise ValueError("classify needs at least one label")
-    if len(set(out)) != len(out):
-        raise ValueError("the labels must be distinct")
-    return out
-
-
-class InferenceClient(ABC):
-    """What the bot and the worker need from a model server."""
-
-    @abstractmethod
-    def chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        model: str | None = None,
-        max_tokens: int = 256,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        stop: Sequence[str] = (),
-        top_logprobs: int | None = None,
-    ) -> ChatResult: ...
-
-    @abstractmethod
-    def stream_chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        model: str | None = None,
-        max_tokens: int = 256,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        stop: Sequence[str] = (),
-    ) -> Iterator[str]:
-        """Text deltas as they are generated."""
-
-    @abstractmethod
-    def classify(
-        self, messages: Sequence[Message], labels: Sequence[str], *, model: str | None = None
-    ) -> Classification: ...
-
-    @abstractmethod
-    def models(self) -> list[ModelInfo]: ...
-
-    @abstractmethod
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        """Prompt tokens of ``messages`` with the chat template and the generation prompt."""
-
-    def max_model_len(self) -> int | None:
-        """The served context length (prompt plus completion), when the server says; asked
-        once, since it is fixed for the life of a server."""
-        known: int | None = getattr(self, "_max_model_len", None)
-        if known is None:
-            lengths = [m.max_model_len for m in self.models() if m.max_model_len]
-            known = min(lengths) if lengths else None
-            self._max_model_len = known
-        return known
-
-    @abstractmethod
-    def load_adapter(self, name: str, path: str) -> None: ...
-
-    @abstractmethod
-    def unload_adapter(self, name: str) -> None: ...
-
-    @abstractmethod
-    def health(self) -> bool: ...
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections or the engine."""
-
-
-# --- in process -----------------------------------------------------------------------------
-
-
-class LocalClient(InferenceClient):
-    """The client over an in-process engine (no URL configured)."""
-
-    def __init__(self, engine: LocalEngine, *, owns_engine: bool = False) -> None:
-        self.engine = engine
-        self.owns_engine = owns_engine
-
-    def _params(
-        self, max_tokens: int, temperature: float, top_p: float, stop: Sequence[str], top: int
-    ) -> SamplingParams:
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            stop=tuple(stop),
-            logprobs=top > 0,
-            top_logprobs=top,
-        )
-
-    def chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        model: str | None = None,
-        max_tokens: int = 256,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        stop: Sequence[str] = (),
-        top_logprobs: int | None = None,
-    ) -> ChatResult:
-        params = self._params(max_tokens, temperature, top_p, stop, top_logprobs or 0)
-        result = _local(lambda: self.engine.chat(messages, params, model).result())
-        logprobs = None
-        if result.logprobs is not None and top_logprobs:
-            logprobs = [{tok: lp for tok, _, lp in t.top} for t in result.logprobs]
-        return ChatResult(
-            text=result.text,
-            finish_reason=result.finish_reason,
-            usage=Usage(
-                result.prompt_tokens,
-                result.completion_tokens,
-                result.prompt_tokens + result.completion_tokens,
-            ),
-            logprobs=logprobs,
-        )
-
-    def stream_chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        model: str | None = None,
-        max_tokens: int = 256,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        stop: Sequence[str] = (),
-    ) -> Iterator[str]:
-        params = self._params(max_tokens, temperature, top_p, stop, 0)
-        handle = _local(lambda: self.engine.chat(messages, params, model))
-        try:
-            yield from handle.deltas()
-        finally:
-            handle.cancel()
-
-    def classify(
-        self, messages: Sequence[Message], labels: Sequence[str], *, model: str | None = None
-    ) -> Classification:
-        names = _check_labels(labels)
-        summed = _local(lambda: self.engine.score_labels(messages, names, model))
-        return classification(names, summed)
-
-    def models(self) -> list[ModelInfo]:
-        limit = self.engine.max_model_len
-        base = ModelInfo(self.engine.served_name, None, str(self.engine.model_path), limit)
-        adapters = [
-            ModelInfo(name, self.engine.served_name, path, limit)
-            for name, path in self.engine.adapters.items()
-        ]
-        return [base, *adapters]
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        return len(self.engine.chat_prompt(list(messages)))
-
-    def load_adapter(self, name: str, path: str) -> None:
-        _local(lambda: self.engine.load_adapter(name, path))
-
-    def unload_adapter(self, name: str) -> None:
-        _local(lambda: self.engine.unload_adapter(name))
-
-    def health(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        if self.owns_engine:
-            self.engine.close()
-
-
-def _local(call: Callable[[], T]) -> T:
-    try:
-        return call()
-    except UnknownModel as exc:
-        raise InferenceError(str(exc), 404) from exc
-    except EngineBusy as exc:
-        raise InferenceUnavailable(str(exc)) from exc
-    except EngineError as exc:
-        raise InferenceError(str(exc), 400) from exc
-
-
-# --- over HTTP ------------------------------------------------------------------------------
 
 
 class HttpClient(InferenceClient):
@@ -458,7 +203,7 @@ class HttpClient(InferenceClient):
     def classify(
         self, messages: Sequence[Message], labels: Sequence[str], *, model: str | None = None
     ) -> Classification:
-        names = _check_labels(labels)
+        names = check_labels(labels)
         name = self._model(model)
         chat = list(messages)
         # the prompt, the empty answer (what closes a turn) and each label's answer, at once
@@ -584,20 +329,3 @@ def _sse_deltas(lines: Iterator[str]) -> Iterator[str]:
 def _message_from(data: dict[str, Any]) -> str:
     err = data.get("error")
     return str(err.get("message")) if isinstance(err, dict) else str(err)
-
-
-def make_client(
-    url: str | None,
-    api_key: str | None,
-    engine_factory: Callable[[], LocalEngine],
-    *,
-    served_model_name: str | None = None,
-) -> InferenceClient:
-    """HTTP when a URL is configured (``BRANDBOT_INFERENCE_URL``), else the in-process engine.
-
-    ``engine_factory`` is only called in the second case, so an HTTP deployment never loads a
-    model.
-    """
-    if url:
-        return HttpClient(url, api_key=api_key, served_model_name=served_model_name)
-    return LocalClient(engine_factory(), owns_engine=True)
