@@ -32,6 +32,7 @@ from bot.plugin import (
     Context,
     Event,
     HandlerSpec,
+    HomeOpenedEvent,
     InternalEvent,
     MemberJoinedEvent,
     MessageChangedEvent,
@@ -98,6 +99,7 @@ def event_kind(event: Event) -> str:
         MessageChangedEvent: "message_changed",
         MessageDeletedEvent: "message_deleted",
         MemberJoinedEvent: "member_joined",
+        HomeOpenedEvent: "home_opened",
     }.get(type(event), "action")
 
 
@@ -156,6 +158,8 @@ class Runtime:
             return spec.kind == "message_deleted"
         if isinstance(event, MemberJoinedEvent):
             return spec.kind == "member_joined"
+        if isinstance(event, HomeOpenedEvent):
+            return spec.kind == "home_opened"
         if isinstance(event, ActionEvent):
             kind = {"button": "action", "view": "view", "shortcut": "shortcut"}[event.kind]
             if spec.kind != kind:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.console.view_text import render
 from bot.console.workspace import Workspace
 from bot.plugin import Button, ChatMessage
 
@@ -136,6 +137,14 @@ class ConsoleChat:
         self.out(
             f"    [form {len(self.views)}: {title}] answer with: submit {len(self.views)} TEXT"
         )
+
+    def publish_home(self, user: str, view: dict[str, Any]) -> None:
+        """Print the Home view as text; its buttons become numbered choices."""
+        self.out(f"    [Home of @{self.ws.user_name(user)}]")
+        for line, buttons in render(view):
+            if line:
+                self.out(f"    {line}")
+            self._offer(buttons, None, None, self.response_url(), line)
 
     def fetch_message(self, channel: str, ts: str) -> ChatMessage | None:
         message = self.ws.by_ts(channel, ts)

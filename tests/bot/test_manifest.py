@@ -31,6 +31,7 @@ METHOD_SCOPES = {
     "chat.postEphemeral": {"chat:write"},
     "chat.update": {"chat:write"},
     "views.open": set(),
+    "views.publish": set(),
     "auth.test": set(),
     "conversations.replies": {"channels:history", "groups:history"},
     "conversations.history": {"channels:history", "groups:history"},
