@@ -107,9 +107,14 @@ class HomePlugin(Plugin):
 
     @staticmethod
     def _tell(ctx: Context, user: str, text: str) -> None:
-        """A private message from the app (a Home button has no channel to answer in)."""
-        chat = ctx.chat
-        ctx.after_commit(lambda: chat.post(user, text))
+        """Answer the press after the commit: privately where it came with somewhere to answer
+        (the console), else as a message from the app (a Slack Home button has neither)."""
+        event = ctx.event
+        if getattr(event, "response_url", None) or getattr(event, "channel_id", None):
+            ctx.after_commit(ctx.respond, text)
+        else:
+            chat = ctx.chat
+            ctx.after_commit(lambda: chat.post(user, text))
 
     # ---- the tab ------------------------------------------------------------------------
 

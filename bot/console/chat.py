@@ -4,6 +4,8 @@ numbered choices that ``press N`` selects."""
 from __future__ import annotations
 
 import itertools
+import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,9 @@ from typing import Any
 from bot.console.view_text import render
 from bot.console.workspace import Workspace
 from bot.plugin import Button, ChatMessage
+
+MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+CHANNEL = re.compile(r"<#([CGD][A-Z0-9]+)(?:\|[^>]*)?>")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class ConsoleChat:
         self._url_no = itertools.count(1)
         self.current_user: str | None = None
         self.views: list[dict[str, Any]] = []
+        self.homes: dict[str, dict[str, Any]] = {}  # user -> the Home view published last
+        self.foreground: int | None = None  # the thread whose publishes are printed in full
 
     def response_url(self) -> str:
         return f"console://response/{next(self._url_no)}"
@@ -138,12 +145,24 @@ class ConsoleChat:
             f"    [form {len(self.views)}: {title}] answer with: submit {len(self.views)} TEXT"
         )
 
+    def _names(self, text: str) -> str:
+        """Slack's ``<@U…>`` and ``<#C…>`` as the console's ``@name`` and ``#name``."""
+        text = MENTION.sub(lambda m: "@" + self.ws.user_name(m.group(1)), text)
+        return CHANNEL.sub(lambda m: "#" + self.ws.channel_name(m.group(1)), text)
+
     def publish_home(self, user: str, view: dict[str, Any]) -> None:
-        """Print the Home view as text; its buttons become numbered choices."""
-        self.out(f"    [Home of @{self.ws.user_name(user)}]")
+        """Print the Home view as text, its buttons numbered choices, when it answers what the
+        person typed (``foreground``: the shell's thread); a refresh in the background only
+        says so, instead of printing the whole view under the prompt."""
+        self.homes[user] = view
+        name = self.ws.user_name(user)
+        if threading.get_ident() != self.foreground:
+            self.out(f"    (the Home of @{name} changed; `home` shows it)")
+            return
+        self.out(f"    [Home of @{name}]")
         for line, buttons in render(view):
             if line:
-                self.out(f"    {line}")
+                self.out("    " + self._names(line))
             self._offer(buttons, None, None, self.response_url(), line)
 
     def fetch_message(self, channel: str, ts: str) -> ChatMessage | None:
