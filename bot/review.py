@@ -27,29 +27,30 @@ def ask_approvers(ctx: Context, example_id: int) -> None:
     ctx.after_commit(lambda: [chat.post(p, text, buttons=buttons) for p in people])
 
 
-def settle(
-    ctx: Context, gate: Gate, value: str, user: str, *, approve: bool
-) -> tuple[str, str, Dataset | None]:
+def settle(ctx: Context, gate: Gate, value: str, user: str, *, approve: bool) -> tuple[str, str]:
     """Approve or reject the pending example ``value`` (its id) as ``user``: only the dataset's
     approvers decide, once. Returns (``gone`` | ``denied`` | ``already`` | ``approved`` |
-    ``rejected``, what to tell ``user``, the example's dataset)."""
+    ``rejected``, what to tell ``user``). A decision also publishes
+    ``example.decided`` (the other approvers' Home views drop the example)."""
     example = ctx.session.get(Example, int(value)) if value.isdigit() else None
     dataset = ctx.session.get(Dataset, example.dataset_id) if example else None
     if example is None or dataset is None:
-        return "gone", "That example is gone.", None
+        return "gone", "That example is gone."
     if not is_approver(dataset, user, ctx.chat, ctx.services.settings.admins):
-        return "denied", f"Only the approvers of `{dataset.name}` can decide on it.", dataset
+        return "denied", f"Only the approvers of `{dataset.name}` can decide on it."
     if example.status != "pending":
-        return "already", f"Example {example.id} is already {example.status}.", dataset
+        return "already", f"Example {example.id} is already {example.status}."
+    ctx.publish("example.decided", {"example_id": example.id, "dataset_id": dataset.id,
+                                    "by": user, "approved": approve})  # fmt: skip
     if approve:
         gate.approve(example, user, "button", "label" if example.label else "approve")
         return "approved", (f"Approved by <@{user}>: example {example.id} is training data "
-                            f"for `{dataset.name}` now."), dataset  # fmt: skip
+                            f"for `{dataset.name}` now.")  # fmt: skip
     gate.withdraw(example, user, "rejected")
-    return "rejected", f"Rejected by <@{user}>: example {example.id} is not trained on.", dataset
+    return "rejected", f"Rejected by <@{user}>: example {example.id} is not trained on."
 
 
 def decide(ctx: Context, gate: Gate, event: ActionEvent, *, approve: bool) -> None:
     """An Approve or Reject press under a private message: ``settle``, answered in place."""
-    outcome, message, _ = settle(ctx, gate, event.value, event.user_id, approve=approve)
+    outcome, message = settle(ctx, gate, event.value, event.user_id, approve=approve)
     ctx.respond(message, replace_original=outcome != "denied")

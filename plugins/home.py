@@ -149,18 +149,19 @@ class HomePlugin(Plugin):
 
     def _decide(self, event: ActionEvent, ctx: Context, *, approve: bool) -> None:
         gate = Gate(ctx.session, scrubber=scrubber_for_settings(ctx.services.settings))
-        outcome, message, dataset = settle(ctx, gate, event.value, event.user_id, approve=approve)
+        outcome, message = settle(ctx, gate, event.value, event.user_id, approve=approve)
         if outcome in ("gone", "denied"):
             log.info("home %s refused: %s", event.action_id, outcome,
                      extra={"user_id": event.user_id})  # fmt: skip
             self._tell(ctx, event.user_id, message)
             return
-        ctx.after_commit(self.refresh, [event.user_id])
-        self._refresh_for(ctx, dataset, approvers=True)
+        ctx.after_commit(self.refresh, [event.user_id])  # the others: ``example.decided``
 
     @on_event("example.pending")
+    @on_event("example.decided")
     def pending(self, event: InternalEvent, ctx: Context) -> None:
-        """A new pending example: its approvers' open views list it."""
+        """A new pending example, or one decided (here or under a private message): its
+        approvers' open views list it or drop it."""
         example = ctx.session.get(Example, int(event.payload["example_id"]))
         dataset = ctx.session.get(Dataset, example.dataset_id) if example else None
         self._refresh_for(ctx, dataset, approvers=True)

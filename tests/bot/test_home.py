@@ -25,7 +25,7 @@ from bot.home_view import (
 )
 from bot.plugin_loader import PluginEntry
 from bot.storage import Database
-from bot.storage.models import Adapter, Dataset, Example, TrainingRun, utcnow
+from bot.storage.models import Adapter, Dataset, Example, OutboxEvent, TrainingRun, utcnow
 from bot.storage.repositories import Datasets, Outbox
 from bot.testkit import payloads
 from bot.testkit.blockkit import view_problems
@@ -268,6 +268,9 @@ def test_an_approvers_approve_button_makes_the_example_trainable_and_unlisted(ho
     assert chosen not in pending_ids(refreshed)
     assert headers(refreshed)[0] == f"Waiting for you ({SMALL - 1})"
     assert len(pending_ids(refreshed)) == PENDING_PAGE, "the next one moves up"
+    with home.db.session() as s:  # for the other approvers' open views
+        (decided,) = s.scalars(select(OutboxEvent).where(OutboxEvent.topic == "example.decided"))
+        assert decided.payload["example_id"] == chosen and decided.payload["approved"] is True
 
 
 def test_a_non_approver_sees_no_approvals_and_cannot_replay_the_button(home_sqlite: Home) -> None:
