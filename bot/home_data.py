@@ -7,6 +7,7 @@ grouped queries cover every dataset, so a workspace with many datasets stays che
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,10 +25,12 @@ from bot.home_view import (
     RunLine,
 )
 from bot.plugin import ChatAPI
-from bot.storage.models import Adapter, Dataset, Example, TrainingRun
+from bot.signals import production_signals
+from bot.storage.models import Adapter, Dataset, Example, TrainingRun, utcnow
 
 HEADLINE = {"draft": "answer_perplexity", "classify": "macro_f1"}
 LAST_RUNS = 5
+SIGNALS_DAYS = 30
 
 
 def visible(
@@ -100,8 +103,23 @@ def _card(
         new_since_training=counts["new"], adapter=adapter.name if adapter else None,
         metric=metric, value=value, base_value=base,
         next_training=next_fire(dataset.schedule_cron, dataset.schedule_timezone),
-        dataset_id=dataset.id, retrain_token=str(latest or 0),
+        dataset_id=dataset.id, retrain_token=str(latest or 0), signals=_signals(session, dataset),
     )  # fmt: skip
+
+
+def _signals(session: Session, dataset: Dataset) -> str:
+    """``12 drafts posted, revision rate 0.180`` or ``label correction rate 0.050 of 40``."""
+    since = utcnow() - dt.timedelta(days=SIGNALS_DAYS)
+    s = production_signals(session, dataset, since)
+    parts = []
+    if s["drafts_posted"]:
+        rate = s["draft_revision_rate"]
+        parts.append(f"{s['drafts_posted']} drafts posted"
+                     + (f", revision rate {rate:.3f}" if rate is not None else ""))  # fmt: skip
+    if s["predictions_resolved"]:
+        parts.append(f"label correction rate {s['label_correction_rate']:.3f} of "
+                     f"{s['predictions_resolved']} resolved")  # fmt: skip
+    return "; ".join(parts)
 
 
 def _number(value: Any) -> float | None:

@@ -1,7 +1,8 @@
 """The App Home view of one person, as Block Kit: pure functions of ``HomeData``.
 
 Three sections: *Waiting for you* (approvers: pending examples with Approve / Reject), *Datasets*
-(counts, the active adapter and its headline metric against the base model, the next training)
+(counts, the active adapter and its headline metric against the base model, the next training,
+the production signals of the last 30 days)
 and, for admins, Retrain / Roll back buttons behind a confirmation dialog and the last runs.
 
 Slack refuses a view of more than 100 blocks and clips nothing itself (a section's text holds
@@ -55,6 +56,7 @@ class DatasetCard:
     next_training: dt.datetime | None = None
     dataset_id: int = 0
     retrain_token: str = ""  # the latest run id when the view was built ("0": none)
+    signals: str = ""  # production signals of the last 30 days, one line ("": none yet)
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,7 @@ def _dataset_text(card: DatasetCard) -> str:
         f"{card.active} active · {card.pending} pending · {card.heldout} held out · "
         f"{card.new_since_training} new since the last training\n"
         f"{metric_line(card)}\nnext training: {nxt}"
+        + (f"\nlast 30 days: {card.signals}" if card.signals else "")
     )
 
 

@@ -25,7 +25,15 @@ from bot.home_view import (
 )
 from bot.plugin_loader import PluginEntry
 from bot.storage import Database
-from bot.storage.models import Adapter, Dataset, Example, OutboxEvent, TrainingRun, utcnow
+from bot.storage.models import (
+    Adapter,
+    Dataset,
+    Draft,
+    Example,
+    OutboxEvent,
+    TrainingRun,
+    utcnow,
+)
 from bot.storage.repositories import Datasets, Outbox
 from bot.testkit import payloads
 from bot.testkit.blockkit import view_problems
@@ -79,6 +87,10 @@ def workspace(url: str, pending: int) -> Database:
                           metrics={"base": {"answer_perplexity": 12.0}})  # fmt: skip
         s.add(run)
         s.flush()
+        for distance in (10, 0):  # two drafts posted this week, one edited by a tenth
+            s.add(Draft(dataset_id=made[0].id, brief="autumn chai", requested_by=PRIYA,
+                        status="posted", final_text="x" * 100, edit_distance=distance,
+                        posted_at=utcnow()))  # fmt: skip
         s.add(Adapter(dataset_id=made[0].id, name="ds00-v1", version=1, status="active",
                       run_id=run.id, path="/nowhere", metrics={"answer_perplexity": 8.5}))  # fmt: skip
     return database
@@ -229,6 +241,7 @@ def check_pages(home: Home) -> None:
     assert len(first) == PENDING_PAGE
     assert len(buttons(view, "home_approve")) == len(buttons(view, "home_reject")) == PENDING_PAGE
     assert "`ds00-v1`: answer perplexity 8.500 (base 12.000, better by 3.500)" in text_of(view)
+    assert "last 30 days: 2 drafts posted, revision rate 0.050" in text_of(view)
     assert "Priya" not in text_of(view) and f"<@{PRIYA}>" in text_of(view)
     assert not buttons(view, "home_retrain"), "Jonas is no admin"
 
