@@ -408,3 +408,41 @@ def test_the_view_clips_what_would_break_a_limit() -> None:
     assert view_problems(view) == []
     assert len(view["blocks"]) <= 71
     assert "macro f1 0.500 (base 0.250, better by 0.250)" in text_of(view)
+
+
+def test_the_messages_tab_and_a_retried_delivery_publish_nothing_more(home_sqlite: Home) -> None:
+    home = home_sqlite
+    home.send(payloads.event_callback(payloads.app_home_opened(JONAS, tab="messages")))
+    assert home.publishes(JONAS) == []
+    body = payloads.event_callback(payloads.app_home_opened(JONAS))
+    home.send(body)
+    assert signed_post(home.bot.events_url, home.secret, body, retry_num=1).status_code == 200
+    assert len(home.publishes(JONAS)) == 1
+
+
+def test_junk_button_values_change_nothing(home_sqlite: Home) -> None:
+    home = home_sqlite
+    home.open(MAYA)
+    before = runs(home.db)
+    for action, value in [("home_approve", "abc"), ("home_reject", "-1"),
+                          ("home_retrain", "x:y"), ("home_retrain", "99999:0"),
+                          ("home_rollback", "nope"), ("home_page_next_pending", "bogus:1")]:  # fmt: skip
+        home.press(MAYA, action, value)
+    home.press(MAYA, "home_approve", "999999")
+    assert home.wait_dms(MAYA, 3) == ["That example is gone."] * 3  # abc, -1, 999999
+    assert runs(home.db) == before
+    with home.db.session() as s:
+        assert s.scalar(select(func.count()).where(Example.status == "pending")) == SMALL
+
+
+def test_roll_back_takes_out_only_the_adapter_the_view_showed(home_sqlite: Home) -> None:
+    home = home_sqlite
+    (rollback,) = buttons(home.open(MAYA), "home_rollback")
+    dataset_id = rollback["value"].split(":")[0]
+    home.press(MAYA, "home_rollback", f"{dataset_id}:ds00-v0")
+    assert home.wait_dms(MAYA, 1)[-1] == "Not rolled back: `ds00-v0` is no longer active."
+    for n in (2, 3):  # refused without a model server, and not marked done: it can be retried
+        home.press(MAYA, "home_rollback", rollback["value"])
+        assert home.wait_dms(MAYA, n)[-1] == "Not rolled back: no model server is configured."
+    with home.db.session() as s:
+        assert s.scalar(select(Adapter.status).where(Adapter.name == "ds00-v1")) == "active"
