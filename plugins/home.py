@@ -120,14 +120,10 @@ class HomePlugin(Plugin):
 
     @on_home_opened()
     def opened(self, event: HomeOpenedEvent, ctx: Context) -> None:
-        """Publish the person's Home view."""
+        """Publish the person's Home view, after the ack: reading a workspace's datasets and
+        their channels' privacy may take Slack longer than the 3 seconds an event may."""
         self.viewers[event.user_id] = time.monotonic()
-        pages = self.pages.get(event.user_id, {})
-        data = home_data(
-            ctx.session, event.user_id, ctx.chat, ctx.services.settings.admins,
-            pending_page=pages.get("pending", 0), dataset_page=pages.get("datasets", 0),
-        )  # fmt: skip
-        ctx.after_commit(ctx.chat.publish_home, event.user_id, build_home(data))
+        ctx.submit_after_commit(self.publish, event.user_id, name="home.publish")
 
     @on_action("home_page_*")
     def page(self, event: ActionEvent, ctx: Context) -> None:

@@ -49,6 +49,7 @@ class ConsoleChat:
         self.views: list[dict[str, Any]] = []
         self.homes: dict[str, dict[str, Any]] = {}  # user -> the Home view published last
         self.foreground: int | None = None  # the thread whose publishes are printed in full
+        self.home_asked: set[str] = set()  # people who typed `home`, until their view is shown
 
     def response_url(self) -> str:
         return f"console://response/{next(self._url_no)}"
@@ -152,11 +153,13 @@ class ConsoleChat:
 
     def publish_home(self, user: str, view: dict[str, Any]) -> None:
         """Print the Home view as text, its buttons numbered choices, when it answers what the
-        person typed (``foreground``: the shell's thread); a refresh in the background only
-        says so, instead of printing the whole view under the prompt."""
+        person typed (``home``, or a press on the shell's thread, ``foreground``); a refresh in
+        the background only says so, instead of printing the whole view under the prompt."""
         self.homes[user] = view
         name = self.ws.user_name(user)
-        if threading.get_ident() != self.foreground:
+        asked = user in self.home_asked
+        self.home_asked.discard(user)
+        if not asked and threading.get_ident() != self.foreground:
             self.out(f"    (the Home of @{name} changed; `home` shows it)")
             return
         self.out(f"    [Home of @{name}]")

@@ -136,6 +136,7 @@ class Shell:
         elif line == "wait":
             self._wait()
         elif line == "home":
+            self.chat.home_asked.add(self.user)
             event = HomeOpenedEvent(
                 user_id=self.user, event_id=self._eid(), team_id=self.ws.team_id
             )

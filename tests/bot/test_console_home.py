@@ -68,6 +68,11 @@ def test_home_shows_the_view_as_text_and_its_buttons_work(db: Database, tmp_path
     with db.session() as s:
         example = s.get(Example, outcome.example_id)
         assert example is not None and (example.status, example.approver_id) == ("active", MAYA)
+    plugin = sh.runtime.plugins[0]
+    assert isinstance(plugin, HomePlugin)
+    plugin.refresher.flush()  # the refresh after the decision, in the background
+    assert plugin.refresher.wait_idle()
+    assert lines[-1] == "    (the Home of @maya changed; `home` shows it)"
     sh.execute("home")
     assert "Waiting for you (0)" in "\n".join(lines)
     assert chat.homes[MAYA]["type"] == "home"

@@ -136,9 +136,10 @@ class Home:
                 if c.args.get("user_id") == user and c.ok]  # fmt: skip
 
     def open(self, user: str) -> dict[str, Any]:
-        """Open the Home tab; the view is published before the event is answered."""
+        """Open the Home tab; the view is published after the event is answered."""
         before = len(self.publishes(user))
         self.send(payloads.event_callback(payloads.app_home_opened(user)))
+        self.bot.runtime.services.jobs.wait_idle()
         views = self.publishes(user)
         assert len(views) > before  # a refresh may have come too; the last is the newest
         return views[-1]
@@ -417,6 +418,7 @@ def test_the_messages_tab_and_a_retried_delivery_publish_nothing_more(home_sqlit
     body = payloads.event_callback(payloads.app_home_opened(JONAS))
     home.send(body)
     assert signed_post(home.bot.events_url, home.secret, body, retry_num=1).status_code == 200
+    home.bot.runtime.services.jobs.wait_idle()
     assert len(home.publishes(JONAS)) == 1
 
 
