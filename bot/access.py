@@ -61,3 +61,28 @@ def approvers_of(dataset: Dataset, chat: ChatAPI, admins: Iterable[str]) -> list
     if not dataset.approvers and not dataset.approver_groups:
         people = list(admins)
     return list(dict.fromkeys(people))
+
+
+def may_see(
+    dataset: Dataset,
+    user: str,
+    chat: ChatAPI,
+    admins: Iterable[str],
+    private: dict[str, bool] | None = None,
+) -> bool:
+    """Whether ``user`` may see that ``dataset`` exists (its name and counts, as on the Home
+    tab): a dataset fed by a private channel is shown only to that channel's members, its
+    approvers and the admins; any other dataset to everybody. ``private`` caches
+    ``chat.is_private`` across the datasets of one view."""
+    private = {} if private is None else private
+    channels = list(dict.fromkeys([*dataset.channels, *dataset.ticket_channels]))
+    for channel in channels:
+        if channel not in private:
+            private[channel] = chat.is_private(channel)
+    closed = [c for c in channels if private[c]]
+    if not closed:
+        return True
+    admins = list(admins)
+    if user in admins or is_approver(dataset, user, chat, admins):
+        return True
+    return any(user in chat.channel_members(c) for c in closed)

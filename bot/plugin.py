@@ -26,6 +26,18 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from bot.durable import submission
+from bot.plugin_events import (
+    ActionEvent,
+    CommandEvent,
+    Event,
+    HomeOpenedEvent,
+    InternalEvent,
+    MemberJoinedEvent,
+    MessageChangedEvent,
+    MessageDeletedEvent,
+    MessageEvent,
+    ReactionEvent,
+)
 from bot.ratelimit import RateLimiter
 from serving.client import InferenceClient, InferenceUnavailable
 
@@ -34,87 +46,21 @@ if TYPE_CHECKING:
     from bot.settings import Settings
     from bot.storage.db import Database
 
+# The events live in bot.plugin_events; plugins import them from here, with the rest of the API.
+__all__ = [
+    "ActionEvent",
+    "CommandEvent",
+    "Event",
+    "HomeOpenedEvent",
+    "InternalEvent",
+    "MemberJoinedEvent",
+    "MessageChangedEvent",
+    "MessageDeletedEvent",
+    "MessageEvent",
+    "ReactionEvent",
+]
+
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-# ---- events -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Event:
-    """Common fields. ``event_id`` identifies the delivery across retries (None: not deduped)."""
-
-    user_id: str
-    channel_id: str | None = None
-    event_id: str | None = None
-    team_id: str | None = None
-
-
-@dataclass(frozen=True)
-class CommandEvent(Event):
-    command: str = ""
-    text: str = ""
-    response_url: str | None = None
-    trigger_id: str | None = None
-
-
-@dataclass(frozen=True)
-class ReactionEvent(Event):
-    reaction: str = ""
-    message_ts: str = ""
-    item_user: str | None = None
-    added: bool = True
-
-
-@dataclass(frozen=True)
-class MessageEvent(Event):
-    text: str = ""
-    ts: str = ""
-    thread_ts: str | None = None
-    bot_id: str | None = None
-    subtype: str | None = None
-    match: re.Match[str] | None = None
-
-
-@dataclass(frozen=True)
-class MessageChangedEvent(Event):
-    ts: str = ""
-    text: str = ""
-    previous_text: str | None = None
-
-
-@dataclass(frozen=True)
-class MessageDeletedEvent(Event):
-    ts: str = ""
-
-
-@dataclass(frozen=True)
-class MemberJoinedEvent(Event):
-    pass
-
-
-@dataclass(frozen=True)
-class ActionEvent(Event):
-    """A button press (``kind="button"``), a modal submission (``"view"``) or a shortcut."""
-
-    kind: str = "button"
-    action_id: str = ""
-    value: str = ""
-    message_ts: str | None = None
-    response_url: str | None = None
-    trigger_id: str | None = None
-    values: dict[str, Any] = field(default_factory=dict)
-    private_metadata: str = ""
-    message_text: str | None = None
-
-
-@dataclass(frozen=True)
-class InternalEvent:
-    """An outbox event (a run finished, an adapter promoted, ...), delivered exactly once."""
-
-    topic: str
-    payload: dict[str, Any]
-    event_id: str
 
 
 # ---- what a handler can use ---------------------------------------------------------------
@@ -202,6 +148,10 @@ class ChatAPI(Protocol):
     ) -> None: ...
 
     def open_modal(self, trigger_id: str, view: dict[str, Any]) -> None: ...
+
+    def publish_home(self, user: str, view: dict[str, Any]) -> None:
+        """Show ``view`` (a Block Kit ``home`` view) as ``user``'s Home tab."""
+        ...
 
     def fetch_message(self, channel: str, ts: str) -> ChatMessage | None:
         """The message with its thread replies; None when it cannot be read."""
@@ -363,7 +313,7 @@ class Requirement:
 @dataclass(frozen=True)
 class HandlerSpec:
     kind: str  # command | reaction | message | message_changed | message_deleted | member_joined
-    #          | action | view | shortcut | schedule | internal
+    #          | action | view | shortcut | schedule | internal | home_opened
     key: str = ""  # the command, emoji, action_id, callback_id, cron or topic
     pattern: re.Pattern[str] | None = None
     added: bool = True
@@ -423,6 +373,11 @@ def on_message_deleted() -> Callable[[F], F]:
 def on_member_joined() -> Callable[[F], F]:
     """A member (the bot included) joined a channel."""
     return _mark(HandlerSpec("member_joined"))
+
+
+def on_home_opened() -> Callable[[F], F]:
+    """A person opened the app's Home tab (``HomeOpenedEvent``)."""
+    return _mark(HandlerSpec("home_opened"))
 
 
 def on_action(action_id: str) -> Callable[[F], F]:

@@ -27,24 +27,30 @@ def ask_approvers(ctx: Context, example_id: int) -> None:
     ctx.after_commit(lambda: [chat.post(p, text, buttons=buttons) for p in people])
 
 
-def decide(ctx: Context, gate: Gate, event: ActionEvent, *, approve: bool) -> None:
-    """An Approve or Reject press: only the dataset's approvers decide, once."""
-    example = ctx.session.get(Example, int(event.value)) if event.value.isdigit() else None
+def settle(ctx: Context, gate: Gate, value: str, user: str, *, approve: bool) -> tuple[str, str]:
+    """Approve or reject the pending example ``value`` (its id) as ``user``: only the dataset's
+    approvers decide, once. Returns (``gone`` | ``denied`` | ``already`` | ``approved`` |
+    ``rejected``, what to tell ``user``). A decision also publishes
+    ``example.decided`` (the other approvers' Home views drop the example)."""
+    example = ctx.session.get(Example, int(value)) if value.isdigit() else None
     dataset = ctx.session.get(Dataset, example.dataset_id) if example else None
     if example is None or dataset is None:
-        ctx.respond("That example is gone.", replace_original=True)
-        return
-    if not is_approver(dataset, event.user_id, ctx.chat, ctx.services.settings.admins):
-        ctx.respond(f"Only the approvers of `{dataset.name}` can decide on it.")
-        return
+        return "gone", "That example is gone."
+    if not is_approver(dataset, user, ctx.chat, ctx.services.settings.admins):
+        return "denied", f"Only the approvers of `{dataset.name}` can decide on it."
     if example.status != "pending":
-        ctx.respond(f"Example {example.id} is already {example.status}.", replace_original=True)
-        return
+        return "already", f"Example {example.id} is already {example.status}."
+    ctx.publish("example.decided", {"example_id": example.id, "dataset_id": dataset.id,
+                                    "by": user, "approved": approve})  # fmt: skip
     if approve:
-        gate.approve(example, event.user_id, "button", "label" if example.label else "approve")
-        ctx.respond(f"Approved by <@{event.user_id}>: example {example.id} is training data "
-                    f"for `{dataset.name}` now.", replace_original=True)  # fmt: skip
-    else:
-        gate.withdraw(example, event.user_id, "rejected")
-        ctx.respond(f"Rejected by <@{event.user_id}>: example {example.id} is not trained on.",
-                    replace_original=True)  # fmt: skip
+        gate.approve(example, user, "button", "label" if example.label else "approve")
+        return "approved", (f"Approved by <@{user}>: example {example.id} is training data "
+                            f"for `{dataset.name}` now.")  # fmt: skip
+    gate.withdraw(example, user, "rejected")
+    return "rejected", f"Rejected by <@{user}>: example {example.id} is not trained on."
+
+
+def decide(ctx: Context, gate: Gate, event: ActionEvent, *, approve: bool) -> None:
+    """An Approve or Reject press under a private message: ``settle``, answered in place."""
+    outcome, message = settle(ctx, gate, event.value, event.user_id, approve=approve)
+    ctx.respond(message, replace_original=outcome != "denied")

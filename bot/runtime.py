@@ -29,6 +29,7 @@ from bot.plugin import (
     Context,
     Event,
     HandlerSpec,
+    HomeOpenedEvent,
     InternalEvent,
     MemberJoinedEvent,
     MessageChangedEvent,
@@ -94,6 +95,7 @@ def event_kind(event: Event) -> str:
         MessageChangedEvent: "message_changed",
         MessageDeletedEvent: "message_deleted",
         MemberJoinedEvent: "member_joined",
+        HomeOpenedEvent: "home_opened",
     }.get(type(event), "action")
 
 
@@ -152,6 +154,8 @@ class Runtime:
             return spec.kind == "message_deleted"
         if isinstance(event, MemberJoinedEvent):
             return spec.kind == "member_joined"
+        if isinstance(event, HomeOpenedEvent):
+            return spec.kind == "home_opened"
         if isinstance(event, ActionEvent):
             kind = {"button": "action", "view": "view", "shortcut": "shortcut"}[event.kind]
             if spec.kind != kind:

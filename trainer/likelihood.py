@@ -86,9 +86,9 @@ def answer_nll_many(
     loader: Any = AutoModelForCausalLM
     model: Any = loader.from_pretrained(str(base_dir), dtype=torch.float32)
     if device == "cpu":
-        from serving.engine import _pack_linears
+        from serving.engine.cpu_pack import pack_linears
 
-        _pack_linears(model)  # oneDNN-prepacked weights: the engine's faster CPU products
+        pack_linears(model)  # oneDNN-prepacked weights: the engine's faster CPU products
     names: dict[int, str] = {}
     for at, folder in enumerate(adapter_dirs):
         if folder is None:

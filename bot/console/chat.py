@@ -4,13 +4,19 @@ numbered choices that ``press N`` selects."""
 from __future__ import annotations
 
 import itertools
+import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.console.view_text import render
 from bot.console.workspace import Workspace
 from bot.plugin import Button, ChatMessage
+
+MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+CHANNEL = re.compile(r"<#([CGD][A-Z0-9]+)(?:\|[^>]*)?>")
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,9 @@ class ConsoleChat:
         self._url_no = itertools.count(1)
         self.current_user: str | None = None
         self.views: list[dict[str, Any]] = []
+        self.homes: dict[str, dict[str, Any]] = {}  # user -> the Home view published last
+        self.foreground: int | None = None  # the thread whose publishes are printed in full
+        self.home_asked: set[str] = set()  # people who typed `home`, until their view is shown
 
     def response_url(self) -> str:
         return f"console://response/{next(self._url_no)}"
@@ -136,6 +145,28 @@ class ConsoleChat:
         self.out(
             f"    [form {len(self.views)}: {title}] answer with: submit {len(self.views)} TEXT"
         )
+
+    def _names(self, text: str) -> str:
+        """Slack's ``<@U…>`` and ``<#C…>`` as the console's ``@name`` and ``#name``."""
+        text = MENTION.sub(lambda m: "@" + self.ws.user_name(m.group(1)), text)
+        return CHANNEL.sub(lambda m: "#" + self.ws.channel_name(m.group(1)), text)
+
+    def publish_home(self, user: str, view: dict[str, Any]) -> None:
+        """Print the Home view as text, its buttons numbered choices, when it answers what the
+        person typed (``home``, or a press on the shell's thread, ``foreground``); a refresh in
+        the background only says so, instead of printing the whole view under the prompt."""
+        self.homes[user] = view
+        name = self.ws.user_name(user)
+        asked = user in self.home_asked
+        self.home_asked.discard(user)
+        if not asked and threading.get_ident() != self.foreground:
+            self.out(f"    (the Home of @{name} changed; `home` shows it)")
+            return
+        self.out(f"    [Home of @{name}]")
+        for line, buttons in render(view):
+            if line:
+                self.out("    " + self._names(line))
+            self._offer(buttons, None, None, self.response_url(), line)
 
     def fetch_message(self, channel: str, ts: str) -> ChatMessage | None:
         message = self.ws.by_ts(channel, ts)

@@ -14,6 +14,7 @@
     #CHANNEL                switch channel, e.g. #brand-copy
     @USER                   act as USER, e.g. @maya
     history [K]             show the last K messages of the channel (default 20)
+    home                    open your Home tab (what waits for you, datasets, runs)
     wait                    wait until queued training runs and background work are done
     channels | users        list them
     help                    this text
@@ -25,6 +26,7 @@ Lines starting with ``//`` are comments (scripts may use them).
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 
@@ -34,6 +36,7 @@ from bot.plugin import (
     ActionEvent,
     CommandEvent,
     Event,
+    HomeOpenedEvent,
     MessageChangedEvent,
     MessageDeletedEvent,
     MessageEvent,
@@ -76,6 +79,7 @@ class Shell:
 
     def _dispatch(self, event: Event, *, reporting: bool = False) -> None:
         self.chat.current_user = self.user
+        self.chat.foreground = threading.get_ident()
         if reporting:
             self.runtime.handle_reporting(event, self._reply(event))
         else:
@@ -131,6 +135,12 @@ class Shell:
             self._history(int(m.group(1) or 20))
         elif line == "wait":
             self._wait()
+        elif line == "home":
+            self.chat.home_asked.add(self.user)
+            event = HomeOpenedEvent(
+                user_id=self.user, event_id=self._eid(), team_id=self.ws.team_id
+            )
+            self._dispatch(event)
         elif line == "channels":
             for cid, c in self.ws.channels.items():
                 self.out(f"    #{c.get('name')} ({cid}) {c.get('purpose', '')}")

@@ -226,6 +226,8 @@ class SlackBridge:
                 self.chat.respond(url, text)
             elif event.channel_id:
                 self.chat.ephemeral(event.channel_id, event.user_id, text)
+            else:  # a button of the Home tab: no channel, so a private message
+                self.chat.post(event.user_id, text)
 
         return reply
 

@@ -213,6 +213,9 @@ class SlackChat:
     def open_modal(self, trigger_id: str, view: dict[str, Any]) -> None:
         self._call("views.open", trigger_id=trigger_id, view=view)
 
+    def publish_home(self, user: str, view: dict[str, Any]) -> None:
+        self._call("views.publish", user_id=user, view=view)
+
     def fetch_message(self, channel: str, ts: str) -> ChatMessage | None:
         """The message (a thread reply too), with its replies and its thread parent; None if
         it is gone or the bot cannot read it."""

@@ -12,6 +12,7 @@ from bot.plugin import (
     ActionEvent,
     CommandEvent,
     Event,
+    HomeOpenedEvent,
     MemberJoinedEvent,
     MessageChangedEvent,
     MessageDeletedEvent,
@@ -56,6 +57,13 @@ def from_event(body: dict[str, Any]) -> Event | None:
         if not (user and channel):
             return None
         return MemberJoinedEvent(user_id=user, channel_id=channel, event_id=event_id, team_id=team)
+    if kind == "app_home_opened":
+        user = _s(event.get("user"))
+        if not user or event.get("tab") != "home":  # the Messages tab opens too
+            return None
+        view = event.get("view")
+        view_id = _s(view.get("id")) if isinstance(view, dict) else None
+        return HomeOpenedEvent(user_id=user, event_id=event_id, team_id=team, view_id=view_id)
     if kind == "app_mention":
         user, channel, ts = _s(event.get("user")), _s(event.get("channel")), _s(event.get("ts"))
         if not (user and channel and ts):

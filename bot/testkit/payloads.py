@@ -38,11 +38,13 @@ __all__ = [
     "TEAM_DOMAIN",
     "TEAM_ID",
     "VERIFICATION_TOKEN",
+    "app_home_opened",
     "app_mention",
     "block_actions",
     "encode",
     "envelope_type",
     "event_callback",
+    "home_block_actions",
     "member_joined_channel",
     "message",
     "message_changed",
@@ -332,6 +334,23 @@ def app_mention(
     return event
 
 
+def app_home_opened(
+    user: str, tab: str = "home", view: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``app_home_opened``: ``user`` opened the app's ``home`` (or ``messages``) tab; ``view``
+    is the Home view published for them before, if any."""
+    event: dict[str, Any] = {
+        "type": "app_home_opened",
+        "user": user,
+        "channel": "D" + user.removeprefix("U").removeprefix("W"),
+        "tab": tab,
+        "event_ts": new_ts(),
+    }
+    if view is not None:
+        event["view"] = view
+    return event
+
+
 def member_joined_channel(
     user: str, channel: str, channel_type: str = "C", inviter: str | None = None
 ) -> dict[str, Any]:
@@ -441,6 +460,36 @@ def block_actions(
             "blocks": [],
         }
     return payload
+
+
+def home_block_actions(
+    user: str, action_id: str, value: str | None, view: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A ``block_actions`` payload for a button of the Home tab: ``container`` is the view,
+    and there is neither a channel nor a ``response_url``."""
+    view = view or {"id": new_id("V"), "type": "home", "blocks": []}
+    action: dict[str, Any] = {
+        "action_id": action_id,
+        "block_id": "home",
+        "text": {"type": "plain_text", "text": "Button", "emoji": True},
+        "type": "button",
+        "action_ts": new_ts(),
+    }
+    if value is not None:
+        action["value"] = value
+    return {
+        "type": "block_actions",
+        "user": _user_object(user, TEAM_ID),
+        "api_app_id": API_APP_ID,
+        "token": VERIFICATION_TOKEN,
+        "container": {"type": "view", "view_id": view.get("id", "")},
+        "trigger_id": _trigger_id(),
+        "team": {"id": TEAM_ID, "domain": TEAM_DOMAIN},
+        "enterprise": None,
+        "is_enterprise_install": False,
+        "view": view,
+        "actions": [action],
+    }
 
 
 def _state_values(values: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from urllib.parse import parse_qsl, urlsplit
 from slack_sdk import WebClient
 
 from bot.testkit import payloads
+from bot.testkit.blockkit import view_problems
 from bot.testkit.payloads import new_id, new_ts
 
 __all__ = ["Call", "FakeSlack", "SlackError", "UploadedFile"]
@@ -572,6 +573,20 @@ class FakeSlack:
                         f"got {len(found)}; calls seen: {seen}"
                     )
                 self._changed.wait(left)
+
+    def wait_until(
+        self, check: Callable[[list[Call]], bool], timeout: float = 5.0, what: str = "a condition"
+    ) -> list[Call]:
+        """Block until ``check(calls)`` holds for the calls received so far; returns the calls.
+        Raises ``TimeoutError`` naming ``what`` when it does not hold in time."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not check(list(self.calls)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{what} did not happen within {timeout}s")
+                self._changed.wait(left)
+            return list(self.calls)
 
     def response_url(self, id: str | None = None) -> str:
         """A response_url on this server; JSON posted there is recorded under ``id``."""
@@ -1193,9 +1208,13 @@ class FakeSlack:
         return {"view": copy.deepcopy(view)}
 
     def _views_publish(self, call: Call, actor: str) -> dict[str, Any]:
+        """Publishes a Home view, refused (``invalid_arguments``) past Slack's limits."""
         user = str(_required(call.args, "user_id", "invalid_arguments"))
         if user not in self._users:
             raise SlackError("user_not_found")
+        spec = call.args.get("view")
+        if not isinstance(spec, dict) or spec.get("type") != "home" or view_problems(spec):
+            raise SlackError("invalid_arguments")
         previous = self._home_views.get(user)
         view = self._view_object(call.args.get("view"), previous["id"] if previous else None)
         self._home_views[user] = view

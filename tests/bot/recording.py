@@ -48,6 +48,9 @@ class RecordingChat:
     def open_modal(self, trigger_id: str, view: dict[str, Any]) -> None:
         self._rec("modal", trigger_id=trigger_id, view=view)
 
+    def publish_home(self, user: str, view: dict[str, Any]) -> None:
+        self._rec("home", user=user, view=view)
+
     def fetch_message(self, channel: str, ts: str) -> ChatMessage | None:
         return self.messages.get((channel, ts))
 

@@ -24,6 +24,7 @@ EVENTS_OF_KIND = {
     "message_changed": {"message.channels", "message.groups"},
     "message_deleted": {"message.channels", "message.groups"},
     "member_joined": {"member_joined_channel"},
+    "home_opened": {"app_home_opened"},
 }
 # Slack's documented bot scope for each Web API method and event (api.slack.com/methods, /events).
 METHOD_SCOPES = {
@@ -31,6 +32,7 @@ METHOD_SCOPES = {
     "chat.postEphemeral": {"chat:write"},
     "chat.update": {"chat:write"},
     "views.open": set(),
+    "views.publish": set(),
     "auth.test": set(),
     "conversations.replies": {"channels:history", "groups:history"},
     "conversations.history": {"channels:history", "groups:history"},
@@ -45,6 +47,7 @@ EVENT_SCOPES = {
     "reaction_added": {"reactions:read"},
     "reaction_removed": {"reactions:read"},
     "member_joined_channel": {"channels:read", "groups:read"},
+    "app_home_opened": set(),
 }
 
 
@@ -100,6 +103,12 @@ def test_every_slash_command_and_shortcut_has_a_handler_and_back() -> None:
     assert declared == handled
     shortcuts = {s["callback_id"] for s in features.get("shortcuts", [])}
     assert shortcuts == {s.key for s in specs if s.kind == "shortcut"}
+
+
+def test_the_home_tab_is_enabled_when_a_plugin_draws_it() -> None:
+    app_home = manifest()["features"].get("app_home", {})
+    drawn = any(s.kind == "home_opened" for s in plugin_specs())
+    assert drawn and app_home.get("home_tab_enabled") is True
 
 
 def test_brandbot_command_escapes_mentions_for_forget() -> None:
