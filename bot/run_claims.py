@@ -79,7 +79,8 @@ class RunClaims:
         return self._take(run_id)
 
     def renew(self, run_id: int) -> bool:
-        """Extend the lease; False when the run is no longer this worker's."""
+        """Extend the lease; False when the run was given to the queue or another worker
+        (True, with nothing to extend, once this worker has finished it)."""
         with self.db.session() as session:
             changed = session.execute(
                 update(TrainingRun)
@@ -90,7 +91,10 @@ class RunClaims:
                 )
                 .values(lease_until=utcnow() + self.lease)
             ).rowcount  # type: ignore[attr-defined]
-        return bool(changed)
+            if changed:
+                return True
+            run = session.get(TrainingRun, run_id)
+            return run is not None and run.worker_id == self.worker_id and run.status != "queued"
 
     def check_owned(self, run: TrainingRun) -> None:
         """Raise LeaseLost unless ``run`` (read in the caller's transaction) is still ours."""

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from bot.registry import promote
 from bot.run_claims import Heartbeat, LeaseLost, RunClaims
 from bot.settings import Settings
-from bot.storage.db import Database
+from bot.storage.db import Database, DatabaseUnavailable
 from bot.storage.models import Adapter, Dataset, Example, TrainingRun, utcnow
 from bot.storage.repositories import Adapters, Audit, Outbox
 from serving.client import InferenceClient
@@ -110,7 +110,9 @@ class Worker:
     def run_now(self, run_id: int) -> RunSummary:
         """Run a specific queued run in this process (``brandbot train``)."""
         if not self.claims.claim_run(run_id):
-            return RunSummary(run_id, "skipped", reason="the run is not queued")
+            return RunSummary(
+                run_id, "skipped", reason="the run is not queued, or its dataset is training"
+            )
         return self.execute(run_id)
 
     def run_once(self) -> RunSummary | None:
@@ -123,9 +125,13 @@ class Worker:
         """Claim and run until ``stop()``; runs of dead workers are re-queued between runs."""
         poll = min(poll_seconds, self.claims.lease.total_seconds() / 3)
         while not self._stop.is_set():
-            self.requeue_stale()
-            if self.run_once() is None:
-                self._stop.wait(poll)
+            try:
+                self.requeue_stale()
+                if self.run_once() is not None:
+                    continue
+            except DatabaseUnavailable as exc:  # wait for the database to come back
+                log.error("worker: %s", exc)
+            self._stop.wait(poll)
 
     def stop(self) -> None:
         self._stop.set()

@@ -93,6 +93,16 @@ def test_only_a_run_whose_lease_ran_out_is_requeued(db: Database) -> None:
         assert s.get(TrainingRun, live_id).worker_id == "live"  # type: ignore[union-attr]
 
 
+def test_the_heartbeat_of_a_finished_run_does_not_report_it_lost(db: Database) -> None:
+    (run_id,) = queue(db, {"kk_copy": 1})
+    worker = RunClaims(db, "w", lease_seconds=60)
+    assert worker.claim_run(run_id)
+    with db.session() as s:  # the worker wrote its outcome; its heartbeat beats once more
+        s.get(TrainingRun, run_id).status = "succeeded"  # type: ignore[union-attr]
+    assert worker.renew(run_id) is True
+    assert RunClaims(db, "other", lease_seconds=60).renew(run_id) is False
+
+
 # ---- real worker processes ------------------------------------------------------------------
 
 TRAINING = """
