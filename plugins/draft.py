@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from bot.access import is_approver, may_read
 from bot.gate import Gate, scrubber_for_settings
+from bot.modals import text_edit_modal
 from bot.plugin import (
     ActionEvent,
     Button,
@@ -29,7 +30,6 @@ from bot.plugin import (
     command,
     on_action,
     on_view_submission,
-    text_edit_modal,
 )
 from bot.ratelimit import admit
 from bot.reply_prompts import is_reply_dataset

@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 
 from bot.access import is_approver
 from bot.gate import Gate, scrubber_for_settings
+from bot.modals import text_edit_modal
 from bot.plugin import (
     ActionEvent,
     Button,
@@ -38,7 +39,6 @@ from bot.plugin import (
     on_message,
     on_view_submission,
     schedule,
-    text_edit_modal,
 )
 from bot.ratelimit import admit
 from bot.reply_prompts import fit_ticket, reply_datasets, reply_mode, reply_prompt

@@ -100,9 +100,6 @@ class GenerationEvent:
     error: BaseException | None = None
 
 
-Event = GenerationEvent  # the name serving/engine/ still imports; new code says GenerationEvent
-
-
 class GenerationHandle:
     """A running generation: iterate :meth:`deltas` to stream, or call :meth:`result`."""
 

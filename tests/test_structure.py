@@ -40,3 +40,15 @@ def test_every_builtin_plugin_and_the_plugin_api_import_without_torch() -> None:
 def test_the_probe_sees_torch_when_it_is_loaded() -> None:
     """The check above can fail: importing the engine does load torch."""
     assert loaded_after("import serving.engine", ["torch"]) == {"torch": True}
+
+
+def test_no_product_module_is_over_500_lines() -> None:
+    """Small modules with one job each: a module that grows past 500 lines is split."""
+    modules = [
+        p for room in ("bot", "plugins", "trainer", "serving") for p in (ROOT / room).rglob("*.py")
+    ]
+    assert len(modules) > 100  # the walk found the code
+    lengths = {
+        str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines()) for p in modules
+    }
+    assert {path: n for path, n in lengths.items() if n > 500} == {}

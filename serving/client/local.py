@@ -131,7 +131,7 @@ class LocalClient(InferenceClient):
 def engine_running(engine: LocalEngine) -> bool:
     """Whether ``engine``'s scheduler thread runs and was not asked to stop (only
     :meth:`~serving.engine.LocalEngine.close` stops it; a failed step does not)."""
-    return engine._thread.is_alive() and not engine._stop.is_set()
+    return engine.alive
 
 
 def _local(call: Callable[[], T]) -> T:

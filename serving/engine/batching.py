@@ -28,8 +28,8 @@ from serving.engine.kv_cache import (
 from serving.inference_types import (
     BASE,
     EngineError,
-    Event,
     FinishReason,
+    GenerationEvent,
     GenerationResult,
     TokenLogprob,
 )
@@ -56,14 +56,14 @@ class Batching(EngineCore):
             except Exception as exc:  # never let the thread die: fail the batch instead
                 log.exception("engine step failed")
                 for seq in self._active:
-                    seq.handle._put(Event(error=EngineError(f"generation failed: {exc}")))
+                    seq.handle._put(GenerationEvent(error=EngineError(f"generation failed: {exc}")))
                 self._active, self._cache, self._mask = [], None, None
         stopped = EngineError("the engine stopped")
         for seq in self._active:
-            seq.handle._put(Event(error=stopped))
+            seq.handle._put(GenerationEvent(error=stopped))
         self._active, self._cache, self._mask = [], None, None
         while not self._inbox.empty():
-            self._inbox.get_nowait().handle._put(Event(error=stopped))
+            self._inbox.get_nowait().handle._put(GenerationEvent(error=stopped))
         while not self._jobs.empty():
             _, future = self._jobs.get_nowait()
             if future.set_running_or_notify_cancel():
@@ -95,7 +95,7 @@ class Batching(EngineCore):
                 continue
             if seq.adapter != BASE and seq.adapter not in self._internal.values():
                 error = EngineError("the adapter was unloaded before the request started")
-                seq.handle._put(Event(error=error))
+                seq.handle._put(GenerationEvent(error=error))
                 continue
             new.append(seq)
             room -= 1
@@ -260,7 +260,7 @@ class Batching(EngineCore):
         seq.emitted += len(delta)
         if finish is None:
             if delta or pending_lp:
-                seq.handle._put(Event(delta, list(pending_lp)))
+                seq.handle._put(GenerationEvent(delta, list(pending_lp)))
             else:
                 seq.logprobs_sent -= len(pending_lp)
             return False
@@ -271,7 +271,7 @@ class Batching(EngineCore):
             completion_tokens=len(seq.out),
             logprobs=seq.logprobs if params.logprobs else None,
         )
-        seq.handle._put(Event(delta, list(pending_lp), result))
+        seq.handle._put(GenerationEvent(delta, list(pending_lp), result))
         return True
 
     def _shrink(self, keep: list[int]) -> None:

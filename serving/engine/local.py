@@ -37,7 +37,7 @@ from serving.inference_types import (
     AdapterError,
     EngineBusy,
     EngineError,
-    Event,
+    GenerationEvent,
     GenerationHandle,
     PromptScores,
     PromptTooLong,
@@ -155,6 +155,12 @@ class LocalEngine(Batching, Scoring):
     # --- public API -------------------------------------------------------------------------
 
     @property
+    def alive(self) -> bool:
+        """Whether the scheduler thread runs and was not asked to stop (only :meth:`close`
+        stops it; a failed step does not)."""
+        return self._thread.is_alive() and not self._stop.is_set()
+
+    @property
     def model_names(self) -> list[str]:
         return [self.served_name, *self.adapters]
 
@@ -210,7 +216,7 @@ class LocalEngine(Batching, Scoring):
         prompt_ids: list[int],
         params: SamplingParams,
         model: str | None = None,
-        sink: Callable[[Event], None] | None = None,
+        sink: Callable[[GenerationEvent], None] | None = None,
     ) -> GenerationHandle:
         """Queue a generation; returns at once. Raises UnknownModel, PromptTooLong, or
         EngineBusy when ``max_waiting`` generations already wait to join the batch (the
