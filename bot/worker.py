@@ -320,7 +320,7 @@ class Worker:
 def main() -> None:
     """``python -m bot.worker``: the worker loop. It stays one process: with ``processes = N``
     under ``[training]`` in brandbot.toml (or ``brandbot worker --gpus N``) each run's training
-    step runs in N processes through ``accelerate launch`` (``trainer.lora.launch_train_lora``),
+    step runs in N processes through ``accelerate launch`` (``trainer.launch.launch_train_lora``),
     while claiming, evaluation and promotion happen here once."""
     from bot.inference import LazyInference
     from bot.observability import configure_logging, settings_secrets
