@@ -73,16 +73,16 @@ class EarlyStart:
 
     def __init__(self, factory: pytest.TempPathFactory) -> None:
         self.factory = factory
+        self.python = vllm_python_path()  # read here: in-process CLI tests swap os.environ
         self.server: VllmServer | None = None
         self.thread = threading.Thread(target=self._launch, name="vllm-early-start", daemon=True)
         self.thread.start()
 
     def _launch(self) -> None:
-        python = vllm_python_path()
-        if not python.is_file():
+        if not self.python.is_file():
             return
         try:
-            server = new_server(str(python), bundled_smollm2(self.factory), self.factory)
+            server = new_server(str(self.python), bundled_smollm2(self.factory), self.factory)
             server.launch()
         except Exception:  # the vllm fixture tries again and says what is wrong
             return
