@@ -55,8 +55,14 @@ def cli_sqlite(tmp_path: Path) -> CliRunner:
 @pytest.fixture
 def cli_process(tmp_path: Path, db_url: str) -> CliRunner:
     """The real ``brandbot`` console script as a subprocess, for tests whose point is the
-    process (its logging set-up, its exit on a signal)."""
+    process (its logging set-up, its exit on a signal, its exit status after the interpreter
+    shut down: a native thread still running then aborts the process with status 134)."""
     return make_cli(tmp_path, db_url, subprocess_=True)
+
+
+@pytest.fixture
+def cli_process_sqlite(tmp_path: Path) -> CliRunner:
+    return make_cli(tmp_path, None, subprocess_=True)
 
 
 def cli_env(tmp_path: Path, db_url: str | None) -> dict[str, str]:
@@ -86,7 +92,7 @@ def make_cli(tmp_path: Path, db_url: str | None, *, subprocess_: bool = False) -
             text=True,
             env=full_env,
             cwd=tmp_path,
-            timeout=120,
+            timeout=300,  # a hang guard, not a speed limit
             check=False,
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)

@@ -311,8 +311,9 @@ def test_train_adapters_and_rollback_through_the_cli(
     assert "per_label" in evaluated["base"] and "confusion" in evaluated["base"]
 
 
-def test_demo_smoke_runs_the_whole_loop(cli_sqlite: CliRunner, tmp_path: Path) -> None:
-    result = cli_sqlite("demo", "--smoke", "--data-dir", str(tmp_path / "demo"))
+def test_demo_smoke_runs_the_whole_loop(cli_process_sqlite: CliRunner, tmp_path: Path) -> None:
+    # a real process: its exit status must survive the interpreter's shutdown (engine threads)
+    result = cli_process_sqlite("demo", "--smoke", "--data-dir", str(tmp_path / "demo"))
     assert result.code == 0, result.err[-3000:]
     out = result.out
     assert out.count("Retraining report: `kk_copy`") == 1

@@ -8,7 +8,10 @@ from pathlib import Path
 from tests.conftest import CliRunner, write_jsonl
 
 
-def test_train_and_eval_exit_zero(cli: CliRunner, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_train_and_eval_exit_zero(
+    cli_process: CliRunner, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    cli = cli_process  # the exit status of a real process, after interpreter shutdown
     (tmp_path / "brandbot.toml").write_text(
         f'base_model = "{tiny_model_dir}"\n'
         "[training]\nepochs = 1\ncheckpoint_every = 0\nmax_length = 64\nmin_examples = 4\n"
@@ -32,8 +35,9 @@ def test_train_and_eval_exit_zero(cli: CliRunner, tmp_path: Path, tiny_model_dir
 
 
 def test_a_failed_training_run_exits_four(
-    cli: CliRunner, tmp_path: Path, tiny_model_dir: Path
+    cli_process: CliRunner, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
+    cli = cli_process
     (tmp_path / "brandbot.toml").write_text(
         f'base_model = "{tiny_model_dir}"\n[training]\nmin_examples = 50\n'
     )
