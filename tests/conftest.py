@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from bot.storage import Database
 from serving.base_model import ResolvedModel
 
 if TYPE_CHECKING:
@@ -293,3 +294,12 @@ def vllm_early_start(
         yield early
     finally:
         early.stop()
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """A fresh, migrated database: SQLite and PostgreSQL (through ``db_url``)."""
+    database = Database(db_url)
+    database.upgrade()
+    yield database
+    database.dispose()

@@ -41,14 +41,6 @@ COPY, MAYA, PRIYA = "C0BRANDCPY", "U0MAYA0001", "U0PRIYA001"
 
 
 @pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def bot(db: Database, fake_slack: FakeSlack, slack_signing_secret: str) -> Iterator[Served]:
     Sample.fail_next = 0
     fake_slack.add_channel("C0CHAN0001", "brand", members=[fake_slack.bot_user_id, "U0USER0001"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -36,14 +35,6 @@ class Notes(Plugin):
         ctx.session.flush()
         ctx.session.add(ProcessedEvent(event_id=event.text[:100], kind="note"))
         ctx.session.flush()
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def test_a_database_error_logs_no_message_text(

@@ -28,14 +28,6 @@ PLUGINS = [PluginEntry("sample", Sample), PluginEntry("help", HelpPlugin)]
 
 
 @pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def bot(db: Database, fake_slack: FakeSlack, slack_signing_secret: str) -> Iterator[Served]:
     Sample.fail_next = 0
     fake_slack.add_channel("C0CHAN0001", "brand", members=[fake_slack.bot_user_id, "U0USER0001"])

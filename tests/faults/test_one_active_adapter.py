@@ -3,7 +3,6 @@ refused, while promotion, rollback and forgetting (which retire before they acti
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,6 @@ from bot.storage.repositories import Adapters, Datasets
 from bot.testkit.models import build_tiny_adapter
 from serving.client import LocalClient
 from serving.engine import LocalEngine
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def statuses(db: Database) -> dict[str, str]:

@@ -4,10 +4,8 @@ hold back the events behind them; the report's text and chart are retried apart.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from sqlalchemy import func, select
 
 from bot.durable import backoff
@@ -40,14 +38,6 @@ def runtime_over(db: Database, **settings: Any) -> Runtime:
     services = Services(settings=Settings(**settings), db=db, chat=RecordingChat(),
                         jobs=JobQueue())  # fmt: skip
     return Runtime(services, instantiate([PluginEntry("poisoned", Poisoned)], {}, services))
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def audits(db: Database, action: str) -> int:

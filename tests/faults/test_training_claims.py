@@ -9,7 +9,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,6 @@ from bot.storage import Database
 from bot.storage.models import Adapter, AuditEntry, TrainingRun
 from bot.storage.repositories import Datasets, Runs
 from tests.conftest import BRANDBOT
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def queue(db: Database, runs: dict[str, int]) -> list[int]:
