@@ -17,8 +17,10 @@ from sqlalchemy.orm import Session
 from bot.access import is_approver, may_see
 from bot.cron import next_fire
 from bot.home_view import (
+    AUTHORS,
     DATASET_PAGE,
     PENDING_PAGE,
+    AuthorLine,
     DatasetCard,
     HomeData,
     PendingItem,
@@ -142,6 +144,19 @@ def _pending(
     return items, total, page
 
 
+def _authors(session: Session, approves: list[Dataset]) -> list[AuthorLine]:
+    """The ``AUTHORS`` people with most pending examples in ``approves``."""
+    rows = session.execute(
+        select(Example.author_id, func.count(), func.max(Example.id))
+        .where(Example.dataset_id.in_([d.id for d in approves]), Example.status == "pending",
+               Example.author_id.is_not(None))
+        .group_by(Example.author_id)
+        .order_by(func.count().desc(), Example.author_id)
+        .limit(AUTHORS)
+    )  # fmt: skip
+    return [AuthorLine(str(author), int(n), int(last)) for author, n, last in rows]
+
+
 def _item(e: Example, dataset: str) -> PendingItem:
     return PendingItem(
         example_id=e.id, dataset=dataset, source=e.source, author=e.author_id,
@@ -191,6 +206,7 @@ def home_data(
     return HomeData(
         user=user, is_admin=is_admin, is_approver=bool(approves), pending=items,
         pending_total=total, pending_page=pending_page,
+        authors=_authors(session, approves) if total else [],
         datasets=[_card(session, d, counts[d.id], private) for d in shown],
         datasets_total=len(seen), dataset_page=dataset_page,
         runs=_runs(session, seen) if is_admin else [],

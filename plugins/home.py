@@ -20,7 +20,7 @@ import time
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from bot.access import is_approver, may_see
+from bot.access import is_approver, may_see, valid_user_id
 from bot.debounce import Debouncer
 from bot.gate import Gate, scrubber_for_settings
 from bot.home_data import home_data
@@ -36,7 +36,7 @@ from bot.plugin import (
     on_home_opened,
     require,
 )
-from bot.review import settle
+from bot.review import settle, settle_author
 from bot.storage.models import Adapter, Dataset, Example, ProcessedEvent, TrainingRun
 from bot.storage.repositories import ProcessedEvents, Runs
 
@@ -152,6 +152,28 @@ class HomePlugin(Plugin):
             self._tell(ctx, event.user_id, message)
             return
         ctx.after_commit(self.refresh, [event.user_id])  # the others: ``example.decided``
+
+    @on_action("home_approve_all")
+    def approve_all(self, event: ActionEvent, ctx: Context) -> None:
+        """ "Approve all from this person": their pending examples the view counted, in the
+        datasets the presser approves; a replayed or repeated press approves nothing more."""
+        author, _, last = event.value.partition(":")
+        if not valid_user_id(author) or not last.isdigit():
+            return
+        gate = Gate(ctx.session, scrubber=scrubber_for_settings(ctx.services.settings))
+        outcome, n = settle_author(ctx, gate, author, int(last), event.user_id)
+        if outcome == "denied":
+            log.info("home approve all refused", extra={"user_id": event.user_id})
+            self._tell(ctx, event.user_id, "Only a dataset's approvers can approve its examples.")
+            return
+        many = "example" if n == 1 else "examples"
+        if outcome == "again":
+            self._tell(ctx, event.user_id, f"Already done: the examples from <@{author}> "
+                       "that view showed were approved.")  # fmt: skip
+        else:
+            self._tell(ctx, event.user_id, f"Approved {n} {many} from <@{author}>; "
+                       "they are training data now.")  # fmt: skip
+        ctx.after_commit(self.refresh, [event.user_id])
 
     @on_event("example.pending")
     @on_event("example.decided")

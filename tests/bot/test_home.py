@@ -27,6 +27,7 @@ from bot.plugin_loader import PluginEntry
 from bot.storage import Database
 from bot.storage.models import (
     Adapter,
+    AuditEntry,
     Dataset,
     Draft,
     Example,
@@ -448,3 +449,90 @@ def test_roll_back_takes_out_only_the_adapter_the_view_showed(home_sqlite: Home)
         assert home.wait_dms(MAYA, n)[-1] == "Not rolled back: no model server is configured."
     with home.db.session() as s:
         assert s.scalar(select(Adapter.status).where(Adapter.name == "ds00-v1")) == "active"
+
+
+# ---- approve all from this person ----------------------------------------------------------
+
+SAM = "U0SAM00001"
+
+
+def accessories(view: dict[str, Any], action_id: str) -> list[dict[str, Any]]:
+    return [b["accessory"] for b in view["blocks"]
+            if (b.get("accessory") or {}).get("action_id") == action_id]  # fmt: skip
+
+
+def contribute(db: Database, dataset: str, author: str, count: int, start: int) -> list[int]:
+    """``count`` pending contributions by ``author`` to ``dataset``; their ids."""
+    rng, ids = random.Random(start), []
+    with db.session() as s:
+        target = s.scalar(select(Dataset).where(Dataset.name == dataset))
+        assert target is not None
+        for i in range(start, start + count):
+            outcome = Gate(s).add(
+                target, text=sentence(rng, i), source="draft", actor=author, approved=False,
+                workspace=payloads.TEAM_ID, channel=target.channels[0],
+                ts=f"1800000000.{i:06d}", author=author,
+            )  # fmt: skip
+            assert outcome.status == "pending" and outcome.example_id is not None
+            ids.append(outcome.example_id)
+    return ids
+
+
+def statuses(db: Database, ids: list[int]) -> set[tuple[str, str | None]]:
+    with db.session() as s:
+        return {(e.status, e.approver_id) for e in s.scalars(select(Example).where(
+            Example.id.in_(ids)))}  # fmt: skip
+
+
+def test_approve_all_from_one_person_approves_what_the_view_counted_once(home: Home) -> None:
+    """Priya's pending examples in Jonas's datasets, approved by one confirmed press; not hers
+    in a dataset Tom approves, nor one that came after the view, nor Sam's; the double click
+    approves nothing twice."""
+    with home.db.session() as s:
+        priya = list(s.scalars(select(Example.id).where(Example.author_id == PRIYA)))
+        Datasets(s).create("toms", "draft", channels=[channel(0)], approvers=[TOM])
+    toms = contribute(home.db, "toms", PRIYA, 2, 0)
+    sams = contribute(home.db, "ds01", SAM, 2, 10)
+    view = home.open(JONAS)
+    assert view_problems(view) == []
+    (hers, his) = accessories(view, "home_approve_all")
+    assert hers["value"] == f"{PRIYA}:{max(priya)}" and his["value"] == f"{SAM}:{max(sams)}"
+    assert hers["confirm"]["confirm"]["text"] == "Approve all"
+    assert (
+        f"Approve the {SMALL} pending examples from <@{PRIYA}>" in hers["confirm"]["text"]["text"]
+    )
+    later = contribute(home.db, "ds00", PRIYA, 1, 20)  # after the view was built
+    seen = len(home.publishes(JONAS))
+    with ThreadPoolExecutor(2) as pool:  # a double click: both presses at once
+        list(pool.map(lambda _: home.press(JONAS, "home_approve_all", hers["value"]), range(2)))
+    told = home.wait_dms(JONAS, 2)
+    assert sorted(told) == [
+        f"Already done: the examples from <@{PRIYA}> that view showed were approved.",
+        f"Approved {SMALL} examples from <@{PRIYA}>; they are training data now.",
+    ]
+    assert statuses(home.db, priya) == {("active", JONAS)}
+    assert statuses(home.db, toms + later + sams) == {("pending", None)}
+    with home.db.session() as s:
+        decided = list(s.scalars(select(OutboxEvent).where(OutboxEvent.topic == "example.decided")))
+        assert sorted(e.payload["example_id"] for e in decided) == sorted(priya)
+        audited = s.scalars(select(AuditEntry.example_id).where(AuditEntry.actor == JONAS))
+        assert sorted(audited) == sorted(priya), "one audit entry per example"
+    refreshed = home.next_view(JONAS, seen)
+    assert headers(refreshed)[0] == "Waiting for you (3)"  # Sam's two and the later one
+    assert [b["value"] for b in accessories(refreshed, "home_approve_all")] == [
+        f"{SAM}:{max(sams)}", f"{PRIYA}:{later[0]}"]  # fmt: skip
+
+
+def test_a_non_approver_replaying_approve_all_changes_nothing(home_sqlite: Home) -> None:
+    home = home_sqlite
+    (hers,) = accessories(home.open(JONAS), "home_approve_all")
+    with home.db.session() as s:
+        priya = list(s.scalars(select(Example.id).where(Example.author_id == PRIYA)))
+    for who in (PRIYA, TOM):  # the author herself, and someone else who approves nothing
+        home.press(who, "home_approve_all", hers["value"])
+        assert home.wait_dms(who, 1) == ["Only a dataset's approvers can approve its examples."]
+    home.press(JONAS, "home_approve_all", f"{PRIYA}:x")  # junk: nothing, no answer
+    assert statuses(home.db, priya) == {("pending", None)}
+    with home.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(OutboxEvent).where(
+            OutboxEvent.topic == "example.decided")) == 0  # fmt: skip
