@@ -98,6 +98,10 @@ def _card(
     latest = session.scalar(
         select(func.max(TrainingRun.id)).where(TrainingRun.dataset_id == dataset.id)
     )
+    newest = session.scalar(
+        select(Adapter).where(Adapter.dataset_id == dataset.id)
+        .order_by(Adapter.version.desc()).limit(1)
+    )  # fmt: skip
     channels = [*dataset.channels, *dataset.ticket_channels]
     return DatasetCard(
         name=dataset.name, task=dataset.task, private=any(private.get(c) for c in channels),
@@ -106,6 +110,8 @@ def _card(
         metric=metric, value=value, base_value=base,
         next_training=next_fire(dataset.schedule_cron, dataset.schedule_timezone),
         dataset_id=dataset.id, retrain_token=str(latest or 0), signals=_signals(session, dataset),
+        chart_adapter_id=newest.id if newest else 0,
+        chart_file=(newest.chart_file or "") if newest else "",
     )  # fmt: skip
 
 

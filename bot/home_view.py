@@ -2,7 +2,7 @@
 
 Three sections: *Waiting for you* (approvers: pending examples with Approve / Reject), *Datasets*
 (counts, the active adapter and its headline metric against the base model, the next training,
-the production signals of the last 30 days)
+the production signals of the last 30 days, the chart of the metric history: ``bot.home_charts``)
 and, for admins, Retrain / Roll back buttons behind a confirmation dialog and the last runs.
 
 Slack refuses a view of more than 100 blocks and clips nothing itself (a section's text holds
@@ -10,8 +10,8 @@ Slack refuses a view of more than 100 blocks and clips nothing itself (a section
 clipped and long lists are paged: ``PENDING_PAGE`` items and ``DATASET_PAGE`` datasets a page,
 with Previous / Next buttons (``home_page_*``, value ``pending:N`` or ``datasets:N``). An approver
 also gets "approve all from this person" for the ``AUTHORS`` people with most pending items (value
-``author:last_id``). With those sizes a view holds at most 76 blocks (an admin who approves:
-1 + 5 + 2 * 10 + 2 pending, 1 + 2 * 20 + 2 datasets, 3 runs, 2 dividers).
+``author:last_id``). With those sizes a view holds at most 95 blocks (an admin who approves:
+1 + 5 + 2 * 10 + 2 pending, 1 + 3 * 20 + 2 datasets with their charts, 2 runs, 2 dividers).
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ class DatasetCard:
     dataset_id: int = 0
     retrain_token: str = ""  # the latest run id when the view was built ("0": none)
     signals: str = ""  # production signals of the last 30 days, one line ("": none yet)
+    chart_adapter_id: int = 0  # the newest adapter, whose chart of the metric history shows
+    chart_file: str = ""  # that chart's uploaded file ("": none)
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,19 @@ def _admin_actions(card: DatasetCard) -> dict[str, Any]:
     return {"type": "actions", "block_id": f"home_admin_{card.dataset_id}", "elements": elements}
 
 
+def _chart(card: DatasetCard) -> dict[str, Any]:
+    """The metric history as an image of the uploaded chart (Slack needs no public URL)."""
+    metric = card.metric.replace("_", " ")
+    return {
+        "type": "image",
+        "block_id": f"home_chart_{card.dataset_id}",
+        "slack_file": {"id": card.chart_file},
+        "alt_text": clip(f"Training loss and held-out {metric} of every adapter of {card.name}",
+                         2000),
+        "title": _plain(f"{card.name}: model over time", 2000),
+    }  # fmt: skip
+
+
 def _dataset_blocks(data: HomeData) -> list[dict[str, Any]]:
     blocks = [_header(f"Datasets ({data.datasets_total})")]
     if not data.datasets:
@@ -284,6 +299,8 @@ def _dataset_blocks(data: HomeData) -> list[dict[str, Any]]:
         return blocks
     for card in data.datasets:
         blocks.append(_section(_dataset_text(card)))
+        if card.chart_file:
+            blocks.append(_chart(card))
         if data.is_admin:
             blocks.append(_admin_actions(card))
     blocks += _pager("datasets", data.dataset_page, data.datasets_total, DATASET_PAGE)

@@ -15,8 +15,10 @@ from sqlalchemy import func, select
 
 from bot.gate import Gate
 from bot.home_view import (
+    AUTHORS,
     DATASET_PAGE,
     PENDING_PAGE,
+    AuthorLine,
     DatasetCard,
     HomeData,
     PendingItem,
@@ -402,13 +404,17 @@ def test_the_view_clips_what_would_break_a_limit() -> None:
         pending_total=PENDING, datasets_total=60,
         datasets=[DatasetCard(f"dataset_{i:02d}_{'x' * 20}", "classify", True, 10**6, 10**6,
                               10**5, 10**6, adapter=f"dataset_{i:02d}-v{10**6}", metric="macro_f1",
-                              value=0.5, base_value=0.25, dataset_id=i, retrain_token="9" * 18)
+                              value=0.5, base_value=0.25, dataset_id=i, retrain_token="9" * 18,
+                              chart_adapter_id=i + 1, chart_file=f"F0CHART{i:04d}")
                   for i in range(DATASET_PAGE)],
+        authors=[AuthorLine(f"U0AUTHOR{i:02d}", 10**6, 10**9) for i in range(AUTHORS)],
         runs=[RunLine(i, "ds00", "failed", "manual", utcnow(), huge) for i in range(5)],
     )  # fmt: skip
     view = build_home(data)
     assert view_problems(view) == []
-    assert len(view["blocks"]) <= 71
+    assert len(view["blocks"]) == 95, "the most a view holds, as bot.home_view counts it"
+    assert len(charts(view)) == DATASET_PAGE
+    assert len(accessories(view, "home_approve_all")) == AUTHORS
     assert "macro f1 0.500 (base 0.250, better by 0.250)" in text_of(view)
 
 
@@ -536,3 +542,107 @@ def test_a_non_approver_replaying_approve_all_changes_nothing(home_sqlite: Home)
     with home.db.session() as s:
         assert s.scalar(select(func.count()).select_from(OutboxEvent).where(
             OutboxEvent.topic == "example.decided")) == 0  # fmt: skip
+
+
+# ---- model over time ---------------------------------------------------------------------------
+
+
+def charts(view: dict[str, Any]) -> list[dict[str, Any]]:
+    return [b for b in view["blocks"] if b["type"] == "image"]
+
+
+def new_version(db: Database, dataset: str, version: int, value: float) -> None:
+    """A trained adapter ``<dataset>-v<version>`` (a candidate) with its run's losses."""
+    with db.session() as s:
+        target = s.scalar(select(Dataset).where(Dataset.name == dataset))
+        assert target is not None
+        run = TrainingRun(dataset_id=target.id, status="succeeded", losses=[3.0, 2.1, 1.7],
+                          metrics={"base": {"answer_perplexity": 12.0}})  # fmt: skip
+        s.add(run)
+        s.flush()
+        s.add(Adapter(dataset_id=target.id, name=f"{dataset}-v{version}", version=version,
+                      status="candidate", run_id=run.id, path="/nowhere",
+                      metrics={"answer_perplexity": value}))  # fmt: skip
+
+
+def set_report_channel(db: Database, dataset: str, where: str) -> int:
+    with db.session() as s:
+        target = s.scalar(select(Dataset).where(Dataset.name == dataset))
+        assert target is not None
+        target.report_channel = where
+        return target.id
+
+
+def test_the_metric_chart_is_uploaded_once_per_adapter_version(home: Home) -> None:
+    ds00 = set_report_channel(home.db, "ds00", channel(0))  # where the chart is shared
+    new_version(home.db, "ds01", 1, 9.0)  # no report channel: no chart
+    view = home.open(JONAS)
+    assert view_problems(view) == [] and len(view["blocks"]) <= 100
+    (image,) = charts(view)
+    (first,) = home.fake.uploaded_files
+    assert image["slack_file"] == {"id": first.id} and image["block_id"] == f"home_chart_{ds00}"
+    assert image["title"]["text"] == "ds00: model over time"
+    assert first.content.startswith(b"\x89PNG") and first.channel == channel(0)
+    assert first.filename == "ds00-v1-history.png"
+    # opened again, by the same person and by another: the same file, nothing uploaded
+    assert charts(home.open(JONAS)) == [image] == charts(home.open(PRIYA))
+    assert len(home.fake.uploaded_files) == 1
+    new_version(home.db, "ds00", 2, 7.9)  # a new version: a new chart, once
+    (newer,) = charts(home.open(MAYA))
+    assert charts(home.open(JONAS)) == [newer]
+    files = home.fake.uploaded_files
+    assert len(files) == 2 and newer["slack_file"] == {"id": files[1].id} != image["slack_file"]
+    assert files[1].filename == "ds00-v2-history.png"
+    with home.db.session() as s:
+        assert {n: f for n, f in s.execute(select(Adapter.name, Adapter.chart_file))} == {
+            "ds00-v1": first.id, "ds00-v2": files[1].id, "ds01-v1": None}  # fmt: skip
+
+
+def test_a_failed_chart_upload_costs_the_chart_only_and_is_tried_again(home_sqlite: Home) -> None:
+    home = home_sqlite
+    set_report_channel(home.db, "ds00", channel(0))
+    home.fake.fail("files.getUploadURLExternal", "ratelimited")
+    view = home.open(JONAS)
+    assert charts(view) == [] and headers(view)[0] == f"Waiting for you ({SMALL})"
+    assert home.fake.uploaded_files == []
+    (image,) = charts(home.open(JONAS))
+    (uploaded,) = home.fake.uploaded_files
+    assert image["slack_file"] == {"id": uploaded.id}
+
+
+def test_a_chart_slack_refuses_costs_the_chart_only(home_sqlite: Home) -> None:
+    """A chart's file deleted in Slack: the view is published without it, not lost."""
+    home = home_sqlite
+    set_report_channel(home.db, "ds00", channel(0))
+    with home.db.session() as s:
+        adapter = s.scalar(select(Adapter).where(Adapter.name == "ds00-v1"))
+        assert adapter is not None
+        adapter.chart_file = "F0DELETED1"
+    view = home.open(JONAS)
+    assert charts(view) == [] and headers(view)[0] == f"Waiting for you ({SMALL})"
+    refused = [c for c in home.fake.calls_for("views.publish") if not c.ok]
+    assert len(refused) == 1 and charts(refused[0].args["view"])
+
+
+def test_the_fake_shows_only_an_uploaded_shared_image(fake_slack: FakeSlack) -> None:
+    """As Slack: an image block's slack_file must be an uploaded image shared somewhere."""
+    fake_slack.add_user(JONAS, "jonas")
+    fake_slack.add_channel(channel(0), "copy-0", members=[fake_slack.bot_user_id, JONAS])
+    client = fake_slack.client()
+    shared = client.files_upload_v2(channel=channel(0), content=b"\x89PNG", filename="a.png")
+    alone = client.files_upload_v2(content=b"\x89PNG", filename="b.png")
+    text = client.files_upload_v2(channel=channel(0), content=b"hello", filename="c.txt")
+
+    def home_with(source: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "home", "blocks": [{"type": "image", "alt_text": "chart", **source}]}
+
+    file = shared["files"][0]
+    for good in ({"id": file["id"]}, {"url": file["url_private"]}, {"url": file["permalink"]}):
+        assert client.views_publish(user_id=JONAS, view=home_with({"slack_file": good}))["ok"]
+    bad = [{"slack_file": {"id": "F0NOSUCH01"}}, {"slack_file": {"id": alone["files"][0]["id"]}},
+           {"slack_file": {"id": text["files"][0]["id"]}},
+           {"slack_file": {"id": file["id"], "url": file["url_private"]}},
+           {"slack_file": {"id": file["id"]}, "image_url": "https://example.com/a.png"}, {}]  # fmt: skip
+    for source in bad:
+        with pytest.raises(SlackApiError, match="invalid_arguments"):
+            client.views_publish(user_id=JONAS, view=home_with(source))
