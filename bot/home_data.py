@@ -17,8 +17,10 @@ from sqlalchemy.orm import Session
 from bot.access import is_approver, may_see
 from bot.cron import next_fire
 from bot.home_view import (
+    AUTHORS,
     DATASET_PAGE,
     PENDING_PAGE,
+    AuthorLine,
     DatasetCard,
     HomeData,
     PendingItem,
@@ -96,6 +98,10 @@ def _card(
     latest = session.scalar(
         select(func.max(TrainingRun.id)).where(TrainingRun.dataset_id == dataset.id)
     )
+    newest = session.scalar(
+        select(Adapter).where(Adapter.dataset_id == dataset.id)
+        .order_by(Adapter.version.desc()).limit(1)
+    )  # fmt: skip
     channels = [*dataset.channels, *dataset.ticket_channels]
     return DatasetCard(
         name=dataset.name, task=dataset.task, private=any(private.get(c) for c in channels),
@@ -104,6 +110,8 @@ def _card(
         metric=metric, value=value, base_value=base,
         next_training=next_fire(dataset.schedule_cron, dataset.schedule_timezone),
         dataset_id=dataset.id, retrain_token=str(latest or 0), signals=_signals(session, dataset),
+        chart_adapter_id=newest.id if newest else 0,
+        chart_file=(newest.chart_file or "") if newest else "",
     )  # fmt: skip
 
 
@@ -140,6 +148,19 @@ def _pending(
     )  # fmt: skip
     items = [_item(e, names[e.dataset_id]) for e in rows]
     return items, total, page
+
+
+def _authors(session: Session, approves: list[Dataset]) -> list[AuthorLine]:
+    """The ``AUTHORS`` people with most pending examples in ``approves``."""
+    rows = session.execute(
+        select(Example.author_id, func.count(), func.max(Example.id))
+        .where(Example.dataset_id.in_([d.id for d in approves]), Example.status == "pending",
+               Example.author_id.is_not(None))
+        .group_by(Example.author_id)
+        .order_by(func.count().desc(), Example.author_id)
+        .limit(AUTHORS)
+    )  # fmt: skip
+    return [AuthorLine(str(author), int(n), int(last)) for author, n, last in rows]
 
 
 def _item(e: Example, dataset: str) -> PendingItem:
@@ -191,6 +212,7 @@ def home_data(
     return HomeData(
         user=user, is_admin=is_admin, is_approver=bool(approves), pending=items,
         pending_total=total, pending_page=pending_page,
+        authors=_authors(session, approves) if total else [],
         datasets=[_card(session, d, counts[d.id], private) for d in shown],
         datasets_total=len(seen), dataset_page=dataset_page,
         runs=_runs(session, seen) if is_admin else [],

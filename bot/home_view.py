@@ -2,15 +2,16 @@
 
 Three sections: *Waiting for you* (approvers: pending examples with Approve / Reject), *Datasets*
 (counts, the active adapter and its headline metric against the base model, the next training,
-the production signals of the last 30 days)
+the production signals of the last 30 days, the chart of the metric history: ``bot.home_charts``)
 and, for admins, Retrain / Roll back buttons behind a confirmation dialog and the last runs.
 
 Slack refuses a view of more than 100 blocks and clips nothing itself (a section's text holds
 3,000 characters, a header 150, a button 75, a confirmation's text 300), so every text here is
 clipped and long lists are paged: ``PENDING_PAGE`` items and ``DATASET_PAGE`` datasets a page,
-with Previous / Next buttons (``home_page_*``, value ``pending:N`` or ``datasets:N``). With those
-sizes a view holds at most 71 blocks (an admin who approves: 1 + 2 * 10 + 2 pending, 1 + 2 * 20 + 2
-datasets, 3 runs, 2 dividers).
+with Previous / Next buttons (``home_page_*``, value ``pending:N`` or ``datasets:N``). An approver
+also gets "approve all from this person" for the ``AUTHORS`` people with most pending items (value
+``author:last_id``). With those sizes a view holds at most 95 blocks (an admin who approves:
+1 + 5 + 2 * 10 + 2 pending, 1 + 3 * 20 + 2 datasets with their charts, 2 runs, 2 dividers).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ MAX_BLOCKS = 100
 PENDING_PAGE = 10
 DATASET_PAGE = 20
 PREVIEW = 280
+AUTHORS = 5  # "approve all from this person" buttons, the authors with most pending first
 LOWER_IS_BETTER = {"answer_perplexity"}
 
 
@@ -38,6 +40,16 @@ class PendingItem:
     preview: str
     label: str | None = None
     kind: str = "positive"
+
+
+@dataclass(frozen=True)
+class AuthorLine:
+    """Someone whose pending contributions an approver may approve at once: ``count`` of them,
+    the newest ``last_id`` (the press approves none newer than what the view showed)."""
+
+    author: str
+    count: int
+    last_id: int
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,8 @@ class DatasetCard:
     dataset_id: int = 0
     retrain_token: str = ""  # the latest run id when the view was built ("0": none)
     signals: str = ""  # production signals of the last 30 days, one line ("": none yet)
+    chart_adapter_id: int = 0  # the newest adapter, whose chart of the metric history shows
+    chart_file: str = ""  # that chart's uploaded file ("": none)
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,7 @@ class HomeData:
     pending: list[PendingItem] = field(default_factory=list)
     pending_total: int = 0
     pending_page: int = 0
+    authors: list[AuthorLine] = field(default_factory=list)
     datasets: list[DatasetCard] = field(default_factory=list)
     datasets_total: int = 0
     dataset_page: int = 0
@@ -176,11 +191,38 @@ def metric_line(card: DatasetCard) -> str:
     return line
 
 
+def _author_blocks(data: HomeData) -> list[dict[str, Any]]:
+    """One section per author with pending contributions, its button behind a confirmation."""
+    blocks = []
+    for line in data.authors:
+        many = "example" if line.count == 1 else "examples"
+        blocks.append(
+            {
+                "type": "section",
+                "block_id": f"home_author_{line.author}",
+                "text": _mrkdwn(f"<@{line.author}>: {line.count} pending {many}"),
+                "accessory": button(
+                    "Approve all from this person", "home_approve_all",
+                    f"{line.author}:{line.last_id}",
+                    confirm=confirm(
+                        "Approve all?",
+                        f"Approve the {line.count} pending {many} from <@{line.author}> in the "
+                        "datasets you approve. They become training data without being read one "
+                        "by one: only for someone whose contributions you trust.",
+                        "Approve all",
+                    ),
+                ),
+            }
+        )  # fmt: skip
+    return blocks
+
+
 def _pending_blocks(data: HomeData) -> list[dict[str, Any]]:
     blocks = [_header(f"Waiting for you ({data.pending_total})")]
     if not data.pending:
         blocks.append(_section("Nothing waits for your approval."))
         return blocks
+    blocks += _author_blocks(data)
     for item in data.pending:
         who = f" by <@{item.author}>" if item.author else ""
         where = f" in <#{item.channel}>" if item.channel else ""
@@ -237,6 +279,19 @@ def _admin_actions(card: DatasetCard) -> dict[str, Any]:
     return {"type": "actions", "block_id": f"home_admin_{card.dataset_id}", "elements": elements}
 
 
+def _chart(card: DatasetCard) -> dict[str, Any]:
+    """The metric history as an image of the uploaded chart (Slack needs no public URL)."""
+    metric = card.metric.replace("_", " ")
+    return {
+        "type": "image",
+        "block_id": f"home_chart_{card.dataset_id}",
+        "slack_file": {"id": card.chart_file},
+        "alt_text": clip(f"Training loss and held-out {metric} of every adapter of {card.name}",
+                         2000),
+        "title": _plain(f"{card.name}: model over time", 2000),
+    }  # fmt: skip
+
+
 def _dataset_blocks(data: HomeData) -> list[dict[str, Any]]:
     blocks = [_header(f"Datasets ({data.datasets_total})")]
     if not data.datasets:
@@ -244,6 +299,8 @@ def _dataset_blocks(data: HomeData) -> list[dict[str, Any]]:
         return blocks
     for card in data.datasets:
         blocks.append(_section(_dataset_text(card)))
+        if card.chart_file:
+            blocks.append(_chart(card))
         if data.is_admin:
             blocks.append(_admin_actions(card))
     blocks += _pager("datasets", data.dataset_page, data.datasets_total, DATASET_PAGE)

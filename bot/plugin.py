@@ -145,7 +145,10 @@ class ChatAPI(Protocol):
         title: str | None = None,
         comment: str | None = None,
         thread_ts: str | None = None,
-    ) -> None: ...
+    ) -> str | None:
+        """Upload ``content`` and share it in ``channel``; returns the file's id where the chat
+        has one (an image block can show the file by it)."""
+        ...
 
     def open_modal(self, trigger_id: str, view: dict[str, Any]) -> None: ...
 

@@ -3,6 +3,8 @@
 Opening the tab publishes a view built for that person (``bot.home_data`` reads it,
 ``bot.home_view`` draws it). Its buttons act here: approvers approve or reject pending examples,
 anyone pages through long lists, admins retrain or roll back (Slack asks them to confirm first).
+Each dataset's chart of its metric history is uploaded once per adapter version
+(``bot.home_charts``).
 A view that is open is re-published when what it shows changes for its person (their decision,
 another approver's, a new pending example, a training run that finished), coalesced per person
 (``bot.debounce``) so a burst of events costs one publish.
@@ -16,17 +18,20 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from bot.access import is_approver, may_see
+from bot.access import is_approver, may_see, valid_user_id
 from bot.debounce import Debouncer
 from bot.gate import Gate, scrubber_for_settings
+from bot.home_charts import Charts
 from bot.home_data import home_data
 from bot.home_view import build_home
 from bot.plugin import (
     ActionEvent,
+    ChatError,
     Context,
     HomeOpenedEvent,
     InternalEvent,
@@ -36,7 +41,7 @@ from bot.plugin import (
     on_home_opened,
     require,
 )
-from bot.review import settle
+from bot.review import settle, settle_author
 from bot.storage.models import Adapter, Dataset, Example, ProcessedEvent, TrainingRun
 from bot.storage.repositories import ProcessedEvents, Runs
 
@@ -70,6 +75,7 @@ class HomePlugin(Plugin):
     def setup(self) -> None:
         self.viewers: dict[str, float] = {}  # user -> when they last opened the tab
         self.pages: dict[str, dict[str, int]] = {}
+        self.charts = Charts(self.services.db, self.services.chat)
         self.refresher: Debouncer[str] = Debouncer(
             self.cfg.refresh_delay, self.publish, name="brandbot-home"
         )
@@ -84,7 +90,17 @@ class HomePlugin(Plugin):
                 session, user, self.services.chat, self.services.settings.admins,
                 pending_page=pages.get("pending", 0), dataset_page=pages.get("datasets", 0),
             )  # fmt: skip
-        self.services.chat.publish_home(user, build_home(data))
+        data = self.charts.attach(data)
+        view = build_home(data)
+        try:
+            self.services.chat.publish_home(user, view)
+        except ChatError as exc:
+            if not any(b["type"] == "image" for b in view["blocks"]):
+                raise
+            # a chart Slack will not show (its file deleted, say) must not cost the whole tab
+            log.warning("home view refused with its charts (%s); published without", exc.code)
+            plain = [replace(c, chart_file="") for c in data.datasets]
+            self.services.chat.publish_home(user, build_home(replace(data, datasets=plain)))
 
     def open_viewers(self) -> list[str]:
         horizon = time.monotonic() - self.cfg.open_for_minutes * 60
@@ -152,6 +168,28 @@ class HomePlugin(Plugin):
             self._tell(ctx, event.user_id, message)
             return
         ctx.after_commit(self.refresh, [event.user_id])  # the others: ``example.decided``
+
+    @on_action("home_approve_all")
+    def approve_all(self, event: ActionEvent, ctx: Context) -> None:
+        """ "Approve all from this person": their pending examples the view counted, in the
+        datasets the presser approves; a replayed or repeated press approves nothing more."""
+        author, _, last = event.value.partition(":")
+        if not valid_user_id(author) or not last.isdigit():
+            return
+        gate = Gate(ctx.session, scrubber=scrubber_for_settings(ctx.services.settings))
+        outcome, n = settle_author(ctx, gate, author, int(last), event.user_id)
+        if outcome == "denied":
+            log.info("home approve all refused", extra={"user_id": event.user_id})
+            self._tell(ctx, event.user_id, "Only a dataset's approvers can approve its examples.")
+            return
+        many = "example" if n == 1 else "examples"
+        if outcome == "again":
+            self._tell(ctx, event.user_id, f"Already done: the examples from <@{author}> "
+                       "that view showed were approved.")  # fmt: skip
+        else:
+            self._tell(ctx, event.user_id, f"Approved {n} {many} from <@{author}>; "
+                       "they are training data now.")  # fmt: skip
+        ctx.after_commit(self.refresh, [event.user_id])
 
     @on_event("example.pending")
     @on_event("example.decided")

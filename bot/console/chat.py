@@ -132,12 +132,14 @@ class ConsoleChat:
         title: str | None = None,
         comment: str | None = None,
         thread_ts: str | None = None,
-    ) -> None:
+    ) -> str | None:
+        """Writes the file to the upload directory; its path is its id."""
         self.upload_dir.mkdir(parents=True, exist_ok=True)
         path = self.upload_dir / Path(filename).name
         path.write_bytes(content)
         note = f" {comment}" if comment else ""
         self.out(f"    #{self.ws.channel_name(channel)} brandbot uploaded {path}{note}")
+        return str(path)
 
     def open_modal(self, trigger_id: str, view: dict[str, Any]) -> None:
         self.views.append(view)

@@ -1,8 +1,9 @@
 """A Block Kit view as plain text lines, for the console (and the docs' picture of a view).
 
 Headers are underlined, sections and context print their text (mrkdwn kept as typed), dividers
-become a rule, and the buttons of an actions block come back as ``Button`` choices beside the
-line they belong to, so the console can number them for ``press N``.
+become a rule, images their alt text, and the buttons of an actions block (or a section's) come
+back as ``Button`` choices beside the line they belong to, so the console can number them for
+``press N``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,18 @@ def _text(obj: Any) -> str:
     return str(obj.get("text", "")) if isinstance(obj, dict) else ""
 
 
+def _button(element: dict[str, Any]) -> Button:
+    return Button(
+        _text(element.get("text")),
+        str(element.get("action_id", "")),
+        str(element.get("value", "")),
+        element.get("style"),
+    )
+
+
 def render(view: dict[str, Any]) -> list[tuple[str, list[Button]]]:
-    """(line, buttons offered on that line) for every block of ``view``, in order."""
+    """(line, buttons offered on that line) for every block of ``view``, in order; a section's
+    button (its accessory) is offered on its last line."""
     lines: list[tuple[str, list[Button]]] = []
     for block in view.get("blocks", []):
         kind = block.get("type")
@@ -30,22 +41,18 @@ def render(view: dict[str, Any]) -> list[tuple[str, list[Button]]]:
             text = _text(block.get("text"))
             fields = [_text(f) for f in block.get("fields", [])]
             lines += [(line, []) for line in [*text.splitlines(), *fields]]
+            accessory = block.get("accessory") or {}
+            if accessory.get("type") == "button" and lines:
+                lines[-1] = (lines[-1][0], [_button(accessory)])
+        elif kind == "image":
+            lines.append((f"[image: {block.get('alt_text', '')}]", []))
         elif kind == "context":
             parts = [_text(e) for e in block.get("elements", [])]
             lines.append(("  " + " · ".join(p for p in parts if p), []))
         elif kind == "divider":
             lines.append(("-" * WIDTH, []))
         elif kind == "actions":
-            buttons = [
-                Button(
-                    _text(e.get("text")),
-                    str(e.get("action_id", "")),
-                    str(e.get("value", "")),
-                    e.get("style"),
-                )
-                for e in block.get("elements", [])
-                if e.get("type") == "button"
-            ]
+            buttons = [_button(e) for e in block.get("elements", []) if e.get("type") == "button"]
             if buttons:
                 lines.append(("", buttons))
     return lines

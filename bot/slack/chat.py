@@ -196,9 +196,9 @@ class SlackChat:
         title: str | None = None,
         comment: str | None = None,
         thread_ts: str | None = None,
-    ) -> None:
+    ) -> str | None:
         try:
-            self.client.files_upload_v2(
+            response = self.client.files_upload_v2(
                 channel=channel,
                 content=content,
                 filename=filename,
@@ -209,6 +209,8 @@ class SlackChat:
         except SlackApiError as exc:
             code = str(exc.response.get("error", "unknown_error"))
             raise ChatError(code, f"Slack file upload failed: {code}") from None
+        files = response.get("files") or []
+        return str(files[0]["id"]) if files else None
 
     def open_modal(self, trigger_id: str, view: dict[str, Any]) -> None:
         self._call("views.open", trigger_id=trigger_id, view=view)

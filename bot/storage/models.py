@@ -263,6 +263,9 @@ class Adapter(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     decision: Mapped[str | None] = mapped_column(Text, default=None)
     needs_retrain: Mapped[bool] = mapped_column(default=False)
+    # The Home tab's chart of the metric history up to this version, as uploaded to chat
+    # (a Slack file id), so it is uploaded once and reused.
+    chart_file: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     promoted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 

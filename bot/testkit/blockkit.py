@@ -3,7 +3,8 @@
 slack_sdk's Block Kit models know most limits (100 blocks a view, 3,000 characters a section,
 150 a header, 75 a button, a confirmation's 100/300/30); :func:`view_problems` adds the ones
 they leave out (a section field's 2,000 characters, a context's 10 elements and their text,
-unknown block types, action ids repeated within a block) and returns every problem found.
+unknown block types, action ids repeated within a block, an image's source) and returns every
+problem found.
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ BLOCK_TYPES = frozenset(
 
 def _text_len(obj: Any) -> int:
     return len(str(obj.get("text", ""))) if isinstance(obj, dict) else 0
+
+
+def _image_problems(block: dict[str, Any]) -> list[str]:
+    """An image shows a public ``image_url`` or an uploaded ``slack_file`` (by id or by url,
+    not both); Slack refuses both or neither."""
+    source = block.get("slack_file")
+    if ("image_url" in block) == (source is not None):
+        return ["an image needs image_url or slack_file, not both"]
+    if source is not None and (
+        not isinstance(source, dict) or ("id" in source) == ("url" in source)
+    ):
+        return ["a slack_file names its file by id or by url, not both"]
+    return []
 
 
 def view_problems(view: dict[str, Any]) -> list[str]:
@@ -52,6 +66,8 @@ def view_problems(view: dict[str, Any]) -> list[str]:
                 problems.append(f"block {i}: a context holds 1 to 10 elements")
             if any(_text_len(e) > 3000 for e in elements):
                 problems.append(f"block {i}: a context text is longer than 3000 characters")
+        if kind == "image":
+            problems += [f"block {i}: {p}" for p in _image_problems(block)]
         if kind == "actions":
             ids = [e.get("action_id") for e in block.get("elements") or []]
             if len(ids) != len(set(ids)):

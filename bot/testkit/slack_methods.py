@@ -312,10 +312,28 @@ class WebApiMethods(SlackState):
         spec = call.args.get("view")
         if not isinstance(spec, dict) or spec.get("type") != "home" or view_problems(spec):
             raise SlackError("invalid_arguments")
+        for block in spec.get("blocks") or []:
+            if block.get("type") == "image" and "slack_file" in block:
+                self._shown_file(block["slack_file"])
         previous = self._home_views.get(user)
         view = self._view_object(call.args.get("view"), previous["id"] if previous else None)
         self._home_views[user] = view
         return {"view": copy.deepcopy(view)}
+
+    def _shown_file(self, ref: dict[str, Any]) -> None:
+        """A file an image block may show, as Slack checks it: uploaded (by id, ``url_private``
+        or permalink), an image, and shared somewhere (an unshared file is its uploader's
+        alone); else ``invalid_arguments``."""
+        uploads = [u for u in self._files.values() if u.completed]
+        ref_url = str(ref.get("url") or "")
+        match = [u for u in uploads if u.id == ref.get("id") or (ref_url and ref_url in (
+            self._file_object(u)["url_private"], self._file_object(u)["permalink"]))]  # fmt: skip
+        if not match:
+            raise SlackError("invalid_arguments")
+        upload = match[0]
+        image = upload.filename.rsplit(".", 1)[-1].lower() in ("png", "jpg", "jpeg", "gif")
+        if not image or not (upload.channel or upload.channels):
+            raise SlackError("invalid_arguments")
 
     def _files_get_upload_url(self, call: Call, actor: str) -> dict[str, Any]:
         args = call.args

@@ -63,6 +63,8 @@ def test_home_shows_the_view_as_text_and_its_buttons_work(db: Database, tmp_path
     assert "Retrain" in text and "Last runs" in text
     approve = sh._choice_labelled("Approve")
     assert approve
+    assert sh._choice_labelled("Approve all from this person") > 0, "the section's button too"
+    assert "@priya: 1 pending example" in text
     lines.clear()
     sh.execute(f"press {approve}")
     with db.session() as s:

@@ -15,8 +15,10 @@ from sqlalchemy import func, select
 
 from bot.gate import Gate
 from bot.home_view import (
+    AUTHORS,
     DATASET_PAGE,
     PENDING_PAGE,
+    AuthorLine,
     DatasetCard,
     HomeData,
     PendingItem,
@@ -27,6 +29,7 @@ from bot.plugin_loader import PluginEntry
 from bot.storage import Database
 from bot.storage.models import (
     Adapter,
+    AuditEntry,
     Dataset,
     Draft,
     Example,
@@ -401,13 +404,17 @@ def test_the_view_clips_what_would_break_a_limit() -> None:
         pending_total=PENDING, datasets_total=60,
         datasets=[DatasetCard(f"dataset_{i:02d}_{'x' * 20}", "classify", True, 10**6, 10**6,
                               10**5, 10**6, adapter=f"dataset_{i:02d}-v{10**6}", metric="macro_f1",
-                              value=0.5, base_value=0.25, dataset_id=i, retrain_token="9" * 18)
+                              value=0.5, base_value=0.25, dataset_id=i, retrain_token="9" * 18,
+                              chart_adapter_id=i + 1, chart_file=f"F0CHART{i:04d}")
                   for i in range(DATASET_PAGE)],
+        authors=[AuthorLine(f"U0AUTHOR{i:02d}", 10**6, 10**9) for i in range(AUTHORS)],
         runs=[RunLine(i, "ds00", "failed", "manual", utcnow(), huge) for i in range(5)],
     )  # fmt: skip
     view = build_home(data)
     assert view_problems(view) == []
-    assert len(view["blocks"]) <= 71
+    assert len(view["blocks"]) == 95, "the most a view holds, as bot.home_view counts it"
+    assert len(charts(view)) == DATASET_PAGE
+    assert len(accessories(view, "home_approve_all")) == AUTHORS
     assert "macro f1 0.500 (base 0.250, better by 0.250)" in text_of(view)
 
 
@@ -448,3 +455,194 @@ def test_roll_back_takes_out_only_the_adapter_the_view_showed(home_sqlite: Home)
         assert home.wait_dms(MAYA, n)[-1] == "Not rolled back: no model server is configured."
     with home.db.session() as s:
         assert s.scalar(select(Adapter.status).where(Adapter.name == "ds00-v1")) == "active"
+
+
+# ---- approve all from this person ----------------------------------------------------------
+
+SAM = "U0SAM00001"
+
+
+def accessories(view: dict[str, Any], action_id: str) -> list[dict[str, Any]]:
+    return [b["accessory"] for b in view["blocks"]
+            if (b.get("accessory") or {}).get("action_id") == action_id]  # fmt: skip
+
+
+def contribute(db: Database, dataset: str, author: str, count: int, start: int) -> list[int]:
+    """``count`` pending contributions by ``author`` to ``dataset``; their ids."""
+    rng, ids = random.Random(start), []
+    with db.session() as s:
+        target = s.scalar(select(Dataset).where(Dataset.name == dataset))
+        assert target is not None
+        for i in range(start, start + count):
+            outcome = Gate(s).add(
+                target, text=sentence(rng, i), source="draft", actor=author, approved=False,
+                workspace=payloads.TEAM_ID, channel=target.channels[0],
+                ts=f"1800000000.{i:06d}", author=author,
+            )  # fmt: skip
+            assert outcome.status == "pending" and outcome.example_id is not None
+            ids.append(outcome.example_id)
+    return ids
+
+
+def statuses(db: Database, ids: list[int]) -> set[tuple[str, str | None]]:
+    with db.session() as s:
+        return {(e.status, e.approver_id) for e in s.scalars(select(Example).where(
+            Example.id.in_(ids)))}  # fmt: skip
+
+
+def test_approve_all_from_one_person_approves_what_the_view_counted_once(home: Home) -> None:
+    """Priya's pending examples in Jonas's datasets, approved by one confirmed press; not hers
+    in a dataset Tom approves, nor one that came after the view, nor Sam's; the double click
+    approves nothing twice."""
+    with home.db.session() as s:
+        priya = list(s.scalars(select(Example.id).where(Example.author_id == PRIYA)))
+        Datasets(s).create("toms", "draft", channels=[channel(0)], approvers=[TOM])
+    toms = contribute(home.db, "toms", PRIYA, 2, 0)
+    sams = contribute(home.db, "ds01", SAM, 2, 10)
+    view = home.open(JONAS)
+    assert view_problems(view) == []
+    (hers, his) = accessories(view, "home_approve_all")
+    assert hers["value"] == f"{PRIYA}:{max(priya)}" and his["value"] == f"{SAM}:{max(sams)}"
+    assert hers["confirm"]["confirm"]["text"] == "Approve all"
+    assert (
+        f"Approve the {SMALL} pending examples from <@{PRIYA}>" in hers["confirm"]["text"]["text"]
+    )
+    later = contribute(home.db, "ds00", PRIYA, 1, 20)  # after the view was built
+    seen = len(home.publishes(JONAS))
+    with ThreadPoolExecutor(2) as pool:  # a double click: both presses at once
+        list(pool.map(lambda _: home.press(JONAS, "home_approve_all", hers["value"]), range(2)))
+    told = home.wait_dms(JONAS, 2)
+    assert sorted(told) == [
+        f"Already done: the examples from <@{PRIYA}> that view showed were approved.",
+        f"Approved {SMALL} examples from <@{PRIYA}>; they are training data now.",
+    ]
+    assert statuses(home.db, priya) == {("active", JONAS)}
+    assert statuses(home.db, toms + later + sams) == {("pending", None)}
+    with home.db.session() as s:
+        decided = list(s.scalars(select(OutboxEvent).where(OutboxEvent.topic == "example.decided")))
+        assert sorted(e.payload["example_id"] for e in decided) == sorted(priya)
+        audited = s.scalars(select(AuditEntry.example_id).where(AuditEntry.actor == JONAS))
+        assert sorted(audited) == sorted(priya), "one audit entry per example"
+    refreshed = home.next_view(JONAS, seen)
+    assert headers(refreshed)[0] == "Waiting for you (3)"  # Sam's two and the later one
+    assert [b["value"] for b in accessories(refreshed, "home_approve_all")] == [
+        f"{SAM}:{max(sams)}", f"{PRIYA}:{later[0]}"]  # fmt: skip
+
+
+def test_a_non_approver_replaying_approve_all_changes_nothing(home_sqlite: Home) -> None:
+    home = home_sqlite
+    (hers,) = accessories(home.open(JONAS), "home_approve_all")
+    with home.db.session() as s:
+        priya = list(s.scalars(select(Example.id).where(Example.author_id == PRIYA)))
+    for who in (PRIYA, TOM):  # the author herself, and someone else who approves nothing
+        home.press(who, "home_approve_all", hers["value"])
+        assert home.wait_dms(who, 1) == ["Only a dataset's approvers can approve its examples."]
+    home.press(JONAS, "home_approve_all", f"{PRIYA}:x")  # junk: nothing, no answer
+    assert statuses(home.db, priya) == {("pending", None)}
+    with home.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(OutboxEvent).where(
+            OutboxEvent.topic == "example.decided")) == 0  # fmt: skip
+
+
+# ---- model over time ---------------------------------------------------------------------------
+
+
+def charts(view: dict[str, Any]) -> list[dict[str, Any]]:
+    return [b for b in view["blocks"] if b["type"] == "image"]
+
+
+def new_version(db: Database, dataset: str, version: int, value: float) -> None:
+    """A trained adapter ``<dataset>-v<version>`` (a candidate) with its run's losses."""
+    with db.session() as s:
+        target = s.scalar(select(Dataset).where(Dataset.name == dataset))
+        assert target is not None
+        run = TrainingRun(dataset_id=target.id, status="succeeded", losses=[3.0, 2.1, 1.7],
+                          metrics={"base": {"answer_perplexity": 12.0}})  # fmt: skip
+        s.add(run)
+        s.flush()
+        s.add(Adapter(dataset_id=target.id, name=f"{dataset}-v{version}", version=version,
+                      status="candidate", run_id=run.id, path="/nowhere",
+                      metrics={"answer_perplexity": value}))  # fmt: skip
+
+
+def set_report_channel(db: Database, dataset: str, where: str) -> int:
+    with db.session() as s:
+        target = s.scalar(select(Dataset).where(Dataset.name == dataset))
+        assert target is not None
+        target.report_channel = where
+        return target.id
+
+
+def test_the_metric_chart_is_uploaded_once_per_adapter_version(home: Home) -> None:
+    ds00 = set_report_channel(home.db, "ds00", channel(0))  # where the chart is shared
+    new_version(home.db, "ds01", 1, 9.0)  # no report channel: no chart
+    view = home.open(JONAS)
+    assert view_problems(view) == [] and len(view["blocks"]) <= 100
+    (image,) = charts(view)
+    (first,) = home.fake.uploaded_files
+    assert image["slack_file"] == {"id": first.id} and image["block_id"] == f"home_chart_{ds00}"
+    assert image["title"]["text"] == "ds00: model over time"
+    assert first.content.startswith(b"\x89PNG") and first.channel == channel(0)
+    assert first.filename == "ds00-v1-history.png"
+    # opened again, by the same person and by another: the same file, nothing uploaded
+    assert charts(home.open(JONAS)) == [image] == charts(home.open(PRIYA))
+    assert len(home.fake.uploaded_files) == 1
+    new_version(home.db, "ds00", 2, 7.9)  # a new version: a new chart, once
+    (newer,) = charts(home.open(MAYA))
+    assert charts(home.open(JONAS)) == [newer]
+    files = home.fake.uploaded_files
+    assert len(files) == 2 and newer["slack_file"] == {"id": files[1].id} != image["slack_file"]
+    assert files[1].filename == "ds00-v2-history.png"
+    with home.db.session() as s:
+        assert {n: f for n, f in s.execute(select(Adapter.name, Adapter.chart_file))} == {
+            "ds00-v1": first.id, "ds00-v2": files[1].id, "ds01-v1": None}  # fmt: skip
+
+
+def test_a_failed_chart_upload_costs_the_chart_only_and_is_tried_again(home_sqlite: Home) -> None:
+    home = home_sqlite
+    set_report_channel(home.db, "ds00", channel(0))
+    home.fake.fail("files.getUploadURLExternal", "ratelimited")
+    view = home.open(JONAS)
+    assert charts(view) == [] and headers(view)[0] == f"Waiting for you ({SMALL})"
+    assert home.fake.uploaded_files == []
+    (image,) = charts(home.open(JONAS))
+    (uploaded,) = home.fake.uploaded_files
+    assert image["slack_file"] == {"id": uploaded.id}
+
+
+def test_a_chart_slack_refuses_costs_the_chart_only(home_sqlite: Home) -> None:
+    """A chart's file deleted in Slack: the view is published without it, not lost."""
+    home = home_sqlite
+    set_report_channel(home.db, "ds00", channel(0))
+    with home.db.session() as s:
+        adapter = s.scalar(select(Adapter).where(Adapter.name == "ds00-v1"))
+        assert adapter is not None
+        adapter.chart_file = "F0DELETED1"
+    view = home.open(JONAS)
+    assert charts(view) == [] and headers(view)[0] == f"Waiting for you ({SMALL})"
+    refused = [c for c in home.fake.calls_for("views.publish") if not c.ok]
+    assert len(refused) == 1 and charts(refused[0].args["view"])
+
+
+def test_the_fake_shows_only_an_uploaded_shared_image(fake_slack: FakeSlack) -> None:
+    """As Slack: an image block's slack_file must be an uploaded image shared somewhere."""
+    fake_slack.add_user(JONAS, "jonas")
+    fake_slack.add_channel(channel(0), "copy-0", members=[fake_slack.bot_user_id, JONAS])
+    client = fake_slack.client()
+    shared = client.files_upload_v2(channel=channel(0), content=b"\x89PNG", filename="a.png")
+    alone = client.files_upload_v2(content=b"\x89PNG", filename="b.png")
+    text = client.files_upload_v2(channel=channel(0), content=b"hello", filename="c.txt")
+
+    def home_with(source: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "home", "blocks": [{"type": "image", "alt_text": "chart", **source}]}
+
+    file = shared["files"][0]
+    for good in ({"id": file["id"]}, {"url": file["url_private"]}, {"url": file["permalink"]}):
+        assert client.views_publish(user_id=JONAS, view=home_with({"slack_file": good}))["ok"]
+    bad = [{"slack_file": {"id": "F0NOSUCH01"}}, {"slack_file": {"id": alone["files"][0]["id"]}},
+           {"slack_file": {"id": text["files"][0]["id"]}},
+           {"slack_file": {"id": file["id"], "url": file["url_private"]}},
+           {"slack_file": {"id": file["id"]}, "image_url": "https://example.com/a.png"}, {}]  # fmt: skip
+    for source in bad:
+        with pytest.raises(SlackApiError, match="invalid_arguments"):
+            client.views_publish(user_id=JONAS, view=home_with(source))
