@@ -205,6 +205,9 @@ class CollectPlugin(Plugin):
             if outcome.status == "refused" or outcome.status == "duplicate":
                 notices.append((event, f"Not added to {dataset.name}: {outcome.reason}."))
             elif outcome.status in ("added", "reactivated"):
+                if outcome.status == "reactivated":  # pending (or withdrawn) until this ✅
+                    decided = {"example_id": outcome.example_id, "by": event.user_id}
+                    ctx.publish("example.decided", decided | {"approved": True})
                 if outcome.needs_brief and self.cfg.write_briefs:
                     ctx.publish("example.needs_brief", {"example_id": outcome.example_id})
                 once = (event.channel_id or "", event.user_id, dataset.id)

@@ -21,6 +21,7 @@ from bot.storage.models import (
     Draft,
     Example,
     OptOut,
+    OutboxEvent,
     Prediction,
     Suggestion,
 )
@@ -168,6 +169,9 @@ def test_a_non_approvers_posted_draft_is_pending_until_an_approver_approves_it(e
     env.react(MAYA, "white_check_mark", COPY, str(example.message_ts))  # ✅ on the posted draft
     (approved,) = env.examples()
     assert approved.status == "active" and approved.approver_id == MAYA
+    with env.db.session() as s:  # the other approvers' open Home views drop it
+        decided = s.scalars(select(OutboxEvent).where(OutboxEvent.topic == "example.decided"))
+        assert [(e.payload["example_id"], e.payload["by"]) for e in decided] == [(example.id, MAYA)]
 
 
 def test_an_approvers_posted_draft_is_active_and_a_stranger_cannot_withdraw_it(env: Env) -> None:
