@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument(
         "--compare", action="store_true", help="Also time each model's drafts on their own."
     )
+    parser.add_argument("--briefs", type=int, help="Only the first N held-out briefs.")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,6 +92,8 @@ def main() -> None:
         examples, rules = held_out(root)
         if args.smoke:
             examples = examples[:4]
+        elif args.briefs:
+            examples = examples[: args.briefs]
         base, adapter = model_dirs(root, args.smoke, args.models_dir)
         load = os.getloadavg()[0]
         timings: dict[str, tuple[float, float]] = {}
