@@ -156,17 +156,6 @@ class FakeSlack(WebApiMethods, HttpRouting):
         self.stop()
 
     @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("FakeSlack is not started")
-        return int(self._server.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:PORT`` (no trailing slash)."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def api_url(self) -> str:
         """The Web API base URL: ``WebClient(base_url=fake.api_url)``."""
         return f"{self.base_url}/api/"

@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from http.server import ThreadingHTTPServer
 from typing import Any, Protocol
 
 from bot.testkit.payloads import new_ts
@@ -176,10 +177,18 @@ class SlackState:
     _files: dict[str, UploadedFile]
     _responses: dict[str, list[Any]]
     _methods: dict[str, Callable[[Call, str], dict[str, Any]]]
+    _server: ThreadingHTTPServer | None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("FakeSlack is not started")
+        return int(self._server.server_address[1])
 
     @property
     def base_url(self) -> str:
-        raise NotImplementedError
+        """``http://127.0.0.1:PORT`` (no trailing slash)."""
+        return f"http://127.0.0.1:{self.port}"
 
     def add_member(self, channel: str, user: str) -> None:
         """Add ``user`` to ``channel``'s members."""
