@@ -276,13 +276,7 @@ class LocalEngine(Batching, Scoring):
         if not self.fast_scoring:
             scored = self.prompt_logprobs(prefix, continuations, model)
             return [sum(t.logprob for t in row) for row in scored.rows]
-        adapter = self.check_model(model)
-        longest = len(prefix) + max((len(c) for c in continuations), default=0)
-        if longest > self.max_model_len:
-            raise PromptTooLong(longest, self.max_model_len)
-        if not prefix:
-            raise EngineError("the prompt must not be empty")
-        self.metrics.requests.labels("score").inc()
+        adapter = self._scoring_request(prefix, continuations, model)
         return self.run(lambda: self._score_sums(prefix, continuations, adapter))
 
     def prompt_logprobs(
@@ -297,6 +291,16 @@ class LocalEngine(Batching, Scoring):
         ``with_prefix``, of every prefix token after the first), plus each sequence's greedy
         next token. The shared prefix is run once; its KV cache serves every continuation.
         """
+        adapter = self._scoring_request(prefix, continuations, model)
+        return self.run(
+            lambda: self._prompt_logprobs(prefix, continuations, adapter, top, with_prefix)
+        )
+
+    def _scoring_request(
+        self, prefix: list[int], continuations: list[list[int]], model: str | None
+    ) -> str:
+        """Check a scoring request (model, length, non-empty prompt), count it, and return
+        the peft adapter name it runs under."""
         adapter = self.check_model(model)
         longest = len(prefix) + max((len(c) for c in continuations), default=0)
         if longest > self.max_model_len:
@@ -304,9 +308,7 @@ class LocalEngine(Batching, Scoring):
         if not prefix:
             raise EngineError("the prompt must not be empty")
         self.metrics.requests.labels("score").inc()
-        return self.run(
-            lambda: self._prompt_logprobs(prefix, continuations, adapter, top, with_prefix)
-        )
+        return adapter
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         if name == self.served_name or name == BASE:
