@@ -72,6 +72,31 @@ def train_examples(session: Any, dataset: Dataset, split: str) -> tuple[list[Any
     return out, ids
 
 
+def preference_pairs(session: Any, dataset: Dataset, split: str) -> tuple[list[Any], list[int]]:
+    """The dataset's active preference pairs of ``split`` (chosen = ``text``, rejected =
+    ``rejected_text``) as trainer pairs, and their ids. Pairs lacking a side are left out."""
+    from trainer.data import PreferencePair
+
+    rows = session.scalars(
+        select(Example)
+        .where(
+            Example.dataset_id == dataset.id,
+            Example.status == "active",
+            Example.kind == "preference",
+            Example.split == split,
+        )
+        .order_by(Example.id)
+    ).all()
+    out, ids = [], []
+    for ex in rows:
+        if not ex.prompt or not ex.rejected_text:
+            continue
+        system = dataset.system_prompt
+        out.append(PreferencePair(system, ex.prompt, ex.text, ex.rejected_text))
+        ids.append(ex.id)
+    return out, ids
+
+
 class Worker:
     def __init__(
         self,

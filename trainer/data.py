@@ -65,6 +65,21 @@ class TrainExample:
 
 
 @dataclass(frozen=True)
+class PreferencePair:
+    """What people preferred for one prompt: the ``chosen`` answer (what was posted) over the
+    ``rejected`` one (what the model wrote, or a variant not posted)."""
+
+    system: str
+    prompt: str
+    chosen: str
+    rejected: str
+
+    def as_example(self, answer: str) -> TrainExample:
+        """The pair's prompt with one of its answers, for scoring that answer."""
+        return TrainExample(system=self.system, prompt=self.prompt, answer=answer)
+
+
+@dataclass(frozen=True)
 class TokenizedExample:
     """``input_ids`` = prompt tokens then answer tokens; ``answer_start`` indexes the first answer
     token. ``index`` is the example's position in the input list (to map results back)."""

@@ -131,6 +131,9 @@ class Example(Base):
     subject_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
     # An edit of an approved message, waiting for an approver; ``text`` stays the approved one.
     pending_text: Mapped[str | None] = mapped_column(Text, default=None)
+    # A preference pair (``kind="preference"``): ``text`` is the chosen (posted) answer to
+    # ``prompt`` and this the rejected one (what the model wrote).
+    rejected_text: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
