@@ -138,6 +138,23 @@ class Settings(BaseSettings):
         "has the active adapters loaded; it loads them again after the server restarts.",
         examples=[20],
     )
+    spool_max_events: int = Field(
+        default=20_000,
+        ge=0,
+        validation_alias=AliasChoices("BRANDBOT_SPOOL_MAX_EVENTS", "spool_max_events"),
+        description="How many chat events a bot process keeps on disk (in the data folder's "
+        "`spool/events`) while the database is unreachable, to replay them when it is back; "
+        "0 turns the spool off. Beyond it, events are refused and Slack retries them.",
+        examples=[20000],
+    )
+    spool_replay_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        validation_alias=AliasChoices("BRANDBOT_SPOOL_REPLAY_SECONDS", "spool_replay_seconds"),
+        description="How often (seconds) a bot process tries to replay the chat events it kept "
+        "while the database was unreachable.",
+        examples=[5],
+    )
     vllm_python: str | None = Field(
         default=None,
         validation_alias=AliasChoices("BRANDBOT_VLLM_PYTHON", "vllm_python"),

@@ -9,6 +9,7 @@ from bot.cron import next_fire
 from bot.dataset_stats import dataset_stats
 from bot.datasets import DatasetError, check_consistency, parse_fields, parse_spec
 from bot.durable import dead_jobs
+from bot.event_spool import spooled
 from bot.outbox import dead_letters
 from bot.plugin import CommandEvent, Context, Plugin, command, require
 from bot.production_signals import production_signals
@@ -74,12 +75,15 @@ class AdminPlugin(Plugin):
             problem = serving_problem(ctx.session, inference)
             server = "ready" if problem is None else f"NOT READY ({problem})"
         lines.append(f"model server: {server}")
-        dead = dead_letters(ctx.session) + dead_jobs(ctx.session)
+        kept, gave_up = spooled(ctx.services.settings.data_dir)
+        dead = dead_letters(ctx.session) + dead_jobs(ctx.session) + gave_up
         lines.append(
             f"dead letters: {dead} (events or jobs given up on; see the logs)"
             if dead
             else "dead letters: none"
         )
+        if kept:
+            lines.append(f"events kept while the database was unreachable: {kept} (replaying)")
         for dataset in Datasets(ctx.session).list():
             adapter = Adapters(ctx.session).active(dataset.id)
             run = Runs(ctx.session).latest(dataset.id)

@@ -25,11 +25,13 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.event_spool import EventSpool
 from bot.observability import FOREIGN_TEAM_REQUESTS
 from bot.plugin import ActionEvent, ChatAPI, CommandEvent, Event
 from bot.ratelimit import Busy
 from bot.runtime import NotAllowed, Outcome, Result, Runtime
 from bot.slack import events as translate
+from bot.storage.db import DatabaseUnavailable
 
 log = logging.getLogger("brandbot.slack")
 ANY = re.compile(".*")
@@ -190,6 +192,7 @@ class SlackBridge:
         # never the slash commands.
         self.batch_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="brandbot-batch")
         self.batcher = EventBatcher(runtime, self.batch_pool)
+        self.spool: EventSpool | None = None
         client = AsyncWebClient(
             token=bot_token,
             base_url=api_url,
@@ -272,6 +275,12 @@ class SlackBridge:
             log.warning("event handled but its job was refused: the job queue is full",
                         extra={"event_id": event.event_id})  # fmt: skip
             return
+        except DatabaseUnavailable:
+            if self.spool is not None and self.spool.keep(body):
+                log.warning("database unreachable: event kept for replay",
+                            extra={"event_id": event.event_id})  # fmt: skip
+                return
+            raise
         except Exception:
             error_id = uuid.uuid4().hex[:8]
             log.exception(
@@ -282,6 +291,19 @@ class SlackBridge:
             raise
         if result.outcome is Outcome.DUPLICATE:
             log.info("duplicate event dropped", extra={"event_id": event.event_id})
+
+    def replay_event(self, body: dict[str, Any]) -> None:
+        """Run a kept Events API envelope (see ``bot.event_spool``) as if it arrived now.
+        Raises DatabaseUnavailable while the database is still away."""
+        event = translate.from_event(body)
+        if event is None:
+            return
+        try:
+            result = self.runtime.handle(event)
+        except (NotAllowed, Busy):
+            return
+        if result.outcome is Outcome.DUPLICATE:
+            log.info("kept event was already handled", extra={"event_id": event.event_id})
 
     async def _on_command(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()

@@ -18,6 +18,7 @@ from bot.bootstrap import (
     SchedulerLeader,
     build_bot,
 )
+from bot.event_spool import EventSpool, SpoolReplayer, spool_folder
 from bot.plugin_loader import PluginEntry
 from bot.registry import serving_problem
 from bot.settings import Settings
@@ -82,6 +83,19 @@ class SlackRuntime:
         self.pump = OutboxPump(self.bot.runtime)
         self.leader = SchedulerLeader(self.bot.runtime, db)
         self.adapters = AdapterWatcher(settings, db, inference)
+        self.replayer: SpoolReplayer | None = None
+        if settings.spool_max_events > 0:
+            from bot.gate import scrubber_for_settings
+
+            spool = EventSpool(
+                spool_folder(settings.data_dir),
+                max_events=settings.spool_max_events,
+                scrub=scrubber_for_settings(settings),
+            )
+            self.bridge.spool = spool
+            self.replayer = SpoolReplayer(
+                spool, self.bridge.replay_event, interval=settings.spool_replay_seconds
+            )
 
     def _check_db(self) -> str | None:
         self.bot.db.check_connection()
@@ -113,10 +127,14 @@ class SlackRuntime:
         self.check_slack()
         self.adapters.start()
         self.pump.start()
+        if self.replayer is not None:
+            self.replayer.start()
         self.leader.campaign(self.settings.leader_bid_seconds)
 
     def stop(self) -> None:
         self.adapters.stop()
+        if self.replayer is not None:
+            self.replayer.stop()
         self.pump.stop()
         self.leader.stop()
         self.bridge.close()

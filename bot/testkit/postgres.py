@@ -56,6 +56,7 @@ class PostgresCluster:
         self.socket_dir = self.base / "sock"
         self.log_file = self.base / "server.log"
         self.as_other_user = os.geteuid() == 0
+        self._options = ""
 
     def _cmd(self, *args: str) -> list[str]:
         assert self.bin_dir is not None
@@ -100,11 +101,20 @@ class PostgresCluster:
         if self.as_other_user:
             self.log_file.touch()
             shutil.chown(self.log_file, RUN_AS)
+        self._options = options
+        self.resume()
+        return self
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data: the database is down until ``resume``."""
+        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server (again) on its port, with its data."""
         self._run(
-            "pg_ctl", "-D", str(self.data_dir), "-o", options, "-l", str(self.log_file),
+            "pg_ctl", "-D", str(self.data_dir), "-o", self._options, "-l", str(self.log_file),
             "-w", "-t", "60", "start",
         )  # fmt: skip
-        return self
 
     def stop(self) -> None:
         if self.bin_dir is not None and (self.data_dir / "postmaster.pid").exists():
