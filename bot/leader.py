@@ -216,17 +216,32 @@ class SchedulerLeader:
             self._conn = None
 
 
-def run_dataset_schedule(dataset_name: str) -> str:
-    """The stored job of a dataset's schedule: :func:`scheduled_run` on the leader's database."""
+def _fenced_leader() -> SchedulerLeader | None:
+    """The leader of this process, if it still holds the lock right now. A job fires on the
+    leader's clock, which may be up to a bid interval after its lock's session ended (and another
+    replica took over): each job checks the lock's connection first and, when it is gone,
+    resigns instead of running."""
     leader = _leading
     if leader is None:  # the scheduler stopped while the job was being submitted
+        return None
+    if not leader._lock_alive():
+        log.error("lost the scheduler lock's connection: a due job is left to the new leader")
+        leader._resign()
+        return None
+    return leader
+
+
+def run_dataset_schedule(dataset_name: str) -> str:
+    """The stored job of a dataset's schedule: :func:`scheduled_run` on the leader's database."""
+    leader = _fenced_leader()
+    if leader is None:
         return "no scheduler leads in this process"
     return scheduled_run(leader.db, dataset_name)
 
 
 def run_plugin_schedule(handler: str) -> str:
     """The stored job of a plugin's ``@schedule`` handler (``Plugin.method``)."""
-    leader = _leading
+    leader = _fenced_leader()
     if leader is None:
         return "no scheduler leads in this process"
     for bound in leader.runtime.scheduled():

@@ -15,8 +15,9 @@ import pytest
 from sqlalchemy import text
 
 from bot.jobs import JobQueue
-from bot.leader import SchedulerLeader
-from bot.plugin import Services
+from bot.leader import SchedulerLeader, run_plugin_schedule
+from bot.plugin import Context, InternalEvent, Plugin, Services, schedule
+from bot.plugin_loader import PluginEntry, instantiate
 from bot.runtime import Runtime
 from bot.settings import Settings
 from bot.storage import Database
@@ -74,6 +75,35 @@ def test_a_leader_that_loses_its_lock_connection_resigns_and_another_takes_over(
     finally:
         first.stop()
         second.stop()
+
+
+class Ticker(Plugin):
+    ran = 0
+
+    @schedule("* * * * *")
+    def tick(self, event: InternalEvent, ctx: Context) -> None:
+        Ticker.ran += 1
+
+
+def test_a_due_job_of_a_leader_that_lost_its_lock_does_not_run(db: Database) -> None:
+    services = Services(settings=Settings(), db=db, chat=RecordingChat(), jobs=JobQueue())
+    runtime = Runtime(services, instantiate([PluginEntry("ticker", Ticker)], {}, services))
+    old = SchedulerLeader(runtime, db)
+    Ticker.ran = 0
+    try:
+        assert old.start()
+        (bound,) = runtime.scheduled()
+        assert run_plugin_schedule(bound.name) == "ran" and Ticker.ran == 1
+        assert old._conn is not None
+        backend = old._conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        old._conn.commit()
+        with db.engine.connect() as admin:  # its session ends before its next bid notices
+            admin.execute(text("SELECT pg_terminate_backend(:p)"), {"p": backend})
+        # The job fires on the old leader's clock: it finds the lock gone and resigns.
+        assert run_plugin_schedule(bound.name) == "no scheduler leads in this process"
+        assert Ticker.ran == 1 and not old.leading
+    finally:
+        old.stop()
 
 
 @pytest.mark.slow
