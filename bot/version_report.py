@@ -33,28 +33,34 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def stats_text(s: EditStats, kind: str) -> str:
+    """``6 drafts, revision rate 0.100, 67% posted unedited, median 3.5 min to post``, or
+    the count and "too few" under ``MIN_TEXTS``."""
+    one, many, _ = KINDS[kind]
+    head = f"{s.n} {many if s.n != 1 else one}"
+    if s.n < MIN_TEXTS:
+        return f"{head}, too few {many} to judge (fewer than {MIN_TEXTS})"
+    return (
+        f"{head}, revision rate {_num(s.revision_rate, '.3f')}, "
+        f"{_num(s.share_unedited, '.0%')} posted unedited, "
+        f"median {_num(s.median_minutes, '.1f')} min to post"
+    )
+
+
 def version_lines(versions: Sequence[VersionSignals], active: str | None, kind: str) -> list[str]:
     """Report lines for the newest ``LINES`` versions with ``kind`` ("drafts" or "replies")
-    posted, oldest first, then the newest version with enough texts against the one before
-    it with enough. ``active`` is the active adapter's name (None: the base model serves)."""
-    one, noun, what = KINDS[kind]
+    posted and the active one, oldest first, then the newest version with enough texts against
+    the one before it with enough. ``active``: the active adapter's name (None: the base)."""
+    what = KINDS[kind][2]
     used = [v for v in versions if _stats(v, kind).n]
     if not used:
         return []
     current = active or BASE
     lines = [f"Editing by adapter version ({what}, oldest first):"]
-    for version in used[-LINES:]:
-        s = _stats(version, kind)
+    newest = {v.name for v in used[-LINES:]}
+    for version in (v for v in used if v.name in newest or v.name == current):
         mark = " (active)" if version.name == current else ""
-        head = f"• `{version.name}`{mark}: {s.n} {noun if s.n != 1 else one}"
-        if s.n < MIN_TEXTS:
-            lines.append(f"{head}, too few {noun} to judge (fewer than {MIN_TEXTS}).")
-            continue
-        lines.append(
-            f"{head}, revision rate {_num(s.revision_rate, '.3f')}, "
-            f"{_num(s.share_unedited, '.0%')} posted unedited, "
-            f"median {_num(s.median_minutes, '.1f')} min to post."
-        )
+        lines.append(f"• `{version.name}`{mark}: {stats_text(_stats(version, kind), kind)}.")
     enough = [v for v in used if _stats(v, kind).n >= MIN_TEXTS]
     if len(enough) >= 2:
         old, new = _stats(enough[-2], kind), _stats(enough[-1], kind)

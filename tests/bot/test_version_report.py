@@ -5,7 +5,7 @@ import struct
 
 from sqlalchemy.orm import Session
 
-from bot.production_signals import EditStats, version_signals
+from bot.production_signals import EditStats, VersionSignals, version_signals
 from bot.reporting import build_report
 from bot.storage import Database
 from bot.storage.models import Adapter, Dataset, Draft, Suggestion, TrainingRun
@@ -162,3 +162,20 @@ def test_the_report_has_the_editing_lines_and_chart(db: Database) -> None:
         assert not any(line.startswith("Editing by adapter version") for line in plain.lines)
         assert plain.chart_png is not None
         assert _height(first) == 2 * _height(plain.chart_png)
+
+
+def test_the_lines_keep_the_active_version_after_a_rollback() -> None:
+    from bot.version_report import LINES, version_lines
+
+    enough = EditStats(n=5, revision_rate=0.1, share_unedited=0.6, median_minutes=2.0)
+    none = EditStats(0, None, None, None)
+    versions = [
+        VersionSignals(f"rb-v{i}", T0 + dt.timedelta(days=i), enough, none) for i in range(1, 7)
+    ]
+    lines = version_lines(versions, "rb-v1", "drafts")
+    assert [line.split("`")[1] for line in lines[1 : LINES + 2]] == [
+        "rb-v1", "rb-v3", "rb-v4", "rb-v5", "rb-v6",
+    ]  # fmt: skip
+    assert lines[1].startswith("• `rb-v1` (active): 5 drafts, revision rate 0.100")
+    assert lines[-1].startswith("`rb-v6` against `rb-v5`:")
+    assert version_lines(versions, "rb-v1", "replies") == []
