@@ -2,6 +2,7 @@
 
 import datetime as dt
 import struct
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -179,3 +180,29 @@ def test_the_lines_keep_the_active_version_after_a_rollback() -> None:
     assert lines[1].startswith("• `rb-v1` (active): 5 drafts, revision rate 0.100")
     assert lines[-1].startswith("`rb-v6` against `rb-v5`:")
     assert version_lines(versions, "rb-v1", "replies") == []
+
+
+def test_the_report_plugin_posts_the_lines_then_the_chart(
+    db: Database, fake_slack: Any, slack_signing_secret: str
+) -> None:
+    from bot.plugin_loader import PluginEntry
+    from bot.storage.repositories import Outbox
+    from plugins.report import ReportPlugin
+    from tests.bot.slack_harness import serve_bot
+
+    fake_slack.add_channel("C0REPORTS9", "reports", members=[fake_slack.bot_user_id])
+    with db.session() as s:
+        ds = _seed(s)
+        ds.report_channel = "C0REPORTS9"
+        run = _runs(s, ds)
+        Outbox(s).publish("run.finished", {"run_id": run.id, "dataset_id": ds.id})
+        run_id = run.id
+    with serve_bot(db, fake_slack, slack_signing_secret, [PluginEntry("report", ReportPlugin)],
+                   settings={"retry_seconds": 0}) as bot:  # fmt: skip
+        assert [bot.runtime.deliver_outbox() for _ in range(2)] == [1, 1]  # text, then chart
+    (post,) = [c.args["text"] for c in fake_slack.calls_for("chat.postMessage")]
+    assert "• `vs-v9`: 6 drafts, revision rate 0.100, 67% posted unedited" in post
+    (png,) = fake_slack.uploaded_files
+    with db.session() as s:
+        assert png.content == build_report(s, run_id).chart_png
+    assert _height(png.content) > 700  # the second row of panels (one row is 352 px high)
