@@ -206,3 +206,18 @@ def test_the_report_plugin_posts_the_lines_then_the_chart(
     with db.session() as s:
         assert png.content == build_report(s, run_id).chart_png
     assert _height(png.content) > 700  # the second row of panels (one row is 352 px high)
+
+
+def test_brandbot_report_json_has_the_versions(db: Database, cli: Any) -> None:
+    with db.session() as s:
+        _seed(s)
+    shown = cli("report", "-d", "vs", "--json")
+    assert shown.code == 0, shown.err
+    versions = shown.json()["versions"]
+    assert [v["name"] for v in versions] == ["base", "vs-v9", "vs-v10"]
+    assert versions[1]["drafts"] == {"n": 6, "revision_rate": 0.1, "share_unedited": 0.6667,
+                                     "median_minutes": 3.5}  # fmt: skip
+    assert versions[1]["replies"]["n"] == 0
+    assert dt.datetime.fromisoformat(versions[1]["first_at"]).replace(tzinfo=None) == (
+        T0 + dt.timedelta(days=1)
+    ).replace(tzinfo=None)
