@@ -27,8 +27,9 @@ from bot.home_view import (
     RunLine,
 )
 from bot.plugin import ChatAPI
-from bot.production_signals import production_signals
+from bot.production_signals import BASE, production_signals, version_signals
 from bot.storage.models import Adapter, Dataset, Example, TrainingRun, utcnow
+from bot.version_report import stats_text
 
 HEADLINE = {"draft": "answer_perplexity", "classify": "macro_f1"}
 LAST_RUNS = 5
@@ -109,14 +110,16 @@ def _card(
         new_since_training=counts["new"], adapter=adapter.name if adapter else None,
         metric=metric, value=value, base_value=base,
         next_training=next_fire(dataset.schedule_cron, dataset.schedule_timezone),
-        dataset_id=dataset.id, retrain_token=str(latest or 0), signals=_signals(session, dataset),
+        dataset_id=dataset.id, retrain_token=str(latest or 0),
+        signals=_signals(session, dataset, adapter),
         chart_adapter_id=newest.id if newest else 0,
         chart_file=(newest.chart_file or "") if newest else "",
     )  # fmt: skip
 
 
-def _signals(session: Session, dataset: Dataset) -> str:
-    """``12 drafts posted, revision rate 0.180`` or ``label correction rate 0.050 of 40``."""
+def _signals(session: Session, dataset: Dataset, adapter: Adapter | None) -> str:
+    """``12 drafts posted, revision rate 0.180`` or ``label correction rate 0.050 of 40``, then
+    for a draft dataset the editing the active version's drafts needed so far."""
     since = utcnow() - dt.timedelta(days=SIGNALS_DAYS)
     s = production_signals(session, dataset, since)
     parts = []
@@ -127,6 +130,11 @@ def _signals(session: Session, dataset: Dataset) -> str:
     if s["predictions_resolved"]:
         parts.append(f"label correction rate {s['label_correction_rate']:.3f} of "
                      f"{s['predictions_resolved']} resolved")  # fmt: skip
+    name = adapter.name if adapter else BASE
+    if dataset.task == "draft":
+        for version in version_signals(session, dataset, names=[name]):
+            if version.drafts.n:
+                parts.append(f"`{name}` so far: {stats_text(version.drafts, 'drafts')}")
     return "; ".join(parts)
 
 

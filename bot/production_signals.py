@@ -6,15 +6,18 @@
 - suggested replies (reply datasets): of the suggestions people acted on, the shares posted
   unedited, posted after an edit, and dismissed; the relative edit distance; the time from the
   suggestion to the posted reply.
+- per adapter version (``version_signals``): the same editing numbers for the drafts and
+  replies each version wrote, so a team sees whether a new version saves editing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bot.storage.models import Dataset, Draft, Prediction, Suggestion
@@ -94,3 +97,81 @@ def suggestion_signals(
         "suggestion_revision_rate": round(statistics.fmean(relative), 4) if relative else None,
         "median_minutes_to_posted_reply": round(statistics.median(minutes), 2) if minutes else None,
     }
+
+
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class EditStats:
+    """What people did with one adapter version's posted texts (``n`` of them)."""
+
+    n: int
+    revision_rate: float | None
+    share_unedited: float | None
+    median_minutes: float | None
+
+
+@dataclass(frozen=True)
+class VersionSignals:
+    """One adapter version (``base`` when no adapter was active) in production: its posted
+    drafts and, for reply datasets, its posted suggested replies. ``first_at`` is when the
+    version first produced something that was posted, which orders versions in time."""
+
+    name: str
+    first_at: dt.datetime
+    drafts: EditStats
+    replies: EditStats
+
+
+def _edit_stats(rows: list[tuple[int | None, int | None, float | None]]) -> EditStats:
+    """``rows``: (edit distance, posted length, minutes to post) per posted text; a text with
+    no recorded distance counts in ``n`` and the shares but not in the revision rate."""
+    if not rows:
+        return EditStats(0, None, None, None)
+    relative = [d / max(1, length or 0) for d, length, _ in rows if d is not None]
+    minutes = [m for _, _, m in rows if m is not None]
+    return EditStats(
+        n=len(rows),
+        revision_rate=round(statistics.fmean(relative), 4) if relative else None,
+        share_unedited=_share(sum((d or 0) == 0 for d, _, _ in rows), len(rows)),
+        median_minutes=round(statistics.median(minutes), 2) if minutes else None,
+    )
+
+
+def version_signals(
+    session: Session, dataset: Dataset, names: list[str] | None = None
+) -> list[VersionSignals]:
+    """Per adapter version, in the order the versions were first used: revision rate (mean
+    edit distance relative to the posted length), share posted unedited and median minutes
+    from the request to posting, of posted drafts and of posted suggested replies.
+
+    A rollback does not split a version: its texts before and after count as one point.
+    ``names`` limits the answer to those versions (``base`` for no adapter).
+    """
+    drafts = select(
+        func.coalesce(Draft.adapter_name, BASE), Draft.edit_distance,
+        func.length(Draft.final_text), Draft.requested_at, Draft.posted_at,
+    ).where(Draft.dataset_id == dataset.id, Draft.status == "posted",
+            Draft.posted_at.is_not(None))  # fmt: skip
+    replies = select(
+        func.coalesce(Suggestion.adapter_name, BASE), Suggestion.edit_distance,
+        func.length(Suggestion.final_text), Suggestion.suggested_at, Suggestion.resolved_at,
+    ).where(Suggestion.dataset_id == dataset.id, Suggestion.status == "posted",
+            Suggestion.resolved_at.is_not(None))  # fmt: skip
+    if names is not None:
+        drafts = drafts.where(func.coalesce(Draft.adapter_name, BASE).in_(names))
+        replies = replies.where(func.coalesce(Suggestion.adapter_name, BASE).in_(names))
+    per: list[dict[str, list[tuple[int | None, int | None, float | None]]]] = [{}, {}]
+    first: dict[str, dt.datetime] = {}
+    for query, out in ((drafts, per[0]), (replies, per[1])):
+        for version, distance, length, began, ended in session.execute(query):
+            minutes = (ended - began).total_seconds() / 60 if began else None
+            out.setdefault(version, []).append((distance, length, minutes))
+            at = began or ended
+            first[version] = min(first.get(version, at), at)
+    order = sorted(first, key=lambda v: (first[v], v))
+    return [
+        VersionSignals(v, first[v], _edit_stats(per[0].get(v, [])), _edit_stats(per[1].get(v, [])))
+        for v in order
+    ]

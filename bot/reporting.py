@@ -1,18 +1,26 @@
 """The retraining report: data counts, the metric table (base / current / new with the
 decision's interval), the decision and why, sample drafts beside the approved text, production
-signals, and a PNG with the loss curve and the metric history. Used by the report plugin (Slack)
-and ``brandbot report`` (terminal)."""
+signals with the editing each adapter version needed, and a PNG with the loss curve, the metric
+history and the editing per version. Used by the report plugin (Slack) and ``brandbot report``
+(terminal)."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot.production_signals import production_signals, suggestion_signals
+from bot import version_report
+from bot.production_signals import (
+    VersionSignals,
+    production_signals,
+    suggestion_signals,
+    version_signals,
+)
 from bot.reply_prompts import is_reply_dataset
 from bot.storage.models import Adapter, Dataset, Example, TrainingRun
 
@@ -92,14 +100,23 @@ def suggestion_line(signals: dict[str, Any]) -> str:
     )
 
 
-def chart(run: TrainingRun, history: list[tuple[str, float]], metric: str) -> bytes:
-    """Loss per step and the primary metric of the dataset's adapters, as one PNG."""
+def chart(
+    run: TrainingRun,
+    history: list[tuple[str, float]],
+    metric: str,
+    versions: Sequence[VersionSignals] = (),
+) -> bytes:
+    """Loss per step and the primary metric of the dataset's adapters, as one PNG; with
+    production numbers per adapter version, a second row of panels shows the editing they
+    needed (``bot.version_report.draw``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=110)
+    rows = 2 if version_report.has_data(versions) else 1
+    fig, axes = plt.subplots(rows, 2, figsize=(9, 3.2 * rows), dpi=110, squeeze=False)
+    left, right = axes[0]
     losses = list(run.losses or [])
     left.plot(range(1, len(losses) + 1), losses, color="#2f6f4f")
     left.set_title("training loss (answer tokens)")
@@ -109,6 +126,8 @@ def chart(run: TrainingRun, history: list[tuple[str, float]], metric: str) -> by
         right.plot(range(len(values)), values, marker="o", color="#7a4f2f")
         right.set_xticks(range(len(values)), names, rotation=30, ha="right", fontsize=7)
     right.set_title(f"held-out {metric.replace('_', ' ')} by adapter")
+    if rows == 2:
+        version_report.draw(axes[1][0], axes[1][1], versions)
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png")
@@ -181,9 +200,16 @@ def build_report(session: Session, run_id: int) -> Report:
         lines.append(
             f"In production: label correction rate {_fmt(signals['label_correction_rate'])}."
         )
+    versions = version_signals(session, dataset) if dataset.task == "draft" else []
+    active = session.scalar(
+        select(Adapter.name).where(Adapter.dataset_id == dataset.id, Adapter.status == "active")
+    )
+    for kind in ("drafts", "replies"):
+        lines += version_report.version_lines(versions, active, kind)
     metric = PRIMARY[dataset.task]
     history = metric_history(session, dataset, run, metric)
-    return Report(f"{dataset.name}: run {run.id}", lines, chart(run, history, metric))
+    png = chart(run, history, metric, versions)
+    return Report(f"{dataset.name}: run {run.id}", lines, png)
 
 
 def metric_history(

@@ -3,6 +3,7 @@ plus the production signals since the last training."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -12,7 +13,7 @@ from bot.cli.common import DatasetOption, JsonOption, console, database, print_j
 from bot.dataset_stats import last_training
 from bot.durable import dead_jobs
 from bot.outbox import dead_letters
-from bot.production_signals import production_signals
+from bot.production_signals import production_signals, version_signals
 from bot.reporting import build_report
 from bot.storage.models import TrainingRun
 from bot.storage.repositories import Datasets
@@ -25,14 +26,18 @@ def report(
 ) -> None:
     """The latest run's report (metrics base / current / new, the decision, sample drafts, the
     loss and metric chart as a PNG) and the production signals since the last training: draft
-    revision rate, share posted unedited, time to an approved draft, label correction rate;
-    and the dead letters (events and jobs given up on), if any."""
+    revision rate, share posted unedited, time to an approved draft, label correction rate
+    (``--json``: also per adapter version, all time); and the dead letters (events and jobs
+    given up on), if any."""
     from sqlalchemy import select
 
     with database().session() as session:
         ds = Datasets(session).get(dataset)
         since = last_training(session, ds)
         signals = production_signals(session, ds, since)
+        versions = [
+            {**asdict(v), "first_at": v.first_at.isoformat()} for v in version_signals(session, ds)
+        ]
         run = session.scalar(
             select(TrainingRun)
             .where(TrainingRun.dataset_id == ds.id, TrainingRun.status.in_(("succeeded", "failed")))
@@ -52,6 +57,7 @@ def report(
             {
                 "dataset": dataset,
                 "production": signals,
+                "versions": versions,
                 "run": run_id,
                 "report": built.lines if built else None,
                 "chart": str(png_path) if png_path else None,

@@ -92,8 +92,8 @@ def workspace(url: str, pending: int) -> Database:
         s.flush()
         for distance in (10, 0):  # two drafts posted this week, one edited by a tenth
             s.add(Draft(dataset_id=made[0].id, brief="autumn chai", requested_by=PRIYA,
-                        status="posted", final_text="x" * 100, edit_distance=distance,
-                        posted_at=utcnow()))  # fmt: skip
+                        adapter_name="ds00-v1", status="posted", final_text="x" * 100,
+                        edit_distance=distance, posted_at=utcnow()))  # fmt: skip
         s.add(Adapter(dataset_id=made[0].id, name="ds00-v1", version=1, status="active",
                       run_id=run.id, path="/nowhere", metrics={"answer_perplexity": 8.5}))  # fmt: skip
     return database
@@ -246,6 +246,7 @@ def check_pages(home: Home) -> None:
     assert len(buttons(view, "home_approve")) == len(buttons(view, "home_reject")) == PENDING_PAGE
     assert "`ds00-v1`: answer perplexity 8.500 (base 12.000, better by 3.500)" in text_of(view)
     assert "last 30 days: 2 drafts posted, revision rate 0.050" in text_of(view)
+    assert "`ds00-v1` so far: 2 drafts, too few drafts to judge (fewer than 5)" in text_of(view)
     assert "Priya" not in text_of(view) and f"<@{PRIYA}>" in text_of(view)
     assert not buttons(view, "home_retrain"), "Jonas is no admin"
 
