@@ -357,6 +357,8 @@ class Gate:
         return ExampleOutcome(dataset.name, status, example.id)
 
     def recompute_kind(self, example: Example) -> None:
+        if example.kind == "preference":  # a pair stays a pair whoever approves it
+            return
         kinds = set(
             self.session.scalars(select(Approval.kind).where(Approval.example_id == example.id))
         )
