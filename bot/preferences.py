@@ -18,25 +18,21 @@ Inserting skips a pair already stored (same hash): a replayed button press adds 
 
 from __future__ import annotations
 
-import hashlib
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from bot.gate import EXAMPLES, MAX_TEXT_CHARS, MIN_TEXT_CHARS, ExampleOutcome, Gate
+from bot.gate import EXAMPLES, MAX_TEXT_CHARS, MIN_TEXT_CHARS, ExampleOutcome, Gate, pair_hash
 from bot.storage.bulk import insert_rows
 from bot.storage.models import Dataset, utcnow
-from trainer.cleaning import dedup_key, normalize_text, split_for, text_key
+from trainer.cleaning import normalize_text, split_for, text_key
 
-WEAK_SOURCES = ("discard",)
+__all__ = [
+    "TRIVIAL", "PairCandidate", "PairGate", "PreparedPair", "import_split", "pair_hash",
+    "pair_row", "trivial_edit",
+]  # fmt: skip
+
 TRIVIAL = "the two answers differ only in whitespace, punctuation or case"
-
-
-def pair_hash(task: str, prompt: str, chosen: str, rejected: str) -> str:
-    """The content hash of a pair: equal hashes mean the same pair (never equal to the hash of
-    a plain example, which has four parts)."""
-    parts = ["preference", task, dedup_key(prompt), dedup_key(chosen), dedup_key(rejected)]
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
 def _bare(text: str) -> str:

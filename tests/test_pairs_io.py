@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from bot.cli.exits import PARTIAL
+from bot.gate import pair_hash
 from bot.storage import Database
 from bot.storage.models import AuditEntry, Example
 from tests.conftest import CliRunner
@@ -86,13 +87,22 @@ def test_pairs_import_reports_bad_lines_and_round_trips_through_export(
     wrong = cli("import", str(again), "-d", "kk_tickets", "--json").json()
     assert wrong["added"] == 0 and "for draft datasets" in wrong["rejections"][0]["reason"]
 
+    first = cli("examples", "list", "-d", "kk_copy", "--limit", "3", "--json").json()
+    assert cli("examples", "brief", str(first["examples"][-1]["id"]), "The autumn chai").code == 0
+    renamed = cli("import", str(again), "-d", "kk_copy", "--json").json()
+    assert (renamed["added"], renamed["duplicate"]) == (1, 2)  # the pair's hash follows its brief
+
     db = Database(db_url)
     with db.session() as s:
         stored = s.scalars(select(Example)).all()
+        assert all(e.content_hash == pair_hash(e.task, e.prompt or "", e.text,
+                                               e.rejected_text or "") for e in stored)  # fmt: skip
+        assert len(stored) == 4
         assert {(e.kind, e.status, e.source, e.approver_id) for e in stored} == {
             ("preference", "active", "import", "cli")
         }
         assert all(e.message_ts is None and e.split in ("train", "heldout") for e in stored)
-        audit = s.scalars(select(AuditEntry).where(AuditEntry.action == "pairs.import")).one()
-        assert audit.details["added"] == 3 and "maya" not in json.dumps(audit.details)
+        audit = s.scalars(select(AuditEntry).where(AuditEntry.action == "pairs.import")).all()
+        assert [a.details["added"] for a in audit] == [3, 1]
+        assert "maya" not in json.dumps([a.details for a in audit])
     db.dispose()
