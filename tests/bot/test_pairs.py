@@ -20,6 +20,7 @@ from bot.storage.repositories import Audit, Datasets
 from bot.testkit import payloads
 from bot.testkit.payloads import signed_post
 from bot.testkit.slack import FakeSlack
+from plugins.collect import CollectPlugin
 from plugins.draft import DraftPlugin
 from serving.client import LocalClient
 from serving.engine import LocalEngine
@@ -52,8 +53,9 @@ def bot(
         fake_slack.add_user(uid, uid.lower())
     fake_slack.add_channel(COPY, "brand-copy",
                            members=[fake_slack.bot_user_id, MAYA, JONAS, PRIYA])  # fmt: skip
-    with serve_bot(db, fake_slack, slack_signing_secret, [PluginEntry("draft", DraftPlugin)],
-                   config=CONFIG, inference=LocalClient(engine)) as served:  # fmt: skip
+    plugins = [PluginEntry("draft", DraftPlugin), PluginEntry("collect", CollectPlugin)]
+    with serve_bot(db, fake_slack, slack_signing_secret, plugins, config=CONFIG,
+                   inference=LocalClient(engine)) as served:  # fmt: skip
         yield served
 
 
@@ -188,6 +190,13 @@ def test_an_approvers_edit_is_a_pair_once_beside_the_positive_example(
         assert [(a.example_id, a.content_hash) for a in audit] == [(pair.id, pair.content_hash)]
     posts = [c for c in chat.fake.calls_for("chat.postMessage") if c.args.get("channel") == COPY]
     assert len(posts) == 1
+    # The posted message deleted: its example and the pair that chose its text are withdrawn.
+    gone = payloads.event_callback(payloads.message_deleted(COPY, str(draft.message_ts)))
+    assert signed_post(chat.bot.events_url, chat.secret, gone).status_code == 200
+    chat.settle()
+    chat.wait(lambda: [p.status for p in pairs(db)] == ["withdrawn"])
+    with db.session() as s:
+        assert [e.status for e in s.scalars(select(Example))] == ["withdrawn", "withdrawn"]
 
 
 def test_a_trivial_edit_is_no_pair(chat: Chat, db: Database) -> None:
