@@ -92,6 +92,9 @@ def test_pairs_import_reports_bad_lines_and_round_trips_through_export(
     renamed = cli("import", str(again), "-d", "kk_copy", "--json").json()
     assert (renamed["added"], renamed["duplicate"]) == (1, 2)  # the pair's hash follows its brief
 
+    shown = cli("datasets", "show", "kk_copy")
+    assert "examples: 4 active" in shown.out and "of which preference pairs: 4" in shown.out
+
     db = Database(db_url)
     with db.session() as s:
         stored = s.scalars(select(Example)).all()
