@@ -351,9 +351,20 @@ class Collector(Gate):
         return outcomes
 
     def message_deleted(self, channel: str, ts: str, actor: str | None) -> list[ExampleOutcome]:
+        """A deleted message's example is withdrawn, and so are the preference pairs that
+        chose its text (they have no timestamp of their own: same channel, same text)."""
         outcomes = []
         for dataset in self.datasets_for_channel(channel):
             example = self.example_for(dataset, channel, ts)
-            if example is not None:
-                outcomes.append(self.withdraw(example, actor, "message_deleted"))
+            if example is None:
+                continue
+            outcomes.append(self.withdraw(example, actor, "message_deleted"))
+            pairs = self.session.scalars(
+                select(Example).where(
+                    Example.dataset_id == dataset.id, Example.kind == "preference",
+                    Example.channel_id == channel, Example.text_key == example.text_key,
+                    Example.status == "active",
+                )
+            )  # fmt: skip
+            outcomes += [self.withdraw(pair, actor, "message_deleted") for pair in pairs]
         return outcomes

@@ -117,7 +117,11 @@ def run_demo(data_dir: Path, *, smoke: bool) -> None:
     model = "a tiny random model" if smoke else "SmolLM2-135M-Instruct on the CPU"
     console.print(f"[bold]brandbot demo[/] in {data_dir} ({model})")
     for d in loaded:
-        console.print(f"sample brand: {d.name} has {d.result.added + d.result.duplicate} examples")
+        pairs = d.pairs.added + d.pairs.duplicate
+        also = f" and {pairs} preference pairs" if pairs else ""
+        console.print(
+            f"sample brand: {d.name} has {d.result.added + d.result.duplicate} examples{also}"
+        )
     text = "\n".join(script()) + "\n"
     run_console(settings, db, stdin=io.StringIO(text), echo=True)
     charts = sorted(str(p) for p in (data_dir / "console-uploads").glob("*.png"))

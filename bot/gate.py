@@ -13,6 +13,7 @@ message waits in ``pending_text`` while the approved text stays.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from bot.storage.models import Approval, Dataset, Example, NearDupKey, OptOut
 from bot.storage.repositories import Audit
 from trainer.cleaning import (
     content_hash,
+    dedup_key,
     normalize_text,
     split_for,
     strip_invisible,
@@ -51,8 +53,20 @@ def example_hash(task: str, prompt: str | None, text_: str, label: str | None) -
     return content_hash(task, prompt, text_, label)
 
 
+def pair_hash(task: str, prompt: str, chosen: str, rejected: str) -> str:
+    """The content hash of a preference pair: equal hashes mean the same pair (never equal to
+    an ``example_hash``, which has four parts)."""
+    parts = ["preference", task, dedup_key(prompt), dedup_key(chosen), dedup_key(rejected)]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
 def rehash(example: Example) -> None:
     """Recompute a stored example's hash after its prompt, text or label changed."""
+    if example.kind == "preference" and example.rejected_text is not None:
+        example.content_hash = pair_hash(
+            example.task, example.prompt or "", example.text, example.rejected_text
+        )
+        return
     example.content_hash = example_hash(example.task, example.prompt, example.text, example.label)
 
 
@@ -357,6 +371,8 @@ class Gate:
         return ExampleOutcome(dataset.name, status, example.id)
 
     def recompute_kind(self, example: Example) -> None:
+        if example.kind == "preference":  # a pair stays a pair whoever approves it
+            return
         kinds = set(
             self.session.scalars(select(Approval.kind).where(Approval.example_id == example.id))
         )

@@ -2,10 +2,11 @@
 
 ``forget_user`` removes everything by and about a person: the examples they wrote, the examples
 whose prompt came from them (a reply built on their ticket, a post briefed by their thread
-message), their drafts, predictions and suggestions, their approvals. It records an opt-out so
-nothing new is collected, takes every adapter trained on their data out of service (the dataset
-rolls back to an adapter that was not, else to the base model), queues retraining, and deletes
-those runs' checkpoints and adapter folders. The audit log keeps counts and ids only.
+message), the preference pairs their choices made, their drafts, predictions and suggestions,
+their approvals. It records an opt-out so nothing new is collected, takes every adapter trained
+on their data out of service (the dataset rolls back to an adapter that was not, else to the
+base model), queues retraining, and deletes those runs' checkpoints and adapter folders. The
+audit log keeps counts and ids only.
 """
 
 from __future__ import annotations
@@ -50,11 +51,16 @@ class Forgotten:
 
 def _examples_about(session: Session, user_id: str) -> list[int]:
     """Examples they wrote, and examples whose prompt came from them: recorded as the
-    subject, or (older rows) the replies to tickets they opened."""
+    subject, or (older rows) the replies to tickets they opened. A preference pair also goes
+    with the approver whose choice made it."""
     ids = set(
         session.scalars(
             select(Example.id).where(
-                or_(Example.author_id == user_id, Example.subject_id == user_id)
+                or_(
+                    Example.author_id == user_id,
+                    Example.subject_id == user_id,
+                    (Example.kind == "preference") & (Example.approver_id == user_id),
+                )
             )
         )
     )
@@ -99,6 +105,7 @@ def forget_user(
     drafts = session.execute(
         delete(Draft).where((Draft.requested_by == user_id) | (Draft.posted_by == user_id))
     ).rowcount  # type: ignore[attr-defined]
+    session.execute(update(Draft).where(Draft.discarded_by == user_id).values(discarded_by=None))
     predictions = session.execute(
         delete(Prediction).where(Prediction.author_id == user_id)
     ).rowcount  # type: ignore[attr-defined]

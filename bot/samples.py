@@ -1,20 +1,21 @@
 """Loading the sample brand (Kettle & Kite, package data in ``bot/sample_brand``).
 
-Idempotent: datasets that exist are left as they are, and their examples import by content
-hash, so running it twice adds nothing.
+Idempotent: datasets that exist are left as they are, and their examples (and preference pairs,
+``pairs`` in brand.toml) import by content hash, so running it twice adds nothing.
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from bot.datasets import parse_spec
 from bot.importer import ImportResult, import_candidates, read_file
+from bot.pairs_io import import_pairs, iter_pairs_file
 from bot.storage.db import Database
 from bot.storage.repositories import Datasets
 
@@ -46,6 +47,7 @@ class LoadedDataset:
     task: str
     created: bool
     result: ImportResult
+    pairs: ImportResult = field(default_factory=ImportResult)
 
 
 def load_sample_brand(db: Database) -> list[LoadedDataset]:
@@ -54,6 +56,7 @@ def load_sample_brand(db: Database) -> list[LoadedDataset]:
     for raw in brand_definition().get("datasets", []):
         raw = dict(raw)
         examples_file = raw.pop("examples", None)
+        pairs_file = raw.pop("pairs", None)
         spec = parse_spec(raw)
         with db.session() as session:
             repo = Datasets(session)
@@ -65,5 +68,9 @@ def load_sample_brand(db: Database) -> list[LoadedDataset]:
             if examples_file:
                 rows = read_file(sample_dir() / examples_file, dataset.task)
                 result = import_candidates(session, dataset, rows, actor="sample_brand")
-        loaded.append(LoadedDataset(spec.name, spec.task, created, result))
+            pairs = ImportResult()
+            if pairs_file:
+                lines = list(iter_pairs_file(sample_dir() / pairs_file))
+                pairs = import_pairs(session, dataset, lines, actor="sample_brand")
+        loaded.append(LoadedDataset(spec.name, spec.task, created, result, pairs))
     return loaded

@@ -1,5 +1,7 @@
 """``/draft <brief>``: on-brand copy from the dataset's active adapter, with a preview and
-buttons to post, edit, regenerate or discard. A posted draft becomes approved copy.
+buttons to post, edit, regenerate or discard. A posted draft becomes approved copy, and an
+approver's choices (an edit, the variant posted, a regeneration, a discard) become preference
+pairs (``bot.draft_pairs``).
 
 The command is acknowledged at once; a placeholder is answered through the command's
 response_url and the draft streams into it; generation runs on the job queue. Every button is
@@ -12,12 +14,14 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from bot.access import is_approver, may_read
+from bot.draft_pairs import record_discarded, record_posted
 from bot.gate import Gate, scrubber_for_settings
 from bot.modals import text_edit_modal
 from bot.plugin import (
@@ -189,6 +193,8 @@ class DraftPlugin(Plugin):
             row = session.get(Draft, draft_id)
             if row is None:
                 return
+            kept = [t for t in row.variants if t and t not in row.replaced]
+            row.replaced = [*row.replaced, *kept]  # the posted text is preferred over these
             row.variants, row.text = texts, texts[0]
         lines = [note + f"*Draft{'s' if len(texts) > 1 else ''} for* “{draft.brief[:200]}”"]
         buttons = []
@@ -321,6 +327,8 @@ class DraftPlugin(Plugin):
             if outcome.status == "pending":
                 ctx.publish("example.pending", {"example_id": outcome.example_id})
                 note = " An approver's ✅ on it makes it training data."
+            if approved:
+                record_posted(gate, dataset, draft, index, team, self._approves(ctx, dataset))
         self._say(ctx, draft, user, f"Posted in <#{channel}>.{note}")
 
     @on_action("draft_edit")
@@ -380,10 +388,19 @@ class DraftPlugin(Plugin):
         if loaded is None:
             ctx.respond("That draft is gone.")
             return
-        draft = loaded[0]
+        draft, dataset, _ = loaded
         if draft.status == "pending":
-            draft.status = "discarded"
+            draft.status, draft.discarded_by = "discarded", event.user_id
+            approves = self._approves(ctx, dataset)
+            if approves(event.user_id):
+                gate = Gate(ctx.session, scrubber=scrubber_for_settings(ctx.services.settings))
+                record_discarded(gate, dataset, draft, event.team_id, approves)
         ctx.respond(f"Draft {draft.status}.", replace_original=True)
+
+    @staticmethod
+    def _approves(ctx: Context, dataset: Dataset) -> Callable[[str], bool]:
+        """Whether a person approves ``dataset``: only approvers' choices become pairs."""
+        return lambda user: is_approver(dataset, user, ctx.chat, ctx.services.settings.admins)
 
 
 def refusal(exc: InferenceError, model: str | None) -> str:

@@ -9,7 +9,8 @@ When a classify dataset also covers the channel, the suggestion waits for the ti
 - ``ephemeral``: a "Suggest a reply" button is posted in the thread, and the suggestion is shown
   only to the agent who presses it.
 
-A posted reply (after any edit) becomes a (ticket -> reply) example with its edit distance.
+A posted reply (after any edit) becomes a (ticket -> reply) example with its edit distance; an
+approver's edit of the suggestion also becomes a preference pair (posted reply over suggestion).
 Generation runs on the job queue. A suggestion is never posted twice for one ticket: the row is
 unique per ticket and each step claims it with a conditional update.
 """
@@ -40,6 +41,7 @@ from bot.plugin import (
     on_view_submission,
     schedule,
 )
+from bot.preferences import PairCandidate, PairGate
 from bot.ratelimit import admit
 from bot.reply_prompts import fit_ticket, reply_datasets, reply_mode, reply_prompt
 from bot.storage.models import Dataset, Suggestion, utcnow
@@ -433,10 +435,11 @@ class RepliesPlugin(Plugin):
             note = " (the customer opted out, so it is not training data)"
         else:
             approved = is_approver(dataset, user, ctx.chat, ctx.services.settings.admins)
+            prompt = reply_prompt(row.ticket_text, row.label)
             outcome = gate.add(
                 dataset, text=final, source="suggestion", actor=user, approved=approved,
                 workspace=team or "", channel=row.channel_id, ts=reply_ts, author=user,
-                prompt=reply_prompt(row.ticket_text, row.label), prompt_source="suggestion",
+                prompt=prompt, prompt_source="suggestion",
                 subject=row.author_id,
             )  # fmt: skip
             if outcome.status == "refused":
@@ -444,6 +447,14 @@ class RepliesPlugin(Plugin):
             elif outcome.status == "pending":
                 ctx.publish("example.pending", {"example_id": outcome.example_id})
                 note = " (an approver's ✅ on it makes it training data)"
+            if approved and (row.text or "").strip():  # what the agent changed: a pair
+                where = f"slack:{team or ''}:{row.channel_id}:{reply_ts}"
+                PairGate(gate).add_many(
+                    dataset, [PairCandidate(prompt, final, row.text or "", "reply_edit")],
+                    actor=user, author=user, subject=row.author_id, workspace=team,
+                    channel=row.channel_id, identity=where, thread_ts=row.ticket_ts,
+                    prompt_source="suggestion",
+                )  # fmt: skip
         edited = "as suggested" if distance == 0 else f"edited ({distance} characters changed)"
         self._say(ctx, row, user, f"Reply posted by <@{user}>, {edited}{note}.")
         if row.mode == "ephemeral" and row.message_ts:

@@ -8,12 +8,13 @@ from pathlib import Path
 from sqlalchemy import select
 
 from bot.gate import Gate
+from bot.preferences import PairCandidate, PairGate
 from bot.storage import Database
 from bot.storage.models import Adapter, Example, OptOut, Prediction, Suggestion, TrainingRun
 from bot.storage.repositories import Adapters, Datasets
 from tests.conftest import CliRunner
 
-TOM, CUSTOMER = "U0TOM00001", "U0CUST0001"
+TOM, CUSTOMER, PRIYA = "U0TOM00001", "U0CUST0001", "U0PRIYA001"
 TICKETS = "C0SUPPORT1"
 
 
@@ -34,6 +35,13 @@ def _seed(db_url: str, data: Path) -> dict[str, int]:
         other = gate.add(ds, text="Tasting evenings are back in Bristol on Friday.",
                          source="draft", actor=TOM, approved=True, workspace="T1", channel=None,
                          ts=None, author=TOM)  # fmt: skip
+        pair = PairGate(gate).add_many(
+            ds, [PairCandidate("Ticket: charged twice", "Sorry: the second charge is refunded today.",
+                               "Hi there!! We have escalated your ticket.", "reply_edit")],
+            actor=TOM, author=TOM, subject=CUSTOMER, workspace="T1", channel=TICKETS,
+            identity=None, thread_ts="2.0", prompt_source="suggestion",
+        )[0]  # fmt: skip
+        assert pair.status == "added" and pair.example_id
         s.add(Prediction(dataset_id=ds.id, channel_id=TICKETS, message_ts="2.0",
                          author_id=CUSTOMER, text="charged twice", label="billing",
                          confidence=0.9))  # fmt: skip
@@ -63,7 +71,9 @@ def test_forget_a_customer_removes_replies_to_their_tickets_and_retires_adapters
     assert bad.code == 2 and "not a Slack user id" in bad.err
     done = cli("forget", "--user", CUSTOMER)
     assert done.code == 0, done.err
-    assert "erased U0CUST0001: 2 examples" in done.out and "1 predictions" in done.out
+    assert (
+        "erased U0CUST0001: 3 examples" in done.out
+    )  # two replies and a preference pair and "1 predictions" in done.out
     assert "kk_replies-v" in done.out and "taken out of service" in done.out
     assert f"deleted {(data / 'runs' / str(seeded['tainted'])).resolve()}" in done.out
     assert "queued training run" in done.out
@@ -99,6 +109,17 @@ def test_forget_falls_back_to_the_base_model_and_export_leaves_pending_out(
         gate.add(ds, text="Tasting evenings are back in Bristol.", source="draft",
                  actor=CUSTOMER, approved=False, workspace="T1", channel="C1", ts="1.2",
                  author=CUSTOMER)  # fmt: skip
+        (weak,) = PairGate(gate).add_many(
+            ds, [PairCandidate("Announce the chai", "Our autumn chai lands Thursday.",
+                               "OMG the chai is HERE, hurry!!!", "discard")],
+            actor=TOM, author=PRIYA, workspace="T1", channel="C1", identity=None,
+        )  # fmt: skip
+        (kept,) = PairGate(gate).add_many(
+            ds, [PairCandidate("Announce the chai", "Our autumn chai lands Thursday.",
+                               "Chai. Now. Buy it!!!", "edit")],
+            actor=PRIYA, author=PRIYA, workspace="T1", channel="C1", identity=None,
+        )  # fmt: skip
+        assert weak.example_id and kept.example_id
         run = TrainingRun(dataset_id=ds.id, status="succeeded", example_ids=[mine.example_id])
         s.add(run)
         s.flush()
@@ -114,4 +135,6 @@ def test_forget_falls_back_to_the_base_model_and_export_leaves_pending_out(
     with db.session() as s:
         assert s.scalars(select(Adapter)).one().status == "rejected"
         assert Adapters(s).active(Datasets(s).get("kk_copy").id) is None
+        left = s.scalars(select(Example).where(Example.kind == "preference")).all()
+        assert [e.id for e in left] == [kept.example_id]  # the pair Tom approved went with him
     db.dispose()

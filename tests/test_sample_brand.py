@@ -43,7 +43,7 @@ def test_brand_rules_hold_in_the_approved_copy() -> None:
 
 def test_dataset_definitions_are_valid_and_emoji_map_to_labels() -> None:
     for raw in brand_definition()["datasets"]:
-        raw = {k: v for k, v in raw.items() if k != "examples"}
+        raw = {k: v for k, v in raw.items() if k not in ("examples", "pairs")}
         spec = parse_spec(raw)
         if spec.task == "classify":
             assert len(spec.labels or []) == 10
@@ -56,9 +56,32 @@ def test_loading_twice_adds_nothing(sqlite_url: str) -> None:
     first = load_sample_brand(db)
     assert all(d.created and not d.result.rejected for d in first)
     assert sum(d.result.added for d in first) >= 460
+    assert {d.name: d.pairs.added for d in first} == {"kk_copy": 36, "kk_tickets": 0,
+                                                       "kk_replies": 0}  # fmt: skip
     second = load_sample_brand(db)
-    assert all(not d.created and d.result.added == 0 for d in second)
+    assert all(not d.created and d.result.added == 0 == d.pairs.added for d in second)
+    assert {d.name: d.pairs.duplicate for d in second}["kk_copy"] == 36
     with db.session() as s:
         tickets = Datasets(s).get("kk_tickets")
         counts = Examples(s).counts(tickets.id)
         assert 0.08 < counts["by_split"]["heldout"] / counts["total"] < 0.25
+
+
+def test_sample_pairs_prefer_on_brand_posts_over_drafts_with_the_brands_flaws() -> None:
+    from trainer.rules import rule_violations
+
+    spec = next(d for d in brand_definition()["datasets"] if d["task"] == "draft")
+    pairs = _lines(spec["pairs"])
+    assert 30 <= len(pairs) <= 40
+    copy = {str(c["messages"][1]["content"]) for c in _lines("copy.jsonl")}  # type: ignore[index]
+    rules = {"max_length": spec["max_length"], "banned_words": spec["banned_words"],
+             "required_words": []}  # fmt: skip
+    flawed = 0
+    for pair in pairs:
+        chosen, rejected = str(pair["chosen"]), str(pair["rejected"])
+        assert not rule_violations(chosen, **rules) and chosen.count("!") <= 1, chosen
+        assert chosen not in copy and str(pair["prompt"]).strip()
+        hype = rejected.count("!") > 1 or rejected.count("#") > 1
+        assert hype or rule_violations(rejected, **rules), rejected
+        flawed += bool(rule_violations(rejected, **rules))
+    assert flawed >= len(pairs) // 2  # banned words or too long in most of them

@@ -1,4 +1,5 @@
-"""``brandbot import`` and ``brandbot export``: examples in and out as chat JSONL (or CSV)."""
+"""``brandbot import`` and ``brandbot export``: examples in and out as chat JSONL (or CSV), and
+preference pairs as prompt/chosen/rejected JSONL."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from bot.cli.common import (
 )
 from bot.gate import scrubber_for_settings
 from bot.importer import export_records, import_candidates, iter_file
+from bot.pairs_io import export_pair_records, import_pairs, is_pairs_file, iter_pairs_file
 from bot.storage.repositories import Datasets, Examples
 
 SHOW_REJECTIONS = 20
@@ -31,19 +33,25 @@ def import_examples(
     dataset: str = DatasetOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Import examples. Idempotent: the same content twice is one example.
+    """Import examples, or preference pairs. Idempotent: the same content twice is one example.
 
     JSONL lines look like {"messages": [{"role": "user", "content": "brief"},
     {"role": "assistant", "content": "approved copy"}]}; classify lines also carry "label",
-    equal to the assistant message. CSV rows are text,label.
+    equal to the assistant message. CSV rows are text,label. A file whose lines look like
+    {"prompt": "brief", "chosen": "posted copy", "rejected": "model draft"} holds preference
+    pairs (draft datasets).
     """
     if not path.is_file():
         raise CliError(f"no such file: {path}")
     with database().session() as session:
         ds = Datasets(session).get(dataset)
-        rows = iter_file(path, ds.task)
         scrubber = scrubber_for_settings(settings())
-        result = import_candidates(session, ds, rows, actor="cli", scrubber=scrubber)
+        if is_pairs_file(path):
+            pairs = iter_pairs_file(path)
+            result = import_pairs(session, ds, pairs, actor="cli", scrubber=scrubber)
+        else:
+            rows = iter_file(path, ds.task)
+            result = import_candidates(session, ds, rows, actor="cli", scrubber=scrubber)
     status, code = exits.import_status(result.added + result.duplicate, len(result.rejected))
     if as_json:
         print_json(
@@ -78,22 +86,32 @@ def export_examples(
         help="Export the examples waiting for an approver instead (never "
         "trained on until approved).",
     ),
+    pairs: bool = typer.Option(
+        False,
+        "--pairs",
+        help='Export the preference pairs instead, as {"prompt", "chosen", "rejected"} JSONL.',
+    ),
 ) -> None:
     """Export what training would use: the dataset's active (approved) examples, as chat
-    JSONL. With --pending, the contributions still waiting for an approver."""
+    JSONL. With --pending, the contributions still waiting for an approver; with --pairs,
+    the preference pairs."""
     if split not in ("train", "heldout", "all"):
         raise CliError(f"--split must be train, heldout or all, not {split!r}")
     with database().session() as session:
         ds = Datasets(session).get(dataset)
         examples = Examples(session).active(
-            ds.id, None if split == "all" else split, kind=None,
+            ds.id, None if split == "all" else split, kind="preference" if pairs else None,
             status="pending" if pending else "active",
         )  # fmt: skip
-        lines = [json.dumps(r, ensure_ascii=False) for r in export_records(ds, examples)]
+        records = (
+            export_pair_records(examples) if pairs
+            else export_records(ds, [e for e in examples if e.kind != "preference"])
+        )  # fmt: skip
+        lines = [json.dumps(r, ensure_ascii=False) for r in records]
     text = "".join(line + "\n" for line in lines)
     if output is None:
         sys.stdout.write(text)
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text, encoding="utf-8")
-        err_console.print(f"wrote {len(lines)} examples to {output}")
+        err_console.print(f"wrote {len(lines)} {'pairs' if pairs else 'examples'} to {output}")

@@ -314,6 +314,8 @@ def show(
         f"{counts['by_split'].get('heldout', 0)} held out), "
         f"{counts['by_status'].get('withdrawn', 0)} withdrawn"
     )
+    if counts["by_kind"].get("preference"):
+        console.print(f"of which preference pairs: {counts['by_kind']['preference']}")
     console.print(f"new since the last training: {counts['new_since_last_training']}")
     if counts["by_source"]:
         console.print(

@@ -150,7 +150,13 @@ def _setup(sample: bool) -> dict[str, Any]:
         "database": safe_url(db.url),
         "schema_revision": db.current_revision(),
         "sample_brand": [
-            {"name": d.name, "created": d.created, **d.result.as_dict()} for d in loaded
+            {
+                "name": d.name,
+                "created": d.created,
+                **d.result.as_dict(),
+                "pairs": d.pairs.added + d.pairs.duplicate,
+            }
+            for d in loaded
         ],
         "datasets": datasets,
         "base_model": model,

@@ -35,8 +35,11 @@ NAMING = {
 
 TASKS = ("draft", "classify")
 EXAMPLE_STATUSES = ("active", "pending", "withdrawn")
-EXAMPLE_KINDS = ("positive", "negative")
+EXAMPLE_KINDS = ("positive", "negative", "preference")
 EXAMPLE_SOURCES = ("reaction", "draft", "correction", "import", "suggestion")
+# Where a preference pair came from; "discard" pairs are weak (a discarded draft of a brief
+# another draft of which was posted).
+PAIR_SOURCES = ("edit", "variant", "regenerate", "discard", "reply_edit", "import")
 SPLITS = ("train", "heldout")
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ADAPTER_STATUSES = ("candidate", "active", "rejected", "retired")
@@ -283,11 +286,14 @@ class Draft(Base):
     adapter_name: Mapped[str | None] = mapped_column(String(64), default=None)
     brief: Mapped[str] = mapped_column(Text)
     variants: Mapped[list[str]] = mapped_column(default=list)
+    # Texts a regeneration replaced, oldest first: the posted text is preferred over them.
+    replaced: Mapped[list[str]] = mapped_column(default=list)
     text: Mapped[str | None] = mapped_column(Text, default=None)
     final_text: Mapped[str | None] = mapped_column(Text, default=None)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     requested_by: Mapped[str] = mapped_column(String(32), index=True)
     posted_by: Mapped[str | None] = mapped_column(String(32), default=None)
+    discarded_by: Mapped[str | None] = mapped_column(String(32), default=None)
     channel_id: Mapped[str | None] = mapped_column(String(32), default=None)
     message_ts: Mapped[str | None] = mapped_column(String(32), default=None)
     edit_distance: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -441,6 +447,7 @@ __all__ = [
     "EXAMPLE_KINDS",
     "EXAMPLE_SOURCES",
     "EXAMPLE_STATUSES",
+    "PAIR_SOURCES",
     "REPLY_MODES",
     "RUN_STATUSES",
     "SPLITS",

@@ -144,12 +144,14 @@ def test_draft_preview_post_and_feedback(
         draft = s.scalars(select(Draft)).one()
         assert draft.status == "posted" and draft.final_text == draft.variants[1]
         assert draft.edit_distance == 0 and draft.posted_by == MAYA and draft.posted_at
-        example = s.scalars(select(Example)).one()
+        example = s.scalars(select(Example).where(Example.kind == "positive")).one()
         assert (example.source, example.prompt, example.channel_id) == (
             "draft",
             "announce the autumn chai",
             COPY,
         )
+        pairs = s.scalars(select(Example).where(Example.kind == "preference")).all()
+        assert [p.source for p in pairs] in ([], ["variant"])  # variant 2 over variant 1
     posted = [c for c in fake_slack.calls_for("chat.postMessage") if c.args.get("channel") == COPY]
     assert len(posted) == 1
     again = press(bot, fake_slack, slack_signing_secret, buttons["Post 1 to channel"])

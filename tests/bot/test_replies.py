@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.plugin_loader import PluginEntry
+from bot.privacy import forget_user
 from bot.reply_prompts import CUT_NOTE, cut_middle, fit_ticket, reply_prompt
 from bot.storage import Database
 from bot.storage.models import Example, OptOut, Prediction, Suggestion, utcnow
@@ -26,6 +27,7 @@ from plugins.replies import RepliesPlugin
 from serving.client import HttpClient, LocalClient
 from serving.engine import LocalEngine
 from tests.bot.slack_harness import Served, serve_bot
+from trainer.cleaning import normalize_text
 
 TICKETS, PRIVATE_Q = "C0SUPPORT1", "C0SUPPORT2"
 TOM, ANA, CUSTOMER = "U0TOM00001", "U0ANA00001", "U0CUST0001"
@@ -188,7 +190,7 @@ def test_ticket_gets_a_label_and_a_suggestion_and_an_edited_post_becomes_an_exam
     assert row.status == "posted" and row.final_text == final and row.resolved_by == TOM
     assert row.edit_distance is not None and row.edit_distance > 0 and row.resolved_at
     with db.session() as s:
-        example = s.scalars(select(Example)).one()
+        example = s.scalars(select(Example).where(Example.kind == "positive")).one()
     assert (example.source, example.task, example.text) == ("suggestion", "draft", final)
     assert example.prompt == reply_prompt(text, prediction.label)
     assert (example.channel_id, example.message_ts) == (TICKETS, row.reply_ts)
@@ -197,7 +199,62 @@ def test_ticket_gets_a_label_and_a_suggestion_and_an_edited_post_becomes_an_exam
     assert "already posted" in wait(lambda: fake_slack.responses(again))[0]["text"]
     assert len([p for p in thread_posts(fake_slack, ts) if p["text"] == final]) == 1
     with db.session() as s:
-        assert len(s.scalars(select(Example)).all()) == 1
+        assert len(s.scalars(select(Example).where(Example.kind == "positive")).all()) == 1
+
+
+def edit_and_post(
+    bot: Served, fake: FakeSlack, secret: str, row: Suggestion, text: str, user: str
+) -> dict[str, Any]:
+    """Press Edit and post on a suggestion and submit the editor with ``text``."""
+    opened = len(fake.calls_for("views.open"))
+    press(bot, fake, secret, "reply_edit", str(row.id), user=user)
+    view = fake.wait_for("views.open", count=opened + 1)[-1].args["view"]
+    view = view if isinstance(view, dict) else json.loads(view)
+    body = payloads.view_submission(user, "reply_edit", {"text": {"value": text}},
+                                    private_metadata=view["private_metadata"])  # fmt: skip
+    assert signed_post(bot.events_url, secret, body).status_code == 200
+    return dict(view)
+
+
+def test_only_an_approvers_edit_of_a_suggestion_is_a_preference_pair_and_forget_erases_it(
+    bot: Served, fake_slack: FakeSlack, slack_signing_secret: str, db: Database
+) -> None:
+    first = post_ticket(bot, fake_slack, slack_signing_secret, "my tin arrived dented")
+    second = post_ticket(bot, fake_slack, slack_signing_secret, "I was charged twice this month")
+    settle(bot)
+    rows = [suggestion(db, ts) for ts in (first, second)]
+    for row in rows:
+        if not (row.text or "").strip():  # the tiny random model may say nothing
+            set_text(db, row.id, "We will look at it.")
+    rows = [suggestion(db, ts) for ts in (first, second)]
+    answer = "Sorry about the dent: a new tin is on its way today, no need to send the old one."
+    edit_and_post(bot, fake_slack, slack_signing_secret, rows[0], answer, user=ANA)
+    wait(lambda: suggestion(db, first).status == "posted")
+    with db.session() as s:  # Ana does not approve kk_replies: her edit waits, and is no pair
+        kinds = [(e.kind, e.status) for e in s.scalars(select(Example))]
+    assert kinds == [("positive", "pending")]
+    refund = "Sorry: the second charge is refunded today and reaches your card in 3-5 working days."
+    view = edit_and_post(bot, fake_slack, slack_signing_secret, rows[1], refund, user=TOM)
+    wait(lambda: suggestion(db, second).status == "posted")
+    replay = payloads.view_submission(TOM, "reply_edit", {"text": {"value": refund}},
+                                      private_metadata=view["private_metadata"])  # fmt: skip
+    assert signed_post(bot.events_url, slack_signing_secret, replay).status_code == 200
+    settle(bot)
+    with db.session() as s:
+        (pair,) = s.scalars(select(Example).where(Example.kind == "preference")).all()
+        positive = s.scalars(
+            select(Example).where(Example.kind == "positive", Example.status == "active")
+        ).one()
+        assert (pair.text, pair.rejected_text, pair.source) == (
+            refund, normalize_text(rows[1].text or ""), "reply_edit",
+        )  # fmt: skip
+        assert pair.prompt == positive.prompt and pair.prompt_source == "suggestion"
+        assert (pair.subject_id, pair.approver_id, pair.thread_ts) == (CUSTOMER, TOM, second)
+        assert pair.message_ts is None and pair.split == positive.split
+    with db.session() as s:
+        forget_user(s, CUSTOMER, actor=TOM)
+    with db.session() as s:
+        assert s.scalars(select(Example).where(Example.kind == "preference")).all() == []
 
 
 def test_post_as_suggested_records_zero_edits_and_dismiss_regenerate(
