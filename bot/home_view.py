@@ -227,7 +227,7 @@ def _pending_blocks(data: HomeData) -> list[dict[str, Any]]:
         who = f" by <@{item.author}>" if item.author else ""
         where = f" in <#{item.channel}>" if item.channel else ""
         label = f", labelled *{item.label}*" if item.label else ""
-        kind = " (preference pair)" if item.kind == "pair" else ""
+        kind = " (preference pair)" if item.kind == "preference" else ""
         quoted = clip(" ".join(item.preview.split()), PREVIEW)
         text = f"*{item.dataset}* · {item.source}{who}{where}{label}{kind}\n> {quoted}"
         value = str(item.example_id)
