@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from bot.settings import Settings
 from bot.storage.models import Adapter, Dataset, utcnow
 from bot.storage.repositories import Audit, Outbox
+from serving.adapter_checksums import verify_adapter_files
 from serving.adapters import deploy_adapter, rollback
 from serving.client import InferenceClient, InferenceError, InferenceUnavailable
 
@@ -58,6 +59,7 @@ def promote(
         max_lora_rank=settings.max_lora_rank,
         server_path=server_path(settings, Path(adapter.path)),
         previous=previous.name if previous else None,
+        checksum=adapter.weights_fingerprint,
     )
     if not result.ok:
         reason = "; ".join(result.reasons)
@@ -110,6 +112,12 @@ def roll_back(
     else:
         earlier = [a for a in adapters if a.status == "retired" and a.version < current.version]
         target = earlier[-1] if earlier else None
+    if target is not None and (
+        damaged := verify_adapter_files(Path(target.path), target.weights_fingerprint)
+    ):
+        return Promotion(
+            False, f"{target.name} cannot be loaded: {'; '.join(damaged)}", current.name
+        )
     result = rollback(
         client,
         current=current.name,
@@ -141,6 +149,10 @@ def load_active(session: Session, settings: Settings, client: InferenceClient) -
     done = []
     for adapter in session.scalars(select(Adapter).where(Adapter.status == "active")):
         if adapter.name in loaded:
+            continue
+        damaged = verify_adapter_files(Path(adapter.path), adapter.weights_fingerprint)
+        if damaged:
+            log.error("refusing to load %s: %s", adapter.name, "; ".join(damaged))
             continue
         try:
             client.load_adapter(adapter.name, server_path(settings, Path(adapter.path)))

@@ -29,6 +29,7 @@ from bot.settings import Settings
 from bot.storage.db import Database, DatabaseUnavailable
 from bot.storage.models import Adapter, Dataset, Example, TrainingRun, utcnow
 from bot.storage.repositories import Adapters, Audit, Outbox
+from serving.adapter_checksums import manifest_checksum
 from serving.client import InferenceClient
 
 log = logging.getLogger("brandbot.worker")
@@ -267,6 +268,7 @@ class Worker:
                 dataset_id=dataset.id, name=name, version=adapter_version, status="candidate",
                 run_id=run_id, path=str(out_dir), base_fingerprint=base.fingerprint,
                 metrics=new_sc.summary(), decision=decision.reason,
+                weights_fingerprint=manifest_checksum(out_dir),
             )  # fmt: skip
             session.add(adapter)
             session.flush()
