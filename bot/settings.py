@@ -138,6 +138,15 @@ class Settings(BaseSettings):
         "has the active adapters loaded; it loads them again after the server restarts.",
         examples=[20],
     )
+    retention_days: float = Field(
+        default=14.0,
+        ge=0,
+        validation_alias=AliasChoices("BRANDBOT_RETENTION_DAYS", "retention_days"),
+        description="Days to keep the checkpoints of finished training runs and the files of "
+        "rejected and superseded adapters; then `brandbot gc` (and the scheduler, hourly) "
+        "deletes them. The active adapter and its rollback target are always kept.",
+        examples=[14],
+    )
     vllm_python: str | None = Field(
         default=None,
         validation_alias=AliasChoices("BRANDBOT_VLLM_PYTHON", "vllm_python"),

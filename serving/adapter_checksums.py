@@ -61,6 +61,8 @@ def verify_adapter_files(folder: Path, checksum: str | None) -> list[str]:
     ``checksum`` is the one recorded when the adapter was trained; with None (an adapter built
     before checksums existed) a folder without a manifest passes, and one with a manifest is
     checked against it."""
+    if not folder.is_dir():
+        return [f"the adapter folder {folder} does not exist (deleted by retention, or moved)"]
     path = folder / MANIFEST
     if not path.is_file():
         if checksum is None:
