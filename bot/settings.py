@@ -134,8 +134,9 @@ class Settings(BaseSettings):
         default=20.0,
         gt=0,
         validation_alias=AliasChoices("BRANDBOT_ADAPTER_CHECK_SECONDS", "adapter_check_seconds"),
-        description="How often (seconds) each bot replica checks that the model server still "
-        "has the active adapters loaded; it loads them again after the server restarts.",
+        description="How often (seconds) each bot replica makes the model server's adapters "
+        "match the registry: it loads the active ones (again after a server restart) and "
+        "unloads rejected and rolled-back ones.",
         examples=[20],
     )
     retention_days: float = Field(

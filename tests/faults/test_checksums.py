@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bot.registry import load_active, promote, roll_back
+from bot.reconciler import reconcile
+from bot.registry import promote, roll_back
 from bot.settings import Settings
 from bot.storage import Database
 from bot.storage.models import Adapter
@@ -141,12 +142,13 @@ def test_a_damaged_adapter_is_neither_loaded_again_nor_rolled_back_to(
     assert try_promote(db, settings, client, v2) is None
     flip_a_byte(tmp_path / v1 / ADAPTER_WEIGHTS)  # the rollback target
     with db.session() as s:
-        back = roll_back(s, settings, client, Datasets(s).get("kk_copy"), actor="test")
+        back = roll_back(s, Datasets(s).get("kk_copy"), actor="test")
     assert not back.ok and "does not match its sha256" in back.reason
     assert statuses(db) == {v1: "retired", v2: "active"}
     client.unload_adapter(v2)  # as after a restart of the model server
     client.unload_adapter(v1)
     cut(tmp_path / v2 / ADAPTER_WEIGHTS)
     with db.session() as s:
-        assert load_active(s, settings, client) == []  # refused, not loaded half-written
+        done = reconcile(s, settings, client)
+    assert done.loaded == [] and "cut short" in done.problems[0]  # not loaded half-written
     assert v2 not in {m.id for m in client.models()}
