@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from bot.reconciler import desired
 from bot.settings import Settings
 from bot.storage.models import Adapter, TrainingRun, utcnow
 from bot.storage.repositories import Audit
@@ -67,23 +68,13 @@ class Collected:
         }
 
 
-def protected_adapters(session: Session) -> set[int]:
-    """Ids of the adapters retention never deletes: every active one, its rollback target,
-    and every candidate (a run is evaluating or promoting it)."""
-    keep: set[int] = set()
-    rows = list(session.scalars(select(Adapter).order_by(Adapter.dataset_id, Adapter.version)))
-    for adapter in rows:
-        if adapter.status in ("active", "candidate"):
-            keep.add(adapter.id)
-    for active in (a for a in rows if a.status == "active"):
-        earlier = [
-            a for a in rows
-            if a.dataset_id == active.dataset_id and a.status == "retired"
-            and a.version < active.version
-        ]  # fmt: skip
-        if earlier:
-            keep.add(earlier[-1].id)
-    return keep
+def protected_adapters(session: Session) -> set[str]:
+    """Names of the adapters retention never deletes: every active one, its rollback target
+    (what the model server keeps loaded, :func:`bot.reconciler.desired`), and every candidate
+    (a run is evaluating or promoting it)."""
+    _active, keep, _drop = desired(session)
+    candidates = session.scalars(select(Adapter.name).where(Adapter.status == "candidate"))
+    return keep | set(candidates)
 
 
 def collect_garbage(
@@ -119,7 +110,7 @@ def collect_garbage(
         .order_by(Adapter.id)
     )  # fmt: skip
     for adapter in adapters:
-        if adapter.id in keep:
+        if adapter.name in keep:
             continue
         _delete(result, "adapter", adapter.name, Path(adapter.path), settings.adapters_dir)
     if result.removed and not dry_run:
