@@ -16,7 +16,7 @@ import threading
 
 from sqlalchemy import select
 
-from bot.registry import load_active
+from bot.reconciler import reconcile
 from bot.settings import Settings
 from bot.storage import Database
 from bot.storage.models import Adapter
@@ -26,7 +26,7 @@ log = logging.getLogger("brandbot.adapters")
 
 
 class AdapterWatcher:
-    """A daemon thread that calls :func:`bot.registry.load_active` every ``interval`` seconds."""
+    """A daemon thread that calls :func:`bot.reconciler.reconcile` every ``interval`` seconds."""
 
     def __init__(
         self,
@@ -45,12 +45,12 @@ class AdapterWatcher:
         self._thread: threading.Thread | None = None
 
     def check(self) -> list[str]:
-        """One pass: load every active adapter the server does not list; returns their names."""
+        """One pass: load every active adapter the server does not list and unload the ones the
+        registry no longer uses; returns the names it loaded."""
         with self.db.session() as session:
-            active = select(Adapter.id).where(Adapter.status == "active").limit(1)
-            if session.scalar(active) is None:
+            if session.scalar(select(Adapter.id).limit(1)) is None:
                 return []
-            loaded = load_active(session, self.settings, self.client)
+            loaded = reconcile(session, self.settings, self.client).loaded
         if loaded:
             self.reloads += 1
             log.info("loaded active adapters on the model server: %s", ", ".join(loaded))

@@ -82,14 +82,14 @@ def build_bot(
 def load_active_adapters_soon(settings: Settings, db: Database, client: Any) -> threading.Thread:
     """Load every dataset's active adapter on the inference server in the background (an
     in-process engine starts empty; vLLM may have restarted)."""
-    from bot.registry import load_active
+    from bot.reconciler import reconcile
     from bot.storage.models import Adapter
 
     def work() -> None:
         try:
             with db.session() as session:
                 if session.scalar(select(Adapter.id).where(Adapter.status == "active").limit(1)):
-                    loaded = load_active(session, settings, client)
+                    loaded = reconcile(session, settings, client).loaded
                     if loaded:
                         log.info("loaded active adapters %s", loaded)
         except Exception:

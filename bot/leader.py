@@ -151,10 +151,23 @@ class SchedulerLeader:
             self.sync_dataset_schedules, "interval", minutes=1, id="brandbot:sync",
             jobstore="local", replace_existing=True,
         )  # fmt: skip
+        self.scheduler.add_job(
+            self.collect_garbage, "interval", hours=1, id="brandbot:retention",
+            jobstore="local", replace_existing=True,
+        )  # fmt: skip
         self.scheduler.resume()
         if self.on_leader:
             self.on_leader()
         return True
+
+    def collect_garbage(self) -> None:
+        """Retention (:mod:`bot.retention`): old checkpoints and adapter files, hourly."""
+        from bot.retention import collect_garbage
+
+        with self.db.session() as session:
+            result = collect_garbage(session, self.runtime.services.settings)
+        for error in result.errors:
+            log.error("retention: %s", error)
 
     def sync_plugin_schedules(self) -> None:
         """One stored cron job per plugin ``@schedule`` handler; jobs of plugins no longer

@@ -134,8 +134,9 @@ class Settings(BaseSettings):
         default=20.0,
         gt=0,
         validation_alias=AliasChoices("BRANDBOT_ADAPTER_CHECK_SECONDS", "adapter_check_seconds"),
-        description="How often (seconds) each bot replica checks that the model server still "
-        "has the active adapters loaded; it loads them again after the server restarts.",
+        description="How often (seconds) each bot replica makes the model server's adapters "
+        "match the registry: it loads the active ones (again after a server restart) and "
+        "unloads rejected and rolled-back ones.",
         examples=[20],
     )
     spool_max_events: int = Field(
@@ -154,6 +155,15 @@ class Settings(BaseSettings):
         description="How often (seconds) a bot process tries to replay the chat events it kept "
         "while the database was unreachable.",
         examples=[5],
+    )
+    retention_days: float = Field(
+        default=14.0,
+        ge=0,
+        validation_alias=AliasChoices("BRANDBOT_RETENTION_DAYS", "retention_days"),
+        description="Days to keep the checkpoints of finished training runs and the files of "
+        "rejected and superseded adapters; then `brandbot gc` (and the scheduler, hourly) "
+        "deletes them. The active adapter and its rollback target are always kept.",
+        examples=[14],
     )
     vllm_python: str | None = Field(
         default=None,

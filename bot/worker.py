@@ -5,7 +5,9 @@ adapter, promotes it only if it wins, and announces the result through the outbo
 (``run.finished`` / ``run.failed``).
 
 A run whose worker died is re-queued once its lease runs out, by any worker, and resumes from
-its checkpoints under the same adapter version.
+its checkpoints under the same adapter version, unless its training examples changed since
+(the ids recorded on the run with its checkpoint folder, the examples' hash in the checkpoint):
+then its checkpoints are deleted and it starts over, and the audit log says why.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bot.registry import promote
+from bot.registry import activate, deploy
 from bot.run_claims import Heartbeat, LeaseLost, RunClaims
 from bot.settings import Settings
 from bot.storage.db import Database, DatabaseUnavailable
 from bot.storage.models import Adapter, Dataset, Example, TrainingRun, utcnow
 from bot.storage.repositories import Adapters, Audit, Outbox
-from serving.client import InferenceClient
+from serving.adapter_checksums import manifest_checksum
+from serving.adapters import DeployResult
+from serving.client import InferenceClient, InferenceError, InferenceUnavailable
 
 log = logging.getLogger("brandbot.worker")
 
@@ -192,7 +196,7 @@ class Worker:
         from serving.base_model import resolve_base_model
         from trainer.config import defaults_for
         from trainer.evaluate import BrandRules
-        from trainer.lora import train_lora
+        from trainer.lora import ResumeMismatch, train_lora
         from trainer.promotion import decide_promotion
 
         settings = self.settings
@@ -216,7 +220,10 @@ class Worker:
             if run.checkpoint_dir:
                 checkpoints = Path(run.checkpoint_dir)
             run.checkpoint_dir = str(checkpoints)
+            changed = _changed_examples(checkpoints, list(run.example_ids or []), train_ids)
             run.example_ids = train_ids
+            if changed:
+                _start_over(session, run, checkpoints, changed)
             # A retried run keeps the version (and the name) its first attempt was given.
             adapter_version = int((run.hyperparams or {}).get("_version", 0)) or None
             if adapter_version is None:
@@ -236,14 +243,28 @@ class Worker:
 
             shutil.rmtree(out_dir)
         log.info("run %s: training %s on %d examples", run_id, name, len(train))
-        result = train_lora(
-            base.path, train, config, out_dir,
-            served_model_name=settings.served_model_name, base_fingerprint=base.fingerprint,
-            progress=self._progress(beat), checkpoint_dir=checkpoints,
-        )  # fmt: skip
+
+        def fit() -> Any:
+            return train_lora(
+                base.path, train, config, out_dir,
+                served_model_name=settings.served_model_name, base_fingerprint=base.fingerprint,
+                progress=self._progress(beat), checkpoint_dir=checkpoints,
+            )  # fmt: skip
+
+        try:
+            result = fit()
+        except ResumeMismatch:  # same ids, but an example's text or the settings changed
+            with self.db.session() as session:
+                run = session.get(TrainingRun, run_id)
+                assert run is not None
+                _start_over(session, run, checkpoints,
+                            "its examples' text or its training settings changed")  # fmt: skip
+            result = fit()
         loaded = {m.id for m in self.client.models()}
         if current_name and current_path and current_name not in loaded:
             self.client.load_adapter(current_name, str(current_path))
+        if name in loaded:  # loaded by an attempt that died: its weights are not these
+            self.client.unload_adapter(name)
         self.client.load_adapter(name, str(out_dir))
         scorecards = self._evaluate(
             task, heldout, labels, rules, base.path, current_name, current_path, name, out_dir
@@ -257,6 +278,17 @@ class Worker:
             "decision": decision.details,
             "heldout_ids": heldout_ids,
         }
+        checksum = manifest_checksum(out_dir)
+        deployed = None
+        if decision.promote:  # on the server first, outside the transaction that records it
+            # It was loaded for the evaluation; deployment loads it again, with its checks.
+            self.client.unload_adapter(name)
+            staged = Adapter(name=name, path=str(out_dir), base_fingerprint=base.fingerprint,
+                             weights_fingerprint=checksum)  # fmt: skip
+            try:
+                deployed = deploy(settings, self.client, staged)
+            except (InferenceError, InferenceUnavailable) as exc:
+                deployed = DeployResult(ok=False, name=name, reasons=[f"server: {exc}"])
         with self.db.session() as session:
             run = session.get(TrainingRun, run_id, with_for_update=True)
             assert run is not None
@@ -267,25 +299,20 @@ class Worker:
                 dataset_id=dataset.id, name=name, version=adapter_version, status="candidate",
                 run_id=run_id, path=str(out_dir), base_fingerprint=base.fingerprint,
                 metrics=new_sc.summary(), decision=decision.reason,
+                weights_fingerprint=checksum,
             )  # fmt: skip
             session.add(adapter)
             session.flush()
             promoted = False
             reason = decision.reason
-            if decision.promote:
-                # It was loaded for the evaluation; deployment loads it again, with its checks.
-                self.client.unload_adapter(name)
-                outcome = promote(session, settings, self.client, adapter, actor="worker")
+            if deployed is not None:
+                outcome = activate(session, adapter, deployed, actor="worker")
                 promoted = outcome.ok
                 if not outcome.ok:
                     reason = f"{decision.reason}; but deployment failed: {outcome.reason}"
                     adapter.decision = reason
             if not promoted:
                 adapter.status = "rejected"
-                try:
-                    self.client.unload_adapter(name)
-                except Exception:  # the server may already have dropped it
-                    log.debug("unload of %s failed", name)
             run.status, run.finished_at, run.lease_until = "succeeded", utcnow(), None
             run.losses = result.losses
             run.metrics = {**metrics, "scorecards": [s.to_dict() for s in scorecards if s]}
@@ -299,6 +326,11 @@ class Worker:
                 {"run_id": run_id, "dataset_id": dataset.id, "adapter": name,
                  "promoted": promoted, "reason": reason},
             )  # fmt: skip
+        if not promoted:
+            try:
+                self.client.unload_adapter(name)
+            except Exception:  # the server may already have dropped it
+                log.debug("unload of %s failed", name)
         log.info("run %s finished: %s", run_id, reason)
         return RunSummary(run_id, "succeeded", name, promoted, reason)
 
@@ -340,6 +372,28 @@ class Worker:
                 heldout, candidates, base_dir=base_dir, client=self.client, rules=rules
             )
         return cards[0], cards[1] if current_name else None, cards[-1]
+
+
+def _changed_examples(checkpoints: Path, before: list[Any], now: list[Any]) -> str | None:
+    """Why the checkpoints in ``checkpoints`` are not this attempt's to resume, or None."""
+    if not checkpoints.is_dir() or not any(checkpoints.glob("ckpt-*.pt")):
+        return None
+    added, removed = set(now) - set(before), set(before) - set(now)
+    if not (added or removed):
+        return None
+    return (
+        f"its training examples changed since the checkpoint ({len(added)} added, "
+        f"{len(removed)} removed)"
+    )
+
+
+def _start_over(session: Any, run: TrainingRun, checkpoints: Path, why: str) -> None:
+    """Delete a run's checkpoints so it trains from the start, and say why."""
+    import shutil
+
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    log.warning("run %s starts over: %s", run.id, why)
+    Audit(session).record("run.started_over", dataset_id=run.dataset_id, run=run.id, reason=why)
 
 
 def main() -> None:

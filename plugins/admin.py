@@ -11,7 +11,7 @@ from bot.datasets import DatasetError, check_consistency, parse_fields, parse_sp
 from bot.durable import dead_jobs
 from bot.event_spool import spooled
 from bot.outbox import dead_letters
-from bot.plugin import CommandEvent, Context, Plugin, command, require
+from bot.plugin import CommandEvent, Context, InternalEvent, Plugin, command, on_event, require
 from bot.production_signals import production_signals
 from bot.registry import serving_problem
 from bot.reply_prompts import is_reply_dataset, reply_mode
@@ -129,10 +129,21 @@ class AdminPlugin(Plugin):
             ctx.respond("No model server is configured.")
             return
         result = roll_back(
-            ctx.session, ctx.services.settings, ctx.services.inference, dataset,
-            to=words[1] if len(words) > 1 else None, actor=event.user_id,
-        )  # fmt: skip
+            ctx.session, dataset, to=words[1] if len(words) > 1 else None, actor=event.user_id
+        )
         ctx.respond(("Rolled back: " if result.ok else "Not rolled back: ") + result.reason + ".")
+
+    @on_event("adapter.promoted")
+    @on_event("adapter.rolled_back")
+    def follow_registry(self, event: InternalEvent, ctx: Context) -> None:
+        """The model server follows the registry (:mod:`bot.reconciler`); an unreachable
+        server fails the delivery, so it is retried."""
+        from bot.reconciler import reconcile
+
+        if ctx.services.inference is None:
+            return
+        with ctx.services.db.session() as session:  # what the registry says now
+            reconcile(session, ctx.services.settings, ctx.services.inference)
 
     @command("/brandbot retrain")
     @require(admins=True)

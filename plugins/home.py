@@ -263,8 +263,7 @@ class HomePlugin(Plugin):
             ctx.session.delete(ctx.session.get(ProcessedEvent, key))
             self._tell(ctx, event.user_id, "Not rolled back: no model server is configured.")
         else:
-            result = roll_back(ctx.session, ctx.services.settings, ctx.services.inference, dataset,
-                               actor=event.user_id)  # fmt: skip
+            result = roll_back(ctx.session, dataset, actor=event.user_id)
             if not result.ok:
                 ctx.session.delete(ctx.session.get(ProcessedEvent, key))
             word = "Rolled back: " if result.ok else "Not rolled back: "

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serving.adapter_checksums import verify_adapter_files
 from serving.client import InferenceClient, InferenceError, InferenceUnavailable
 
 ADAPTER_META = "brandbot_adapter.json"
@@ -77,19 +78,21 @@ def lint_adapter(
     base_fingerprint: str | None,
     max_lora_rank: int,
     model_type: str = "llama",
+    checksum: str | None = None,
 ) -> LintResult:
     """Check that vLLM will load ``folder`` correctly onto the served base. Every problem found
-    is listed (not just the first), each as one sentence that says what to change."""
-    reasons: list[str] = []
+    is listed (not just the first), each as one sentence that says what to change. ``checksum``
+    is the one recorded at training (:mod:`serving.adapter_checksums`)."""
     config_path = folder / ADAPTER_CONFIG
     if not folder.is_dir():
         return LintResult(False, [f"{folder} is not a folder"])
+    reasons = verify_adapter_files(folder, checksum)
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
-        return LintResult(False, [f"{ADAPTER_CONFIG} is missing or unreadable: {exc}"])
+        return LintResult(False, [*reasons, f"{ADAPTER_CONFIG} is missing or unreadable: {exc}"])
     rank = config.get("r")
     if config.get("peft_type") != "LORA":
         reasons.append(f"peft_type is {config.get('peft_type')!r}; only LORA is served")
@@ -256,6 +259,7 @@ def deploy_adapter(
     previous: str | None = None,
     unload_previous: bool = False,
     model_type: str = "llama",
+    checksum: str | None = None,
 ) -> DeployResult:
     """Lint, load under ``name`` (never reused), check ``/v1/models``, canary.
 
@@ -269,6 +273,7 @@ def deploy_adapter(
         base_fingerprint=base_fingerprint,
         max_lora_rank=max_lora_rank,
         model_type=model_type,
+        checksum=checksum,
     )
     result.lint = lint
     if not lint.ok:

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from serving.adapter_checksums import write_manifest
 from serving.adapters import write_adapter_meta
 from trainer import launch as distributed
 from trainer.checkpoints import (
@@ -362,8 +363,9 @@ def train_lora(
 
 
 def save_adapter(model: Any, out_dir: Path, *, served_model_name: str, fingerprint: str) -> Path:
-    """``save_pretrained`` into a temp sibling, add the fingerprint file, rename into place, so
-    ``out_dir`` is either absent or a complete adapter that the serving lint accepts."""
+    """``save_pretrained`` into a temp sibling, add the fingerprint file and the checksum manifest,
+    rename into place, so ``out_dir`` is either absent or a complete adapter that the serving lint
+    accepts."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -371,6 +373,7 @@ def save_adapter(model: Any, out_dir: Path, *, served_model_name: str, fingerpri
         model.peft_config["default"].base_model_name_or_path = served_model_name
         model.save_pretrained(str(tmp), save_embedding_layers=False)
         write_adapter_meta(tmp, base_fingerprint=fingerprint, base_name=served_model_name)
+        write_manifest(tmp)
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked at the start)
         tmp.rename(out_dir)

@@ -12,6 +12,7 @@ from bot.cli.common import CliError
 from bot.cli.data import export_examples, import_examples
 from bot.cli.datasets import app as datasets_app
 from bot.cli.db import app as db_app
+from bot.cli.gc import gc
 from bot.cli.people import examples_app, forget
 from bot.cli.report import report
 from bot.cli.run import demo, run
@@ -48,6 +49,7 @@ app.command("report")(report)
 app.command("worker")(worker)
 app.command("train")(train)
 app.command("eval")(evaluate)
+app.command("gc")(gc)
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(examples_app, name="examples")
 

@@ -10,7 +10,8 @@ FAILED = 4
 INTERRUPTED = 130
 
 HELP = (
-    "Exit status: 0 all good; 1 partly done (import: some lines were rejected; 1 is also "
+    "Exit status: 0 all good; 1 partly done (import: some lines were rejected; gc: some "
+    "folders could not be deleted; 1 is also "
     "Python's status for an unexpected error, which prints a traceback); 2 usage or input "
     "error (a bad option, an unknown dataset, a missing file, an unreachable database); "
     "3 nothing imported (import: every line was rejected, or the file has none); "

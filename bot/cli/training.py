@@ -142,13 +142,18 @@ def list_adapters(
 @adapters_app.command("promote")
 def promote_adapter(name: str = typer.Argument(..., help="e.g. kk_copy-v3")) -> None:
     """Deploy an adapter and make it its dataset's active one (lint, load, canary first)."""
+    from bot.reconciler import reconcile
     from bot.registry import promote
 
-    with database().session() as session, _client() as client:
-        adapter = session.scalar(select(Adapter).where(Adapter.name == name))
-        if adapter is None:
-            raise CliError(f"unknown adapter {name!r} (see `brandbot adapters list`)")
-        result = promote(session, settings(), client, adapter, actor="cli")
+    with _client() as client:
+        with database().session() as session:
+            adapter = session.scalar(select(Adapter).where(Adapter.name == name))
+            if adapter is None:
+                raise CliError(f"unknown adapter {name!r} (see `brandbot adapters list`)")
+            result = promote(session, settings(), client, adapter, actor="cli")
+        if result.ok:  # committed: the server follows the registry
+            with database().session() as session:
+                reconcile(session, settings(), client)
     if not result.ok:
         raise CliError(f"not promoted: {result.reason}")
     console.print(result.reason)
@@ -160,13 +165,16 @@ def rollback_adapter(
     to: str | None = typer.Option(None, "--to", help="The adapter to go back to."),
 ) -> None:
     """Make the previous adapter (or --to) active again; with none, the base model."""
+    from bot.reconciler import reconcile
     from bot.registry import roll_back
 
-    with database().session() as session, _client() as client:
+    with database().session() as session:
         ds = Datasets(session).get(dataset)
-        result = roll_back(session, settings(), client, ds, to=to, actor="cli")
+        result = roll_back(session, ds, to=to, actor="cli")
     if not result.ok:
         raise CliError(result.reason)
+    with _client() as client, database().session() as session:  # committed: the server follows
+        reconcile(session, settings(), client)
     console.print(result.reason)
 
 

@@ -336,7 +336,9 @@ def test_rollback_in_slack(
                    admins=[MAYA], inference=client) as served:  # fmt: skip
         rid = slash(served, fake_slack, slack_signing_secret, "/brandbot", "rollback kk_copy")
         answer = wait(lambda: fake_slack.responses(rid))[0]["text"]
+        # the database decided; the server follows on the adapter.rolled_back event
+        assert served.runtime.deliver_outbox() == 1  # what the bot's outbox pump does
+        assert "kk_copy-v3" not in {m.id for m in client.models()}
     assert answer == "Rolled back: kk_copy now uses the base model."
-    assert "kk_copy-v3" not in {m.id for m in client.models()}
     with db.session() as s:
         assert s.scalars(select(Adapter)).one().status == "retired"

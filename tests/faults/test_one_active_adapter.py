@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from bot.reconciler import reconcile
 from bot.registry import promote, roll_back
 from bot.settings import Settings
 from bot.storage import Database
@@ -59,6 +60,9 @@ def test_promotion_and_rollback_keep_one_active_adapter(
             assert outcome.ok, outcome.reason
         assert statuses(db) == {v1: "retired", v2: "active"}
         with db.session() as s:
-            back = roll_back(s, settings, client, Datasets(s).get("kk_copy"), actor="test")
+            back = roll_back(s, Datasets(s).get("kk_copy"), actor="test")
         assert back.ok and back.active == v1, back.reason
+        with db.session() as s:  # committed: the server follows the registry
+            reconcile(s, settings, client)
+        assert {m.id for m in client.models()} >= {v1} and v2 not in {m.id for m in client.models()}
     assert statuses(db) == {v1: "active", v2: "retired"}

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from bot.reconciler import reconcile
 from bot.registry import promote, roll_back
 from bot.settings import Settings
 from bot.storage import Database
@@ -90,8 +91,10 @@ def test_registry_deploys_promotes_and_rolls_back_on_vllm(
         with db.session() as s:
             dataset = Datasets(s).get("vl_copy")
             assert dataset is not None
-            back = roll_back(s, settings, client, dataset, actor="test")
+            back = roll_back(s, dataset, actor="test")
         assert back.ok and back.active == trained, back.reason
+        with db.session() as s:  # committed: the server follows the registry
+            reconcile(s, settings, client)
         listed = {m.id for m in client.models()}
         assert trained in listed and second not in listed
         assert client.chat(brief, model=trained, max_tokens=8, temperature=0).text
