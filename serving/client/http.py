@@ -71,6 +71,7 @@ class HttpClient(InferenceClient):
         self._scoring_safe: bool | None = None
         self._reads_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._answers: dict[tuple[str, ...], tuple[list[int], list[list[int]]]] = {}
 
     # --- transport ---------------------------------------------------------------------------
 
@@ -205,20 +206,7 @@ class HttpClient(InferenceClient):
     ) -> Classification:
         names = check_labels(labels)
         name = self._model(model)
-        chat = list(messages)
-        # the prompt, the empty answer (what closes a turn) and each label's answer, at once
-        renders = [(chat, True), *(([*chat, {"role": "assistant", "content": c}], False)
-                                   for c in ["", *names])]  # fmt: skip
-        tokens = list(
-            self._pool().map(lambda r: self._tokenize(r[0], add_generation_prompt=r[1]), renders)
-        )
-        prompt, closing = tokens[0], tokens[1][len(tokens[0]) :]
-        answers = []
-        for full in tokens[2:]:
-            try:
-                answers.append(answer_tokens(prompt, full, closing))
-            except ValueError as exc:
-                raise InferenceError(str(exc)) from None
+        prompt, answers = self._label_tokens(list(messages), names)
         try:
             if self._prompt_logprobs_safe():
                 summed = score_by_prompt_logprobs(self._json_post, name, prompt, answers)
@@ -227,6 +215,40 @@ class HttpClient(InferenceClient):
         except ScoringUnsupported as exc:
             raise InferenceError(str(exc)) from None
         return classification(names, summed)
+
+    def _label_tokens(
+        self, chat: list[Message], names: list[str]
+    ) -> tuple[list[int], list[list[int]]]:
+        """The prompt's tokens and each label's answer tokens (:func:`answer_tokens`).
+
+        The prompt and the chat with the first label as the answer are tokenized for every
+        call. The other renders (each label, and the empty answer that shows how the template
+        closes a turn) are tokenized when the label set is new, or when the first label's
+        answer does not come out as it did then (a template whose answers depend on the
+        conversation): otherwise the answers are the ones learned for this label set.
+        """
+        probe = self._pool().map(
+            lambda r: self._tokenize(r[0], add_generation_prompt=r[1]),
+            [(chat, True), ([*chat, _assistant(names[0])], False)],
+        )
+        prompt, first = probe
+        key = tuple(names)
+        known = self._answers.get(key)
+        if known is not None and first == prompt + known[0]:
+            return prompt, known[1]
+        renders = [[*chat, _assistant(c)] for c in ["", *names[1:]]]
+        tokens = list(
+            self._pool().map(lambda r: self._tokenize(r, add_generation_prompt=False), renders)
+        )
+        closing = tokens[0][len(prompt) :]
+        try:
+            answers = [answer_tokens(prompt, full, closing) for full in [first, *tokens[1:]]]
+        except ValueError as exc:
+            raise InferenceError(str(exc)) from None
+        if len(self._answers) >= _KNOWN_LABEL_SETS:
+            self._answers.clear()
+        self._answers[key] = (first[len(prompt) :], answers)
+        return prompt, answers
 
     def _json_post(self, path: str, body: dict[str, Any]) -> Any:
         return self._json("POST", path, body)
@@ -293,6 +315,13 @@ class HttpClient(InferenceClient):
         if self._reads_pool is not None:
             self._reads_pool.shutdown(wait=True)
         self.http.close()
+
+
+_KNOWN_LABEL_SETS = 64
+
+
+def _assistant(content: str) -> Message:
+    return {"role": "assistant", "content": content}
 
 
 def _message(response: httpx.Response) -> str:

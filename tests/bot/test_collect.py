@@ -421,10 +421,12 @@ def test_new_since_the_last_training_counts_only_later_active_examples(env: Env)
     with env.db.session() as s:
         ds = Datasets(s).get("kk_copy")
         assert totals(s, ds) == (1, 1)  # never trained: everything is new
-        started = utcnow() + dt.timedelta(seconds=1)
+        # the first example an hour before a training, the next one after it (no waiting)
+        started = utcnow() - dt.timedelta(hours=1)
+        (example,) = s.scalars(select(Example).where(Example.dataset_id == ds.id))
+        example.created_at = started - dt.timedelta(hours=1)
         s.add(TrainingRun(dataset_id=ds.id, status="failed", started_at=started))
         s.add(TrainingRun(dataset_id=ds.id, status="succeeded", started_at=started))
-    time.sleep(1.1)
     second = env.fake.add_message(
         COPY, "A smoky lapsang for cold evenings, back in stock.", user=PRIYA
     )

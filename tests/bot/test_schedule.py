@@ -10,7 +10,13 @@ import time
 from typing import Any
 
 from alembic import command
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_SUBMITTED,
+    JobExecutionEvent,
+    JobSubmissionEvent,
+)
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from sqlalchemy import func, inspect, select
 
@@ -139,11 +145,25 @@ def test_a_restarted_leader_keeps_the_stored_schedule_and_catches_up_once(db_url
         if len(ran) >= 2:
             done.set()
 
+    submitted: list[tuple[str, int]] = []
+
+    def submits(event: JobSubmissionEvent) -> None:
+        submitted.append((event.job_id, len(event.scheduled_run_times)))
+
     restarted.scheduler.add_listener(executed, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+    restarted.scheduler.add_listener(submits, EVENT_JOB_SUBMITTED)
     try:
         assert restarted.start() is True
         assert done.wait(20), ran
-        time.sleep(0.5)  # a second catch-up run would have started by now
+        # once both jobs' next fire time is in the future, no other catch-up run can come
+        deadline = time.monotonic() + 20
+        while any(
+            restarted.scheduler.get_job(job_id).next_run_time <= dt.datetime.now(dt.UTC)
+            for job_id in ("dataset:kk_copy", "plugin:Weekly.weekly")
+        ):
+            assert time.monotonic() < deadline, "the catch-up left a job due"
+            time.sleep(0.02)
+        assert sorted(submitted) == [("dataset:kk_copy", 1), ("plugin:Weekly.weekly", 1)]
         assert sorted(ran) == ["dataset:kk_copy: queued", "plugin:Weekly.weekly: ran"]
         job = restarted.scheduler.get_job("dataset:kk_copy")
         assert job.next_run_time > dt.datetime.now(dt.UTC)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 
 from serving.client import (
@@ -18,16 +19,28 @@ from tests.conftest import free_port
 from tests.serving.conftest import API_KEY, SERVED
 
 
+class CountingTransport(httpx.HTTPTransport):
+    """A real transport that counts the requests it was asked to send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent += 1
+        return super().handle_request(request)
+
+
 def test_closed_port_raises_unavailable_with_url() -> None:
     port = free_port()
-    client = HttpClient(f"http://127.0.0.1:{port}", retries=2, backoff=0.01)
-    started = time.monotonic()
+    transport = CountingTransport()
+    client = HttpClient(f"http://127.0.0.1:{port}", retries=2, backoff=0.01, transport=transport)
     with pytest.raises(InferenceUnavailable) as err:
         client.chat([{"role": "user", "content": "hi"}], model=SERVED)
     message = str(err.value)
     assert message.startswith(f"model server unreachable at http://127.0.0.1:{port}: ")
     assert "Connect" in message
-    assert time.monotonic() - started < 5
+    assert transport.sent == 3  # the first try and two retries, then it gives up
     with pytest.raises(InferenceUnavailable):
         list(client.stream_chat([{"role": "user", "content": "hi"}], model=SERVED))
     assert client.health() is False
@@ -86,7 +99,8 @@ def test_5xx_is_retried_with_backoff_then_reported() -> None:
         client = HttpClient(url, retries=3, backoff=0.05)
         assert [m.id for m in client.models()] == ["m"]
         assert len(calls) == 3
-        assert calls[2] - calls[1] >= calls[1] - calls[0] >= 0.04  # backoff grows
+        # the client slept its backoff before each retry: 0.05 s, then 0.1 s
+        assert calls[1] - calls[0] >= 0.05 and calls[2] - calls[1] >= 0.1
         impatient = HttpClient(url, retries=1, backoff=0.01)
         calls.clear()
         with pytest.raises(InferenceUnavailable, match="HTTP 503: warming up"):

@@ -335,14 +335,12 @@ def test_rate_limit_is_retried_by_slack_sdk_handler(fake_slack: FakeSlack) -> No
         token=fake_slack.bot_token,
         retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=2)],
     )
-    started = time.monotonic()
     answer = client.chat_postMessage(channel="C0GENERAL", text="eventually")
     assert answer["ok"]
     calls = fake_slack.calls_for("chat.postMessage")
     assert [c.status for c in calls] == [429, 429, 200]
     assert calls[0].response == {"ok": False, "error": "ratelimited"}
     assert len(fake_slack.messages("C0GENERAL")) == 1
-    assert time.monotonic() - started < 5
 
 
 def test_rate_limit_without_retry_handler_surfaces(fake_slack: FakeSlack) -> None:
