@@ -204,6 +204,8 @@ class Worker:
             assert dataset is not None
             train, train_ids = train_examples(session, dataset, "train")
             heldout, heldout_ids = train_examples(session, dataset, "heldout")
+            train_pairs, train_pair_ids = preference_pairs(session, dataset, "train")
+            heldout_pairs, heldout_pair_ids = preference_pairs(session, dataset, "heldout")
             current = Adapters(session).active(dataset.id)
             current_name = current.name if current else None
             current_path = Path(current.path) if current else None
@@ -216,7 +218,7 @@ class Worker:
             if run.checkpoint_dir:
                 checkpoints = Path(run.checkpoint_dir)
             run.checkpoint_dir = str(checkpoints)
-            run.example_ids = train_ids
+            run.example_ids = train_ids + train_pair_ids
             # A retried run keeps the version (and the name) its first attempt was given.
             adapter_version = int((run.hyperparams or {}).get("_version", 0)) or None
             if adapter_version is None:
@@ -235,19 +237,22 @@ class Worker:
             import shutil
 
             shutil.rmtree(out_dir)
-        log.info("run %s: training %s on %d examples", run_id, name, len(train))
+        log.info("run %s: training %s on %d examples and %d preference pairs", run_id, name,
+                 len(train), len(train_pairs))  # fmt: skip
         result = train_lora(
             base.path, train, config, out_dir,
             served_model_name=settings.served_model_name, base_fingerprint=base.fingerprint,
             progress=self._progress(beat), checkpoint_dir=checkpoints,
+            preference_pairs=train_pairs,
         )  # fmt: skip
         loaded = {m.id for m in self.client.models()}
         if current_name and current_path and current_name not in loaded:
             self.client.load_adapter(current_name, str(current_path))
         self.client.load_adapter(name, str(out_dir))
         scorecards = self._evaluate(
-            task, heldout, labels, rules, base.path, current_name, current_path, name, out_dir
-        )
+            task, heldout, labels, rules, base.path, current_name, current_path, name, out_dir,
+            heldout_pairs,
+        )  # fmt: skip
         base_sc, current_sc, new_sc = scorecards
         decision = (self.decide or decide_promotion)(current_sc, new_sc, base=base_sc)
         metrics = {
@@ -256,7 +261,15 @@ class Worker:
             "new": new_sc.summary(),
             "decision": decision.details,
             "heldout_ids": heldout_ids,
-        }
+            "heldout_pair_ids": heldout_pair_ids,
+            "pairs": {"train": len(train_pairs), "heldout": len(heldout_pairs),
+                      "trained_on": result.preference_pairs},
+            "preference_stage": {
+                "method": result.preference_method, "steps": result.preference_steps,
+                "losses": result.preference_losses, "seconds": result.preference_seconds,
+                "resumed_from_step": result.preference_resumed_from_step,
+            } if result.preference_pairs else None,
+        }  # fmt: skip
         with self.db.session() as session:
             run = session.get(TrainingRun, run_id, with_for_update=True)
             assert run is not None
@@ -324,8 +337,11 @@ class Worker:
         current_path: Path | None,
         new_name: str,
         new_dir: Path,
+        pairs: list[Any],
     ) -> tuple[Any, Any, Any]:
-        from trainer.evaluate import Candidate, evaluate_classify, evaluate_drafts
+        """Base, current (None without one) and new scorecards; held-out ``pairs`` are scored
+        for every model (preference accuracy and margin)."""
+        from trainer.evaluate import Candidate, evaluate_classify, evaluate_drafts, score_pairs
 
         candidates = [Candidate("base", None, None), Candidate(new_name, new_name, new_dir)]
         if current_name:
@@ -335,10 +351,12 @@ class Worker:
                 evaluate_classify(heldout, labels, name=c.name, client=self.client, model=c.model)
                 for c in candidates
             ]
+            score_pairs(cards, pairs, [c.adapter_dir for c in candidates], base_dir=base_dir)
         else:  # every model's drafts in one batch, the weights loaded once for perplexity
             cards = evaluate_drafts(
-                heldout, candidates, base_dir=base_dir, client=self.client, rules=rules
-            )
+                heldout, candidates, base_dir=base_dir, client=self.client, rules=rules,
+                pairs=pairs,
+            )  # fmt: skip
         return cards[0], cards[1] if current_name else None, cards[-1]
 
 
@@ -375,13 +393,20 @@ def evaluate_dataset(
     model server's start and the adapter's load included)."""
     from bot.storage.repositories import Datasets
     from serving.base_model import resolve_base_model
-    from trainer.evaluate import BrandRules, Candidate, evaluate_classify, evaluate_drafts
+    from trainer.evaluate import (
+        BrandRules,
+        Candidate,
+        evaluate_classify,
+        evaluate_drafts,
+        score_pairs,
+    )
     from trainer.promotion import decide_promotion
 
     started = time.perf_counter()
     with db.session() as session:
         dataset = Datasets(session).get(dataset_name)
         heldout, ids = train_examples(session, dataset, "heldout")
+        pairs, _ = preference_pairs(session, dataset, "heldout")
         active = Adapters(session).active(dataset.id)
         name, path = (active.name, Path(active.path)) if active else (None, None)
         task, labels = dataset.task, list(dataset.labels)
@@ -409,9 +434,10 @@ def evaluate_dataset(
 
             cards.append(evaluate_classify(heldout, labels, name=c.name, client=client,
                                            model=c.model, progress=one))  # fmt: skip
+        score_pairs(cards, pairs, [c.adapter_dir for c in candidates], base_dir=base.path)
     else:  # both models' drafts in one batch, the weights loaded once for perplexity
         cards = evaluate_drafts(heldout, candidates, base_dir=base.path, client=client,
-                                rules=rules, progress=step)  # fmt: skip
+                                rules=rules, progress=step, pairs=pairs)  # fmt: skip
     result: dict[str, Any] = {
         "dataset": dataset_name,
         "heldout": len(ids),
