@@ -169,8 +169,10 @@ def pair_loss(
 
 
 def _autocast(device: str, config: TrainConfig) -> contextlib.AbstractContextManager[Any]:
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=config.resolved_dtype())
+    """bf16/fp16 autocast on a GPU (LoRA weights stay fp32), nothing on the CPU or in fp32."""
+    dtype = config.resolved_dtype()
+    if device.startswith("cuda") and dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext()
 
 

@@ -208,7 +208,7 @@ def test_a_run_with_preference_pairs_trains_the_stage_and_records_its_metrics(
     from trainer.cleaning import content_hash, text_key
 
     worker, db = setup
-    worker.config_overrides = {**FAST, "min_preference_pairs": 8}
+    worker.config_overrides = {**FAST, "min_preference_pairs": 8, "preference_epochs": 1}
     rows = [r for r in read_file(sample_dir() / "copy.jsonl", "draft") if hasattr(r, "prompt")]
     with db.session() as s:
         ds = Datasets(s).create("kk_copy", "draft", system_prompt="Write for Kettle & Kite.")
