@@ -21,7 +21,7 @@ from pathlib import Path
 from bot.samples import load_sample_brand
 from bot.storage import Database
 from bot.storage.repositories import Datasets
-from bot.worker import train_examples
+from bot.training_data import train_examples
 from serving.client import LocalClient
 from serving.engine import LocalEngine
 from trainer.data import TrainExample

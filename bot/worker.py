@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from bot.registry import activate, deploy
 from bot.run_claims import Heartbeat, LeaseLost, RunClaims
 from bot.settings import Settings
 from bot.storage.db import Database, DatabaseUnavailable
-from bot.storage.models import Adapter, Dataset, Example, TrainingRun, utcnow
+from bot.storage.models import Adapter, Dataset, TrainingRun, utcnow
 from bot.storage.repositories import Adapters, Audit, Outbox
+from bot.training_data import preference_pairs, train_examples
 from serving.adapter_checksums import manifest_checksum
 from serving.adapters import DeployResult
 from serving.client import InferenceClient, InferenceError, InferenceUnavailable
@@ -45,60 +44,6 @@ class RunSummary:
     adapter: str | None = None
     promoted: bool = False
     reason: str = ""
-
-
-def train_examples(session: Any, dataset: Dataset, split: str) -> tuple[list[Any], list[int]]:
-    """The dataset's active positive examples of ``split`` as trainer examples, and their ids.
-    Copy examples without a brief yet are left out (a queued job is writing it)."""
-    from trainer.data import TrainExample
-
-    rows = session.scalars(
-        select(Example)
-        .where(
-            Example.dataset_id == dataset.id,
-            Example.status == "active",
-            Example.kind == "positive",
-            Example.split == split,
-        )
-        .order_by(Example.id)
-    ).all()
-    out, ids = [], []
-    for ex in rows:
-        if dataset.task == "classify":
-            if not ex.label:
-                continue
-            out.append(TrainExample(system=dataset.system_prompt, prompt=ex.text, answer=ex.label))
-        else:
-            if not ex.prompt:
-                continue
-            out.append(TrainExample(system=dataset.system_prompt, prompt=ex.prompt, answer=ex.text))
-        ids.append(ex.id)
-    return out, ids
-
-
-def preference_pairs(session: Any, dataset: Dataset, split: str) -> tuple[list[Any], list[int]]:
-    """The dataset's active preference pairs of ``split`` (chosen = ``text``, rejected =
-    ``rejected_text``) as trainer pairs, and their ids. Pairs lacking a side are left out."""
-    from trainer.data import PreferencePair
-
-    rows = session.scalars(
-        select(Example)
-        .where(
-            Example.dataset_id == dataset.id,
-            Example.status == "active",
-            Example.kind == "preference",
-            Example.split == split,
-        )
-        .order_by(Example.id)
-    ).all()
-    out, ids = [], []
-    for ex in rows:
-        if not ex.prompt or not ex.rejected_text:
-            continue
-        system = dataset.system_prompt
-        out.append(PreferencePair(system, ex.prompt, ex.text, ex.rejected_text))
-        ids.append(ex.id)
-    return out, ids
 
 
 class Worker:
@@ -208,6 +153,8 @@ class Worker:
             assert dataset is not None
             train, train_ids = train_examples(session, dataset, "train")
             heldout, heldout_ids = train_examples(session, dataset, "heldout")
+            train_pairs, train_pair_ids = preference_pairs(session, dataset, "train")
+            heldout_pairs, heldout_pair_ids = preference_pairs(session, dataset, "heldout")
             current = Adapters(session).active(dataset.id)
             current_name = current.name if current else None
             current_path = Path(current.path) if current else None
@@ -220,8 +167,9 @@ class Worker:
             if run.checkpoint_dir:
                 checkpoints = Path(run.checkpoint_dir)
             run.checkpoint_dir = str(checkpoints)
-            changed = _changed_examples(checkpoints, list(run.example_ids or []), train_ids)
-            run.example_ids = train_ids
+            all_ids = train_ids + train_pair_ids
+            changed = _changed_examples(checkpoints, list(run.example_ids or []), all_ids)
+            run.example_ids = all_ids
             if changed:
                 _start_over(session, run, checkpoints, changed)
             # A retried run keeps the version (and the name) its first attempt was given.
@@ -242,13 +190,15 @@ class Worker:
             import shutil
 
             shutil.rmtree(out_dir)
-        log.info("run %s: training %s on %d examples", run_id, name, len(train))
+        log.info("run %s: training %s on %d examples and %d preference pairs", run_id, name,
+                 len(train), len(train_pairs))  # fmt: skip
 
         def fit() -> Any:
             return train_lora(
                 base.path, train, config, out_dir,
                 served_model_name=settings.served_model_name, base_fingerprint=base.fingerprint,
                 progress=self._progress(beat), checkpoint_dir=checkpoints,
+                preference_pairs=train_pairs,
             )  # fmt: skip
 
         try:
@@ -267,8 +217,9 @@ class Worker:
             self.client.unload_adapter(name)
         self.client.load_adapter(name, str(out_dir))
         scorecards = self._evaluate(
-            task, heldout, labels, rules, base.path, current_name, current_path, name, out_dir
-        )
+            task, heldout, labels, rules, base.path, current_name, current_path, name, out_dir,
+            heldout_pairs,
+        )  # fmt: skip
         base_sc, current_sc, new_sc = scorecards
         decision = (self.decide or decide_promotion)(current_sc, new_sc, base=base_sc)
         metrics = {
@@ -277,7 +228,15 @@ class Worker:
             "new": new_sc.summary(),
             "decision": decision.details,
             "heldout_ids": heldout_ids,
-        }
+            "heldout_pair_ids": heldout_pair_ids,
+            "pairs": {"train": len(train_pairs), "heldout": len(heldout_pairs),
+                      "trained_on": result.preference_pairs},
+            "preference_stage": {
+                "method": result.preference_method, "steps": result.preference_steps,
+                "losses": result.preference_losses, "seconds": result.preference_seconds,
+                "resumed_from_step": result.preference_resumed_from_step,
+            } if result.preference_pairs else None,
+        }  # fmt: skip
         checksum = manifest_checksum(out_dir)
         deployed = None
         if decision.promote:  # on the server first, outside the transaction that records it
@@ -356,8 +315,11 @@ class Worker:
         current_path: Path | None,
         new_name: str,
         new_dir: Path,
+        pairs: list[Any],
     ) -> tuple[Any, Any, Any]:
-        from trainer.evaluate import Candidate, evaluate_classify, evaluate_drafts
+        """Base, current (None without one) and new scorecards; held-out ``pairs`` are scored
+        for every model (preference accuracy and margin)."""
+        from trainer.evaluate import Candidate, evaluate_classify, evaluate_drafts, score_pairs
 
         candidates = [Candidate("base", None, None), Candidate(new_name, new_name, new_dir)]
         if current_name:
@@ -367,10 +329,12 @@ class Worker:
                 evaluate_classify(heldout, labels, name=c.name, client=self.client, model=c.model)
                 for c in candidates
             ]
+            score_pairs(cards, pairs, [c.adapter_dir for c in candidates], base_dir=base_dir)
         else:  # every model's drafts in one batch, the weights loaded once for perplexity
             cards = evaluate_drafts(
-                heldout, candidates, base_dir=base_dir, client=self.client, rules=rules
-            )
+                heldout, candidates, base_dir=base_dir, client=self.client, rules=rules,
+                pairs=pairs,
+            )  # fmt: skip
         return cards[0], cards[1] if current_name else None, cards[-1]
 
 
@@ -429,13 +393,20 @@ def evaluate_dataset(
     model server's start and the adapter's load included)."""
     from bot.storage.repositories import Datasets
     from serving.base_model import resolve_base_model
-    from trainer.evaluate import BrandRules, Candidate, evaluate_classify, evaluate_drafts
+    from trainer.evaluate import (
+        BrandRules,
+        Candidate,
+        evaluate_classify,
+        evaluate_drafts,
+        score_pairs,
+    )
     from trainer.promotion import decide_promotion
 
     started = time.perf_counter()
     with db.session() as session:
         dataset = Datasets(session).get(dataset_name)
         heldout, ids = train_examples(session, dataset, "heldout")
+        pairs, _ = preference_pairs(session, dataset, "heldout")
         active = Adapters(session).active(dataset.id)
         name, path = (active.name, Path(active.path)) if active else (None, None)
         task, labels = dataset.task, list(dataset.labels)
@@ -463,9 +434,10 @@ def evaluate_dataset(
 
             cards.append(evaluate_classify(heldout, labels, name=c.name, client=client,
                                            model=c.model, progress=one))  # fmt: skip
+        score_pairs(cards, pairs, [c.adapter_dir for c in candidates], base_dir=base.path)
     else:  # both models' drafts in one batch, the weights loaded once for perplexity
         cards = evaluate_drafts(heldout, candidates, base_dir=base.path, client=client,
-                                rules=rules, progress=step)  # fmt: skip
+                                rules=rules, progress=step, pairs=pairs)  # fmt: skip
     result: dict[str, Any] = {
         "dataset": dataset_name,
         "heldout": len(ids),

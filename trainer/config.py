@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Task = Literal["draft", "classify"]
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+PreferenceMethod = Literal["dpo", "simpo"]
+PreferenceReference = Literal["start", "base"]
 
 #: the attention projections of LLaMA-like models; vLLM serves LoRA on these (and the MLP's)
 ATTENTION_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -37,6 +39,13 @@ class TrainConfig(BaseModel):
     through ``accelerate launch``. Every process runs ``grad_accum`` micro-batches of each
     optimizer step, so a step is ``processes x grad_accum`` micro-batches: the same run as one
     process with ``grad_accum`` multiplied by ``processes``.
+
+    The preference stage (:mod:`trainer.preference`) runs after the supervised one when a run
+    gets at least ``min_preference_pairs`` usable pairs: ``preference_method`` ``dpo`` (sigmoid
+    DPO against a reference: ``start`` = the adapter as the stage begins, ``base`` = the adapter
+    switched off) or ``simpo`` (reference-free, length-normalised, target margin
+    ``preference_gamma``); ``preference_beta=None`` takes the method's own scale (0.1 for DPO,
+    2.0 for SimPO).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -62,6 +71,13 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(50, ge=0)
     min_examples: int = Field(8, ge=1)
     processes: int = Field(1, ge=1, le=64)
+    min_preference_pairs: int = Field(16, ge=1)
+    preference_method: PreferenceMethod = "dpo"
+    preference_reference: PreferenceReference = "start"
+    preference_beta: float | None = Field(None, gt=0.0)
+    preference_gamma: float = Field(0.5, ge=0.0)
+    preference_learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    preference_epochs: int = Field(2, ge=1, le=100)
 
     @field_validator("target_modules")
     @classmethod
@@ -79,6 +95,13 @@ class TrainConfig(BaseModel):
         return self
 
     # --- resolution ---------------------------------------------------------------------------
+
+    def resolved_beta(self) -> float:
+        """``preference_beta``, or the method's usual scale: DPO's beta multiplies summed
+        log-ratios (0.1), SimPO's a per-token log-probability margin (2.0)."""
+        if self.preference_beta is not None:
+            return self.preference_beta
+        return 0.1 if self.preference_method == "dpo" else 2.0
 
     def resolved_device(self) -> str:
         """``cuda`` when asked for or (``auto``) when a GPU is present, else ``cpu``."""

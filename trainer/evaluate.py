@@ -10,6 +10,8 @@ promotion rule does.
   banned words, required words). Drafts are generated through serving's client (the local engine
   or a vLLM server), greedy, so they are what ``/draft`` would produce; every model's drafts are
   requested at once (:func:`evaluate_drafts`), so the server batches them together.
+- Preference pairs (either task): preference accuracy and mean margin on held-out pairs
+  (length-normalised log-probabilities; :mod:`trainer.pair_metrics`).
 - Classify: accuracy, macro-F1, per-label precision/recall/F1, the confusion matrix and the
   invalid-answer rate, with predictions from the client's ``classify`` — the same
   choice-constrained label scoring as production. A prediction is *invalid* when the server
@@ -29,7 +31,7 @@ from typing import Any, TypeVar
 
 from serving.client import InferenceClient, InferenceError
 from trainer.cleaning import content_hash
-from trainer.data import TrainExample
+from trainer.data import PreferencePair, TrainExample
 from trainer.drafts import (
     Progress,
     draft_token_cap,
@@ -38,6 +40,13 @@ from trainer.drafts import (
     limit_tokens,
 )
 from trainer.likelihood import answer_nll, answer_nll_many
+from trainer.pair_metrics import (
+    PairItem,
+    mean_margin,
+    pair_key,
+    pair_sides,
+    preference_accuracy,
+)
 from trainer.rules import rule_violations
 
 T = TypeVar("T")
@@ -210,7 +219,9 @@ class Scorecard:
     ``keys`` identify the examples (content hashes), so two scorecards are only compared on the
     same examples in the same order. Draft fields: ``nll``/``tokens`` (always), ``drafts``,
     ``chrf`` and ``compliant`` (when drafts were generated). Classify fields: ``labels`` (the
-    label set), ``gold``, ``predicted`` (None = invalid answer).
+    label set), ``gold``, ``predicted`` (None = invalid answer). Held-out preference pairs
+    (either task; empty when there are none): ``pair_keys`` and each side's answer NLL sum and
+    token count.
     """
 
     name: str
@@ -224,6 +235,11 @@ class Scorecard:
     labels: list[str] = field(default_factory=list)
     gold: list[str] = field(default_factory=list)
     predicted: list[str | None] = field(default_factory=list)
+    pair_keys: list[str] = field(default_factory=list)
+    chosen_nll: list[float] = field(default_factory=list)
+    chosen_tokens: list[int] = field(default_factory=list)
+    rejected_nll: list[float] = field(default_factory=list)
+    rejected_tokens: list[int] = field(default_factory=list)
     seconds: float = 0.0
 
     # draft
@@ -242,6 +258,28 @@ class Scorecard:
     @property
     def compliance_rate(self) -> float | None:
         return mean([1.0 if c else 0.0 for c in self.compliant]) if self.compliant else None
+
+    # preference pairs
+    @property
+    def pair_items(self) -> list[PairItem]:
+        cols = self.chosen_nll, self.chosen_tokens, self.rejected_nll, self.rejected_tokens
+        return list(zip(*cols, strict=True))
+
+    @property
+    def preference_accuracy(self) -> float | None:
+        return preference_accuracy(self.pair_items) if self.pair_keys else None
+
+    @property
+    def preference_margin(self) -> float | None:
+        return mean_margin(self.pair_items) if self.pair_keys else None
+
+    def add_pairs(self, keys: Sequence[str], items: Sequence[tuple[float, int]]) -> None:
+        """Record the held-out pairs' scores: ``items`` = per side, chosen then rejected."""
+        self.pair_keys = list(keys)
+        self.chosen_nll = [n for n, _ in items[0::2]]
+        self.chosen_tokens = [t for _, t in items[0::2]]
+        self.rejected_nll = [n for n, _ in items[1::2]]
+        self.rejected_tokens = [t for _, t in items[1::2]]
 
     # classify
     @property
@@ -289,6 +327,12 @@ class Scorecard:
                 "per_label": {k: asdict(v) for k, v in self.per_label().items()},
                 "confusion": self.confusion(),
             }
+        if self.pair_keys:
+            out |= {
+                "preference_pairs": len(self.pair_keys),
+                "preference_accuracy": self.preference_accuracy,
+                "preference_margin": self.preference_margin,
+            }
         out["seconds"] = self.seconds
         return out
 
@@ -302,6 +346,20 @@ class Scorecard:
 
 def example_key(task: str, example: TrainExample) -> str:
     return content_hash(task, example.prompt, example.answer)
+
+
+def score_pairs(
+    cards: Sequence[Scorecard],
+    pairs: Sequence[PreferencePair],
+    adapter_dirs: Sequence[Path | None],
+    *,
+    base_dir: Path,
+) -> None:
+    """Add held-out ``pairs``' scores to each card (one per adapter dir, None = the base)."""
+    if pairs:
+        items = answer_nll_many(base_dir, pair_sides(pairs), adapter_dirs)
+        for card, scored in zip(cards, items, strict=True):
+            card.add_pairs([pair_key(p) for p in pairs], scored)
 
 
 # --- running the models --------------------------------------------------------------------
@@ -326,6 +384,7 @@ def evaluate_drafts(
     rules: BrandRules,
     max_new_tokens: int = 96,
     progress: Callable[[str, int, int], None] | None = None,
+    pairs: Sequence[PreferencePair] = (),
 ) -> list[Scorecard]:
     """Score several models on the same held-out draft examples; scorecards in their order.
 
@@ -335,19 +394,25 @@ def evaluate_drafts(
     length limit in tokens; with ``client=None`` drafts are skipped (perplexity only, e.g.
     while a server is unavailable). A scorecard's ``seconds`` is its own perplexity pass plus
     its share of the drafts generated together (split by the number of models).
-    ``progress(name, done, total)`` follows each model's drafts.
+    ``progress(name, done, total)`` follows each model's drafts. Held-out ``pairs`` are
+    scored in the same pass (:meth:`Scorecard.add_pairs`).
     """
     import time
 
     seconds: list[float] = []
-    items = answer_nll_many(base_dir, examples, [c.adapter_dir for c in candidates],
-                            seconds=seconds)  # fmt: skip
+    sides = pair_sides(pairs)
+    scored = answer_nll_many(base_dir, [*examples, *sides], [c.adapter_dir for c in candidates],
+                             seconds=seconds)  # fmt: skip
+    items = [nll[: len(examples)] for nll in scored]
     keys = [example_key("draft", e) for e in examples]
     cards = [
         Scorecard(name=c.name, task="draft", keys=list(keys), nll=[n for n, _ in nll],
                   tokens=[t for _, t in nll], seconds=spent)
         for c, nll, spent in zip(candidates, items, seconds, strict=True)
     ]  # fmt: skip
+    for card, nll in zip(cards, scored, strict=True):
+        if pairs:
+            card.add_pairs([pair_key(p) for p in pairs], nll[len(examples) :])
     if client is None or not candidates:
         return cards
     tokens = cards[0].tokens

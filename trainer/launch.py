@@ -26,7 +26,7 @@ import torch
 
 from trainer.checkpoints import rng_state
 from trainer.config import TrainConfig
-from trainer.data import TrainExample
+from trainer.data import PreferencePair, TrainExample
 
 if TYPE_CHECKING:
     from trainer.lora import TrainResult
@@ -124,6 +124,7 @@ def launch_train_lora(
     base_fingerprint: str,
     progress: ProgressCallback | None = None,
     checkpoint_dir: Path | None = None,
+    preference_pairs: Sequence[PreferencePair] = (),
 ) -> TrainResult:
     """:func:`~trainer.lora.train_lora` in ``config.processes`` processes, under
     ``accelerate launch``.
@@ -146,6 +147,7 @@ def launch_train_lora(
                 {
                     "base_dir": str(base_dir),
                     "examples": [e.__dict__ for e in examples],
+                    "pairs": [p.__dict__ for p in preference_pairs],
                     "config": config.model_dump(mode="json"),
                     "out_dir": str(out_dir),
                     "served_model_name": served_model_name,
@@ -212,6 +214,7 @@ def launched_main(argv: Sequence[str]) -> None:
             served_model_name=spec["served_model_name"], base_fingerprint=spec["base_fingerprint"],
             progress=report,
             checkpoint_dir=Path(spec["checkpoint_dir"]) if spec["checkpoint_dir"] else None,
+            preference_pairs=[PreferencePair(**p) for p in spec.get("pairs", [])],
         )  # fmt: skip
     except Exception as exc:
         if main:

@@ -12,6 +12,8 @@ passes ``serving.adapters.lint_adapter`` (``base_model_name_or_path`` = the serv
 With ``checkpoint_dir`` it saves its full state every ``config.checkpoint_every`` optimizer steps
 and, when called again with the same folder, config and examples, resumes from the last
 checkpoint: the result equals an uninterrupted run with the same seed (tested after SIGKILL).
+With ``preference_pairs`` (at least ``config.min_preference_pairs``) the same adapter then goes
+through the preference stage (:mod:`trainer.preference`), with its own checkpoints and resume.
 
 Several GPUs (``config.processes > 1``): :func:`train_lora` re-executes itself through
 ``accelerate launch --num_processes N`` (:mod:`trainer.launch`; gloo CPU processes when there is
@@ -48,6 +50,7 @@ import torch
 from serving.adapter_checksums import write_manifest
 from serving.adapters import write_adapter_meta
 from trainer import launch as distributed
+from trainer import preference
 from trainer.checkpoints import (
     checkpoint_state,
     latest_checkpoint,
@@ -58,6 +61,7 @@ from trainer.checkpoints import (
 )
 from trainer.config import TrainConfig
 from trainer.data import (
+    PreferencePair,
     TokenizedDataset,
     TooFewExamples,
     TrainExample,
@@ -79,7 +83,9 @@ class TrainResult:
     step 1, including steps done before a resume); ``real_tokens``/``tokens_per_s`` count
     non-padding tokens processed by *this* call, ``computed_tokens`` the tokens that actually ran
     through the model (a shared prefix runs once per micro-batch); ``peak_memory_mb`` is the
-    process's peak RSS on the CPU, or the peak CUDA allocation on a GPU."""
+    process's peak RSS on the CPU, or the peak CUDA allocation on a GPU. The ``preference_*``
+    fields describe the preference stage (``preference_pairs`` = 0: it did not run); its
+    losses are per optimizer step too, and not in ``losses``."""
 
     adapter_dir: Path
     losses: list[float]
@@ -94,6 +100,12 @@ class TrainResult:
     resumed_from_step: int = 0
     truncated: int = 0
     dropped: list[int] = field(default_factory=list)
+    preference_pairs: int = 0
+    preference_method: str = ""
+    preference_steps: int = 0
+    preference_losses: list[float] = field(default_factory=list)
+    preference_seconds: float = 0.0
+    preference_resumed_from_step: int = 0
 
 
 # --- model --------------------------------------------------------------------------------------
@@ -187,7 +199,7 @@ def _cache_kwarg(decoder: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _cosine_with_warmup(total: int, warmup: int) -> Callable[[int], float]:
+def cosine_with_warmup(total: int, warmup: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
@@ -232,13 +244,17 @@ def train_lora(
     base_fingerprint: str,
     progress: ProgressCallback | None = None,
     checkpoint_dir: Path | None = None,
+    preference_pairs: Sequence[PreferencePair] = (),
 ) -> TrainResult:
     """Train a LoRA adapter on ``examples`` and save it to ``out_dir`` (which must not exist).
 
     Raises :class:`~trainer.data.TooFewExamples` before loading the model when there are fewer
     than ``config.min_examples`` usable examples, and :class:`ResumeMismatch` when
     ``checkpoint_dir`` holds another run's checkpoints. ``progress(step, total_steps, loss)`` is
-    called after every optimizer step.
+    called after every optimizer step, the preference stage's counted after the supervised ones.
+    With at least ``config.min_preference_pairs`` usable ``preference_pairs`` the adapter then
+    learns from them (:func:`trainer.preference.train_preference`); with fewer the stage is
+    skipped.
 
     With ``config.processes > 1``, called in a single process, it runs itself under
     ``accelerate launch`` (:func:`trainer.launch.launch_train_lora`) and returns the main
@@ -261,7 +277,7 @@ def train_lora(
         return distributed.launch_train_lora(
             base_dir, examples, config, out_dir,
             served_model_name=served_model_name, base_fingerprint=base_fingerprint,
-            progress=progress, checkpoint_dir=checkpoint_dir,
+            progress=progress, checkpoint_dir=checkpoint_dir, preference_pairs=preference_pairs,
         )  # fmt: skip
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     main = rank == 0
@@ -282,13 +298,15 @@ def train_lora(
         list(params.values()), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     warmup = math.ceil(config.warmup_ratio * len(steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _cosine_with_warmup(len(steps), warmup)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(len(steps), warmup))
     key = run_key(data, config)
+    prepared = preference.prepare(tokenizer, preference_pairs, config, key)
+    total = len(steps) + (len(prepared.steps) if prepared else 0)
     losses: list[float] = []
     first = 0
-    if checkpoint_dir is not None and (state := latest_checkpoint(checkpoint_dir)) is not None:
+    if (later := preference.resume_state(checkpoint_dir, prepared)) is not None:
+        losses, first = list(later["sft_losses"]), len(steps)  # the supervised stage is done
+    elif checkpoint_dir is not None and (state := latest_checkpoint(checkpoint_dir)) is not None:
         if state["run_key"] != key or state["steps"] != steps:
             raise ResumeMismatch(
                 f"{checkpoint_dir} holds checkpoints of a run with another config or other "
@@ -325,7 +343,7 @@ def train_lora(
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
         if progress is not None and main:
-            progress(step + 1, len(steps), step_loss)
+            progress(step + 1, total, step_loss)
         due = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0
         if checkpoint_dir is not None and due and step + 1 < len(steps):
             rng_ranks = distributed.gather_rng(accelerator) if accelerator is not None else None
@@ -335,6 +353,13 @@ def train_lora(
                 )
                 save_checkpoint(checkpoint_dir, state)
     train_time = time.perf_counter() - train_started
+    stage = preference.PreferenceResult()
+    if prepared is not None:
+        stage = preference.train_preference(
+            model, prepared, config, sft_losses=losses, step_offset=len(steps),
+            total_steps=total, progress=progress, checkpoint_dir=checkpoint_dir, resume=later,
+            accelerator=accelerator,
+        )  # fmt: skip
     if accelerator is not None:
         totals = accelerator.reduce(torch.tensor([real_tokens, computed], device=device), "sum")
         real_tokens, computed = (int(v) for v in totals.tolist())
@@ -359,6 +384,12 @@ def train_lora(
         resumed_from_step=first,
         truncated=data.truncated,
         dropped=data.dropped,
+        preference_pairs=stage.pairs,
+        preference_method=stage.method,
+        preference_steps=stage.steps,
+        preference_losses=stage.losses,
+        preference_seconds=stage.seconds,
+        preference_resumed_from_step=stage.resumed_from_step,
     )
 
 

@@ -1,11 +1,16 @@
 """The promotion rule: a new adapter replaces the current one only when it is clearly better.
 
-"Clearly" means: better on the task's primary metric, with the 90% paired-bootstrap interval of
-the difference excluding zero, and no guard regressing —
+Without held-out preference pairs, "clearly" means: better on the task's primary metric, with
+the 90% paired-bootstrap interval of the difference excluding zero, and no guard regressing —
 
 - draft: answer perplexity lower; brand-rule compliance of the generated drafts not lower;
 - classify: macro-F1 higher; no label with at least ``min_support`` held-out examples losing
   more than ``margin`` of F1.
+
+With held-out preference pairs, what people preferred is the measure: the candidate must be
+clearly better on preference accuracy (higher, the interval of the difference above zero) and
+not worse on the supervised metrics (the primary metric not clearly worse, i.e. its interval
+not wholly on the worse side, and the same guards as above).
 
 With no current adapter the candidate is compared against the base model's scorecard. The
 ``reason`` is one sentence for people (it goes into the Slack report as it is); ``details``
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.evaluate import Interval, Scorecard, macro_f1, paired_bootstrap, perplexity
+from trainer.pair_metrics import preference_accuracy
 
 
 @dataclass(frozen=True)
@@ -51,20 +57,32 @@ def decide_promotion(
 ) -> Decision:
     """Promote ``candidate`` over ``current`` (or, when there is none, over ``base``)?
 
-    The scorecards must cover the same held-out examples in the same order (``ValueError``
-    otherwise, and when neither ``current`` nor ``base`` is given).
+    The rule, exactly. Without held-out pairs (``candidate.pair_keys`` empty): draft — answer
+    perplexity lower with the bootstrap interval of the difference below zero, and rule
+    compliance not lower; classify — macro-F1 higher with its interval above zero, and no label
+    of ``min_support`` or more examples losing more than ``margin`` F1. With held-out pairs:
+    preference accuracy higher with its interval above zero, AND not worse on the supervised
+    metrics: draft — the perplexity interval not wholly above zero, and rule compliance not
+    lower; classify — the macro-F1 interval not wholly below zero, and no label regression as
+    above. Intervals are ``confidence`` paired-bootstrap intervals over the held-out examples
+    (pairs for preference accuracy).
+
+    The scorecards must cover the same held-out examples and pairs in the same order
+    (``ValueError`` otherwise, and when neither ``current`` nor ``base`` is given).
     """
     reference = current if current is not None else base
     if reference is None:
         raise ValueError("decide_promotion needs the base's scorecard when there is no current")
     if reference.task != candidate.task:
         raise ValueError(f"cannot compare a {reference.task} with a {candidate.task} scorecard")
-    if reference.keys != candidate.keys:
+    if reference.keys != candidate.keys or reference.pair_keys != candidate.pair_keys:
         raise ValueError("the scorecards were computed on different held-out examples")
     if not candidate.keys:
         return Decision(False, f"new adapter {candidate.name} has no held-out examples to judge")
     ref_name = reference.name if current is not None else "the base model"
     kwargs: dict[str, Any] = {"n": n_bootstrap, "confidence": confidence, "seed": seed}
+    if candidate.pair_keys:
+        return _with_pairs(reference, candidate, ref_name, kwargs, margin, min_support)
     if candidate.task == "draft":
         return _draft(reference, candidate, ref_name, kwargs)
     return _classify(reference, candidate, ref_name, kwargs, margin, min_support)
@@ -147,3 +165,60 @@ def _classify(
             details,
         )
     return Decision(True, f"{gain}; promoted", details)
+
+
+def _with_pairs(
+    ref: Scorecard,
+    cand: Scorecard,
+    ref_name: str,
+    kwargs: dict[str, Any],
+    margin: float,
+    min_support: int,
+) -> Decision:
+    """Preference accuracy clearly better and the supervised metrics not worse."""
+    if cand.task == "draft":
+        supervised = _draft(ref, cand, ref_name, kwargs)
+        low, high = supervised.details["interval"][1:]
+        c_before, c_after = ref.compliance_rate, cand.compliance_rate
+        worse = [f"answer perplexity {supervised.details['after']:.3g} vs "
+                 f"{supervised.details['before']:.3g}"] if low > 0 else []  # fmt: skip
+        if c_before is not None and c_after is not None and c_after < c_before:
+            worse.append(f"rule compliance {_pct(c_after)} vs {_pct(c_before)}")
+    else:
+        supervised = _classify(ref, cand, ref_name, kwargs, margin, min_support)
+        low, high = supervised.details["interval"][1:]
+        worse = [f"macro-F1 {supervised.details['after']:.2f} vs "
+                 f"{supervised.details['before']:.2f}"] if high < 0 else []  # fmt: skip
+        worse += [f"{k} F1 from {a:.2f} to {b:.2f}"
+                  for k, (a, b) in supervised.details["regressions"].items()]  # fmt: skip
+    before, after = preference_accuracy(ref.pair_items), preference_accuracy(cand.pair_items)
+    interval = paired_bootstrap(ref.pair_items, cand.pair_items, preference_accuracy, **kwargs)
+    details = {
+        **supervised.details,
+        "preference": {
+            "pairs": len(cand.pair_keys),
+            "before": before,
+            "after": after,
+            "interval": [interval.diff, interval.low, interval.high],
+            "margin_before": ref.preference_margin,
+            "margin_after": cand.preference_margin,
+        },
+        "supervised_worse": worse,
+    }
+    who, n = f"new adapter {cand.name}", len(cand.pair_keys)
+    if not (after > before and interval.low > 0):
+        return Decision(
+            False,
+            f"{who} is not clearly better than {ref_name} at what people preferred: preference "
+            f"accuracy {_pct(after)} vs {_pct(before)} on {n} held-out pairs ({_ci(interval)} "
+            f"includes zero or favours {ref_name}); kept {ref_name}",
+            details,
+        )
+    gain = (
+        f"{who} raises preference accuracy from {_pct(before)} to {_pct(after)} on {n} held-out "
+        f"pairs ({_ci(interval)})"
+    )
+    if worse:
+        return Decision(False, f"{gain}, but is worse on {'; '.join(worse)}; kept {ref_name}",
+                        details)  # fmt: skip
+    return Decision(True, f"{gain}, and is not worse on the other metrics; promoted", details)

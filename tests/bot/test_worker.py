@@ -197,3 +197,45 @@ def test_a_run_trains_in_two_processes_through_accelerate_launch(
         (adapter,) = s.scalars(select(Adapter)).all()
     assert [p.name for p in (tmp_path / "data" / "adapters").iterdir()] == [adapter.name]
     db.dispose()
+
+
+def test_a_run_with_preference_pairs_trains_the_stage_and_records_its_metrics(
+    setup: tuple[Worker, Database],
+) -> None:
+    """Pairs of the train split go into the preference stage, held-out pairs into every model's
+    scorecard; the run records the pair counts, the stage and the preference metrics."""
+    from bot.storage.models import Example
+    from trainer.cleaning import content_hash, text_key
+
+    worker, db = setup
+    worker.config_overrides = {**FAST, "min_preference_pairs": 8, "preference_epochs": 1}
+    rows = [r for r in read_file(sample_dir() / "copy.jsonl", "draft") if hasattr(r, "prompt")]
+    with db.session() as s:
+        ds = Datasets(s).create("kk_copy", "draft", system_prompt="Write for Kettle & Kite.")
+        import_candidates(s, ds, rows[:24])
+        for i, row in enumerate(rows[24:46]):
+            rejected = f"{row.text} Act now, cheap deals!"
+            s.add(Example(
+                dataset_id=ds.id, task="draft", prompt=row.prompt, text=row.text,
+                rejected_text=rejected, kind="preference", split="train" if i < 16 else "heldout",
+                content_hash=content_hash("preference", row.prompt, row.text, rejected),
+                text_key=text_key(row.text), source="import",
+            ))  # fmt: skip
+        Runs(s).enqueue(ds)
+    summary = worker.run_once()
+    assert summary is not None and summary.status == "succeeded", summary
+    with db.session() as s:
+        run = s.scalars(select(TrainingRun)).one()
+        pair_ids = s.scalars(select(Example.id).where(Example.kind == "preference")).all()
+        metrics = run.metrics
+        assert set(pair_ids[:16]) <= set(run.example_ids)  # what forgetting a person checks
+    assert metrics["pairs"] == {"train": 16, "heldout": 6, "trained_on": 16}
+    stage = metrics["preference_stage"]
+    assert stage["method"] == "dpo" and stage["steps"] == len(stage["losses"]) > 0
+    for model in ("base", "new"):
+        assert metrics[model]["preference_pairs"] == 6
+        assert 0 <= metrics[model]["preference_accuracy"] <= 1
+    assert metrics["heldout_pair_ids"] == pair_ids[16:]
+    assert metrics["decision"]["preference"]["pairs"] == 6
+    new_card = next(c for c in metrics["scorecards"] if c["name"] == summary.adapter)
+    assert len(new_card["pair_keys"]) == 6 and len(new_card["chosen_nll"]) == 6
