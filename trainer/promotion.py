@@ -8,8 +8,9 @@ the 90% paired-bootstrap interval of the difference excluding zero, and no guard
   more than ``margin`` of F1.
 
 With held-out preference pairs, what people preferred is the measure: the candidate must be
-clearly better on preference accuracy (higher, the interval of the difference above zero) and
-not worse on the supervised metrics (the primary metric not clearly worse, i.e. its interval
+clearly better on preference accuracy (higher, the interval of the difference above zero; or,
+as accuracy saturates, not lower with the mean margin's interval above zero) and not worse on
+the supervised metrics (the primary metric not clearly worse, i.e. its interval
 not wholly on the worse side, and the same guards as above).
 
 With no current adapter the candidate is compared against the base model's scorecard. The
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.evaluate import Interval, Scorecard, macro_f1, paired_bootstrap, perplexity
-from trainer.pair_metrics import preference_accuracy
+from trainer.pair_metrics import mean_margin, preference_accuracy
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ def decide_promotion(
     perplexity lower with the bootstrap interval of the difference below zero, and rule
     compliance not lower; classify — macro-F1 higher with its interval above zero, and no label
     of ``min_support`` or more examples losing more than ``margin`` F1. With held-out pairs:
-    preference accuracy higher with its interval above zero, AND not worse on the supervised
+    preference accuracy higher with its interval above zero (or not lower, with the interval of
+    the mean pair margin above zero), AND not worse on the supervised
     metrics: draft — the perplexity interval not wholly above zero, and rule compliance not
     lower; classify — the macro-F1 interval not wholly below zero, and no label regression as
     above. Intervals are ``confidence`` paired-bootstrap intervals over the held-out examples
@@ -206,7 +208,22 @@ def _with_pairs(
         "supervised_worse": worse,
     }
     who, n = f"new adapter {cand.name}", len(cand.pair_keys)
-    if not (after > before and interval.low > 0):
+    margins = paired_bootstrap(ref.pair_items, cand.pair_items, mean_margin, **kwargs)
+    details["preference"]["margin_interval"] = [margins.diff, margins.low, margins.high]
+    if after > before and interval.low > 0:
+        gain = (
+            f"{who} raises preference accuracy from {_pct(before)} to {_pct(after)} on {n} "
+            f"held-out pairs ({_ci(interval)})"
+        )
+    elif after >= before and margins.low > 0:
+        # Accuracy saturates (at 100% nothing could beat it): the same accuracy with a clearly
+        # wider margin for what people chose is better on the same measure.
+        gain = (
+            f"{who} keeps preference accuracy at {_pct(after)} (was {_pct(before)}) on {n} "
+            f"held-out pairs and prefers the posted texts more strongly: mean margin "
+            f"{margins.diff:+.3g} ({_ci(margins)})"
+        )
+    else:
         return Decision(
             False,
             f"{who} is not clearly better than {ref_name} at what people preferred: preference "
@@ -214,10 +231,6 @@ def _with_pairs(
             f"includes zero or favours {ref_name}); kept {ref_name}",
             details,
         )
-    gain = (
-        f"{who} raises preference accuracy from {_pct(before)} to {_pct(after)} on {n} held-out "
-        f"pairs ({_ci(interval)})"
-    )
     if worse:
         return Decision(False, f"{gain}, but is worse on {'; '.join(worse)}; kept {ref_name}",
                         details)  # fmt: skip

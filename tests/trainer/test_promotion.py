@@ -127,3 +127,27 @@ def test_scorecards_must_cover_the_same_examples() -> None:
         decide_promotion(None, b)
     with pytest.raises(ValueError, match="cannot compare"):
         decide_promotion(classify_card("v1", ["billing"], ["billing"]), draft_card("v2", [1.0]))
+
+
+def _pair_card(name: str, rejected_nll: list[float]) -> Scorecard:
+    """Draft scorecard with equal supervised numbers; each pair's chosen side costs 10 nats
+    over 10 tokens, so the per-token margin is ``(rejected_nll - 10) / 10``."""
+    n = len(rejected_nll)
+    return Scorecard(
+        name, "draft", [f"k{i}" for i in range(8)], nll=[20.0] * 8, tokens=[10] * 8,
+        compliant=[True] * 8, pair_keys=[f"p{i}" for i in range(n)], chosen_nll=[10.0] * n,
+        chosen_tokens=[10] * n, rejected_nll=rejected_nll, rejected_tokens=[10] * n,
+    )  # fmt: skip
+
+
+def test_at_full_preference_accuracy_a_clearly_wider_margin_is_promoted() -> None:
+    """Accuracy saturates at 100%: a candidate can only be better there by its margin."""
+    current = _pair_card("v1", [12.0 + 0.1 * i for i in range(12)])
+    wider = _pair_card("v2", [16.0 + 0.1 * i for i in range(12)])
+    decision = decide_promotion(current, wider)
+    assert decision.promote, decision.reason
+    assert "keeps preference accuracy at 100%" in decision.reason
+    same = _pair_card("v2", [12.0 + 0.1 * i for i in range(12)])
+    assert not decide_promotion(current, same).promote
+    narrower = _pair_card("v2", [11.0 + 0.1 * i for i in range(12)])
+    assert not decide_promotion(current, narrower).promote
