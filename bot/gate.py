@@ -28,6 +28,7 @@ from bot.storage.bulk import insert_rows
 from bot.storage.models import Approval, Dataset, Example, NearDupKey, OptOut
 from bot.storage.repositories import Audit
 from trainer.cleaning import (
+    HELDOUT_FRACTION,
     content_hash,
     dedup_key,
     normalize_text,
@@ -201,19 +202,21 @@ class Gate:
         )
 
     @staticmethod
-    def choose_split(splits: set[str], identity: str) -> str:
+    def choose_split(splits: set[str], identity: str, fraction: float = HELDOUT_FRACTION) -> str:
         """A text already in the dataset keeps its split (held-out wins); else the identity's."""
         if "heldout" in splits:
             return "heldout"
         if "train" in splits:
             return "train"
-        return split_for(identity)
+        return split_for(identity, fraction)
 
-    def split(self, dataset: Dataset, tkey: str, identity: str) -> str:
+    def split(
+        self, dataset: Dataset, tkey: str, identity: str, fraction: float = HELDOUT_FRACTION
+    ) -> str:
         existing = self.session.execute(
             select(Example.split).where(Example.dataset_id == dataset.id, Example.text_key == tkey)
         ).scalars()
-        return self.choose_split(set(existing), identity)
+        return self.choose_split(set(existing), identity, fraction)
 
     @property
     def on_postgres(self) -> bool:

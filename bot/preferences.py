@@ -34,6 +34,11 @@ __all__ = [
 
 TRIVIAL = "the two answers differ only in whitespace, punctuation or case"
 
+#: Pairs of their own (a chosen text not already in the dataset) are held out more often than
+#: examples: a team has far fewer pairs than examples, and preference accuracy on a handful of
+#: held-out pairs cannot show a difference.
+PAIR_HELDOUT_FRACTION = 0.25
+
 
 def _bare(text: str) -> str:
     kept = (c for c in unicodedata.normalize("NFKC", text) if not _ignorable(c))
@@ -126,7 +131,9 @@ class PairGate:
                 outcomes.append(ExampleOutcome(dataset.name, "duplicate", reason="same pair"))
                 continue
             seen.add(prepared.digest)
-            split = self.gate.split(dataset, prepared.tkey, identity or prepared.digest)
+            split = self.gate.split(
+                dataset, prepared.tkey, identity or prepared.digest, PAIR_HELDOUT_FRACTION
+            )
             rows.append(
                 pair_row(dataset, prepared, pair.source, split, actor=actor, author=author,
                          subject=subject, workspace=workspace, channel=channel,
@@ -187,6 +194,6 @@ def pair_row(
 
 def import_split(splits: dict[str, str], pair: PreparedPair) -> str:
     """An imported pair's split: its chosen text's split if the dataset has it, else by hash."""
-    split = splits.get(pair.tkey) or split_for(pair.digest)
+    split = splits.get(pair.tkey) or split_for(pair.digest, PAIR_HELDOUT_FRACTION)
     splits.setdefault(pair.tkey, split)
     return split
