@@ -135,6 +135,35 @@ def chart(
     return out.getvalue()
 
 
+def preference_lines(metrics: dict[str, Any]) -> list[str]:
+    """Held-out preference accuracy and mean margin per model, when the run had held-out pairs,
+    and what the preference stage trained on."""
+    out = []
+    pairs = metrics.get("pairs") or {}
+    cells = []
+    for key in ("base", "current", "new"):
+        summary = metrics.get(key) or {}
+        if summary.get("preference_accuracy") is not None:
+            cells.append(
+                f"{key} {_pct(summary['preference_accuracy'])} "
+                f"(margin {_fmt(summary.get('preference_margin'))})"
+            )
+    if cells:
+        n = (metrics.get("new") or {}).get("preference_pairs") or pairs.get("heldout")
+        out.append(f"Preference accuracy on {n} held-out pairs: " + " → ".join(cells))
+    stage = metrics.get("preference_stage")
+    if stage:
+        out.append(
+            f"Preference stage: {stage.get('method')} on {pairs.get('trained_on')} pairs, "
+            f"{stage.get('steps')} steps, {_fmt(stage.get('seconds'))} s."
+        )
+    return out
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.0f}%"
+
+
 def build_report(session: Session, run_id: int) -> Report:
     run = session.get(TrainingRun, run_id)
     if run is None:
@@ -172,6 +201,7 @@ def build_report(session: Session, run_id: int) -> Report:
         row += [_fmt(summary.get(col)) for col, _ in COLUMNS[dataset.task]]
         table.append(" | ".join(row))
     lines.append("```\n" + "\n".join(table) + "\n```")
+    lines += preference_lines(metrics)
     decision = metrics.get("decision") or {}
     interval = decision.get("interval")
     if interval:

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.importer import import_candidates, read_file
+from bot.reporting import build_report
 from bot.samples import sample_dir
 from bot.settings import Settings
 from bot.storage import Database
@@ -239,3 +240,11 @@ def test_a_run_with_preference_pairs_trains_the_stage_and_records_its_metrics(
     assert metrics["decision"]["preference"]["pairs"] == 6
     new_card = next(c for c in metrics["scorecards"] if c["name"] == summary.adapter)
     assert len(new_card["pair_keys"]) == 6 and len(new_card["chosen_nll"]) == 6
+    with db.session() as s:  # the retraining report says it in words
+        lines = build_report(s, run.id).lines
+    (accuracy,) = [line for line in lines if line.startswith("Preference accuracy")]
+    base_acc = f"{100 * metrics['base']['preference_accuracy']:.0f}%"
+    new_acc = f"{100 * metrics['new']['preference_accuracy']:.0f}%"
+    assert accuracy.startswith(f"Preference accuracy on 6 held-out pairs: base {base_acc} (margin ")
+    assert f" → new {new_acc} (margin " in accuracy
+    assert f"Preference stage: dpo on 16 pairs, {stage['steps']} steps" in "\n".join(lines)
