@@ -153,9 +153,10 @@ def test_a_non_approver_posting_an_edited_draft_makes_no_pair(chat: Chat, db: Da
     _, other = chat.draft("announce the autumn chai", user=PRIYA)
     chat.press(other["Discard"], user=PRIYA)
     chat.settle()
-    posted = chat.wait(lambda: [d for d in drafts(db) if d.status == "posted"])
+    # a press is acknowledged before it is handled: wait for both to have taken effect
+    chat.wait(lambda: [d.status for d in drafts(db)] == ["posted", "discarded"])
+    posted = [d for d in drafts(db) if d.status == "posted"]
     assert posted[0].final_text == POSTED and posted[0].posted_by == PRIYA
-    assert [d.status for d in drafts(db)] == ["posted", "discarded"]
     with db.session() as s:
         (example,) = s.scalars(select(Example)).all()  # the post waits for an approver
         assert (example.kind, example.status, example.text) == ("positive", "pending", POSTED)
