@@ -421,8 +421,10 @@ def main() -> int:
         print(f"model: {name} ({path})")
         print(f"adapter {ADAPTER}: rank-8 LoRA on q/k/v/o with random B (std 0.02), built by "
               "build_tiny_adapter, not trained; loaded on every server")  # fmt: skip
-        print(f"max_tokens={max_tokens} stagger={args.stagger}s levels={levels} rounds={rounds} "
-              f"tickets={len(work.tickets)} (kk_tickets, {len(work.labels)} labels)")  # fmt: skip
+        drafts = (f"max_tokens={max_tokens} stagger={args.stagger}s levels={levels}"
+                  if args.generation else "generation skipped")  # fmt: skip
+        print(f"{drafts} rounds={rounds} tickets={len(work.tickets)} "
+              f"(kk_tickets, {len(work.labels)} labels)")  # fmt: skip
         print(f"load average at start: {provenance.load()}")
         for side in sides:
             for model in (SERVED, ADAPTER):
