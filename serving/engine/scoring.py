@@ -57,7 +57,7 @@ class Scoring(LoraSlots):
             assert cached is not None
             first = cached.last_logits
         else:
-            first = fresh_logits[-1]
+            first = fresh_logits[-1].clone()  # kept with the prompt: not a view of every row
         result = PromptScores()
         if with_prefix:
             kept = cached.scores[: min(reuse, len(prefix) - 1)] if cached and cached.scores else []
