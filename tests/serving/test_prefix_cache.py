@@ -7,8 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
 from serving.engine import GenerationResult, LocalEngine, SamplingParams
+from serving.inference_types import TokenScore
 from tests.serving.conftest import SERVED, AdapterFactory, unique_name
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0, logprobs=True, top_logprobs=2)
@@ -24,8 +27,10 @@ def brief(i: int, system: str = SYSTEM) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def plain(tiny_model_dir: Path) -> Iterator[LocalEngine]:
-    """The reference: the same model with every prompt computed in full."""
-    with LocalEngine(tiny_model_dir, served_name=SERVED, prefix_caching=False) as eng:
+    """The reference: the same model with every prompt computed in full, scored the plain way."""
+    with LocalEngine(
+        tiny_model_dir, served_name=SERVED, prefix_caching=False, fast_scoring=False
+    ) as eng:
         yield eng
 
 
@@ -83,11 +88,33 @@ def test_a_prompt_cached_for_one_adapter_is_not_reused_for_another(
     assert internal_names <= {"__base__"}  # the unloaded adapter's cache went with it
 
 
+def same_score(score: TokenScore, reference: torch.Tensor, top: int) -> None:
+    """``score`` against the reference log-probabilities of its position. The random tiny model
+    predicts almost uniformly, so tokens tie within float rounding: a rank or an alternative is
+    right if it is right for some reading of the reference within 1e-4."""
+    value = float(reference[score.token_id])
+    assert score.logprob == pytest.approx(value, abs=1e-4)
+    lowest = int((reference > value + 1e-4).sum()) + 1
+    highest = int((reference >= value - 1e-4).sum())
+    assert lowest <= score.rank <= highest
+    assert len(score.top) == top
+    if top:
+        floor = float(torch.topk(reference, top).values[-1])
+        for token, logprob in score.top:
+            assert logprob == pytest.approx(float(reference[token]), abs=1e-4)
+            assert logprob >= floor - 1e-4
+
+
 def test_prompt_logprobs_reuse_the_shared_start_and_equal_full_computation(
-    engine: LocalEngine, plain: LocalEngine
+    engine: LocalEngine, plain: LocalEngine, tiny_model_dir: Path
 ) -> None:
     """``/v1/completions``' prompt_logprobs path (HTTP label scoring) reuses a prompt's start,
-    scores included; an extended prompt, another ``top`` and a fresh start all stay exact."""
+    scores included; an extended prompt, another ``top`` and a fresh start all stay exact: the
+    fast path (token tree, cached prompt) and the general one (a padded row per label, every
+    prompt in full) both equal a plain transformers forward pass of each whole sequence."""
+    assert engine.fast_scoring
+    assert not plain.fast_scoring
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     base = engine.chat_prompt(brief(8))
     labels = [engine.tokenizer.encode(w, add_special_tokens=False) for w in ("billing", "bug")]
     cases = [
@@ -100,17 +127,23 @@ def test_prompt_logprobs_reuse_the_shared_start_and_equal_full_computation(
     for with_prefix in (True, False):
         before = engine.metrics.prefix_tokens_reused
         for prompt, top in cases:
-            got = engine.prompt_logprobs(prompt, labels, top=top, with_prefix=with_prefix)
-            want = plain.prompt_logprobs(prompt, labels, top=top, with_prefix=with_prefix)
-            assert len(got.prefix) == len(want.prefix) == (len(prompt) - 1 if with_prefix else 0)
-            got_all = [*got.prefix, *(s for row in got.rows for s in row)]
-            want_all = [*want.prefix, *(s for row in want.rows for s in row)]
-            for a, b in zip(got_all, want_all, strict=True):
-                assert a.token_id == b.token_id
-                assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
-                assert a.rank == b.rank
-                assert [t for t, _ in a.top] == [t for t, _ in b.top]
-            assert got.next_token == want.next_token
+            with torch.no_grad():
+                references = [
+                    torch.log_softmax(model(torch.tensor([prompt + label])).logits[0], dim=-1)
+                    for label in labels
+                ]
+            for scoring in (engine, plain):
+                got = scoring.prompt_logprobs(prompt, labels, top=top, with_prefix=with_prefix)
+                assert len(got.prefix) == (len(prompt) - 1 if with_prefix else 0)
+                for position, score in enumerate(got.prefix):
+                    assert score.token_id == prompt[position + 1]
+                    same_score(score, references[0][position], top)
+                for label, row, reference in zip(labels, got.rows, references, strict=True):
+                    assert [s.token_id for s in row] == label
+                    for j, score in enumerate(row):
+                        same_score(score, reference[len(prompt) - 1 + j], top)
+                for token, reference in zip(got.next_token, references, strict=True):
+                    assert float(reference[-1][token]) >= float(reference[-1].max()) - 1e-4
         # cases 2 and 3 reuse at least the system prompt, with or without the prompt's scores
         assert (
             engine.metrics.prefix_tokens_reused - before
