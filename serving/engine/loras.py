@@ -85,6 +85,7 @@ class LoraSlots(EngineCore):
         # peft names are internal and never reused, so a name can be unloaded and loaded again
         self._serial += 1
         internal = f"lora{self._serial}"
+        self._tuner_layers = None  # peft adds LoRA layers (even if the load then fails)
         try:
             if self._peft is None:
                 from peft import PeftModel
@@ -107,6 +108,7 @@ class LoraSlots(EngineCore):
     def _unload_adapter(self, name: str) -> None:
         internal = self._internal.pop(name)
         self.adapters.pop(name)
+        self._tuner_layers = None
         self._prefixes.pop(internal, None)
         self._prompt_kv.pop(internal, None)
         self._merged.pop(internal, None)
