@@ -103,6 +103,8 @@ class Batching(LoraSlots):
             room -= 1
         if not new:
             return
+        if self.prefix_caching:
+            self._prefill_shared_starts(new)
         reuse = [self._reusable(seq) for seq in new]
         fresh = [seq.prompt[n:] for seq, (n, _) in zip(new, reuse, strict=True)]
         width = max(len(f) for f in fresh)
@@ -139,6 +141,29 @@ class Batching(LoraSlots):
             return 0, None
         n = min(shared_length(cached.ids, seq.prompt), len(seq.prompt) - 1)
         return (n, cached) if n >= MIN_REUSE else (0, None)
+
+    def _prefill_shared_starts(self, new: list[Seq]) -> None:
+        """Prompts of one adapter admitted together that share a start (a dataset's system
+        prompt) no remembered prompt covers: compute that start once, as one row, and remember
+        it, so every row of the batch's prefill reuses it instead of computing it again."""
+        groups: dict[str, list[list[int]]] = {}
+        for seq in new:
+            groups.setdefault(seq.adapter, []).append(seq.prompt)
+        for adapter, prompts in groups.items():
+            if len(prompts) < 2:
+                continue
+            first = prompts[0]
+            common = min(min(shared_length(first, p) for p in prompts[1:]),
+                         min(len(p) for p in prompts) - 1)  # fmt: skip
+            cached = self._prompt_kv.get(adapter)
+            if common < MIN_REUSE or (cached and shared_length(cached.ids, first) >= common):
+                continue
+            ids = torch.tensor([first[:common]], dtype=torch.long)
+            cache = new_cache(self.num_layers)
+            positions = torch.arange(common).unsqueeze(0)
+            self._step_forward(ids, torch.ones_like(ids), positions, cache, [adapter])
+            columns = torch.arange(common, device=self.device)
+            self._prompt_kv[adapter] = PromptKV(first[:common], row_kv(cache, 0, columns))
 
     def _remember_prompts(self, new: list[Seq], cache: Cache, mask: torch.Tensor) -> None:
         """Keep the KV cache of the last admitted prompt of each adapter in this batch."""
