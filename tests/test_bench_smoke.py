@@ -46,11 +46,12 @@ def test_quality_bench_smoke() -> None:
     assert "per-label F1" in proc.stdout and "tuned (clinc_banking-v1)" in proc.stdout
 
 
-def test_eval_bench_smoke_one_batch_for_both_models_drafts_the_same() -> None:
+def test_eval_bench_smoke_a_batch_per_model_drafts_as_one_mixed_batch() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "eval_bench.py"), "--smoke", "--compare"],
         capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "same drafts in one batch as in a batch per model: yes" in proc.stdout
-    assert "| drafts: base and adapter in one batch |" in proc.stdout
+    assert "same drafts mixed as in a batch per model: yes" in proc.stdout
+    assert "| drafts: base, then adapter (a batch each) |" in proc.stdout
+    assert "| (compare) base and adapter in one mixed batch |" in proc.stdout

@@ -64,10 +64,12 @@ def generate_drafts_for(
     *,
     progress: Callable[[str | None, int, int], None] | None = None,
 ) -> list[list[str]]:
-    """Greedy drafts of every model (served names; None = base) for every example, all
-    requested at once so the server batches them together (the local engine's continuous
-    batching mixes adapters in one batch, as vLLM does); per model, in the examples' order.
-    ``progress(model, done, total)`` follows each model's drafts."""
+    """Greedy drafts of every model (served names; None = base) for every example; per model, in
+    the examples' order. Each model's drafts are requested at once, so the server batches them,
+    one model after the other: a batch of one adapter decodes with the LoRA merged into the
+    weights on the local engine, while a batch mixing models runs the LoRA per row in every
+    step, which costs more than the wider batch saves. ``progress(model, done, total)`` follows
+    each model's drafts."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     if not examples or not models:
@@ -79,15 +81,13 @@ def generate_drafts_for(
         )
         return reply.text.strip()
 
-    jobs = [(e, c, m) for m in models for e, c in zip(examples, caps, strict=True)]
-    done = dict.fromkeys(range(len(models)), 0)
-    workers = min(len(jobs), CONCURRENT_REQUESTS)
+    out: list[list[str]] = []
+    workers = min(len(examples), CONCURRENT_REQUESTS)
     with ThreadPoolExecutor(workers, thread_name_prefix="brandbot-eval") as pool:
-        futures = {pool.submit(draft, *job): at // len(examples) for at, job in enumerate(jobs)}
-        for future in as_completed(futures):
-            which = futures[future]
-            done[which] += 1
-            if progress is not None:
-                progress(models[which], done[which], len(examples))
-        texts = [f.result() for f in futures]  # dicts keep the submission order
-    return [texts[i * len(examples) : (i + 1) * len(examples)] for i in range(len(models))]
+        for model in models:
+            futures = [pool.submit(draft, e, c, model) for e, c in zip(examples, caps, strict=True)]
+            for done, _ in enumerate(as_completed(futures), 1):
+                if progress is not None:
+                    progress(model, done, len(examples))
+            out.append([f.result() for f in futures])
+    return out

@@ -8,8 +8,9 @@ promotion rule does.
   trainer's own answer-only loss, so it is the held-out version of the training loss); chrF of a
   generated draft against the approved text; brand-rule compliance of that draft (maximum length,
   banned words, required words). Drafts are generated through serving's client (the local engine
-  or a vLLM server), greedy, so they are what ``/draft`` would produce; every model's drafts are
-  requested at once (:func:`evaluate_drafts`), so the server batches them together.
+  or a vLLM server), greedy, so they are what ``/draft`` would produce; each model's drafts are
+  requested at once (:func:`evaluate_drafts`), so the server batches them, one model after the
+  other.
 - Preference pairs (either task): preference accuracy and mean margin on held-out pairs
   (length-normalised log-probabilities; :mod:`trainer.pair_metrics`).
 - Classify: accuracy, macro-F1, per-label precision/recall/F1, the confusion matrix and the
@@ -389,7 +390,7 @@ def evaluate_drafts(
     """Score several models on the same held-out draft examples; scorecards in their order.
 
     Perplexity uses the weights directly, all models in one load (:func:`answer_nll_many`).
-    Drafts of every model are generated through ``client`` greedily, all at once in one batch
+    Drafts of every model are generated through ``client`` greedily, each model's in one batch
     (:func:`generate_drafts_for`), each capped by :func:`draft_token_cap` at the dataset's
     length limit in tokens; with ``client=None`` drafts are skipped (perplexity only, e.g.
     while a server is unavailable). A scorecard's ``seconds`` is its own perplexity pass plus

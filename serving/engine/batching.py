@@ -3,7 +3,8 @@
 Between decode steps the scheduler admits newly arrived requests (their prompts are prefilled
 together, then their KV caches are merged into the running batch) and then runs ONE batched
 forward pass for every active sequence, whatever adapter each one uses (peft's mixed-adapter
-batches group rows by adapter inside each LoRA layer). Finished sequences leave at once.
+batches group rows by adapter inside each LoRA layer; a batch of one adapter runs it as merged
+weights instead). Finished sequences leave at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 
 import torch
 
-from serving.engine.core import EngineCore, Seq
+from serving.engine.core import Seq
 from serving.engine.kv_cache import (
     Cache,
     PromptKV,
@@ -25,6 +26,7 @@ from serving.engine.kv_cache import (
     shared_length,
     slots,
 )
+from serving.engine.loras import LoraSlots
 from serving.inference_types import (
     BASE,
     EngineError,
@@ -39,7 +41,7 @@ log = logging.getLogger("serving.engine")
 MIN_REUSE = 16  # shorter shared prefixes are recomputed: not worth a cache copy
 
 
-class Batching(EngineCore):
+class Batching(LoraSlots):
     """The scheduler thread's loop and everything a generation goes through."""
 
     def _loop(self) -> None:
@@ -101,6 +103,8 @@ class Batching(EngineCore):
             room -= 1
         if not new:
             return
+        if self.prefix_caching:
+            self._prefill_shared_starts(new)
         reuse = [self._reusable(seq) for seq in new]
         fresh = [seq.prompt[n:] for seq, (n, _) in zip(new, reuse, strict=True)]
         width = max(len(f) for f in fresh)
@@ -119,7 +123,7 @@ class Batching(EngineCore):
             self.metrics.prefix_hits.inc(reused)
         else:
             cache = new_cache(self.num_layers)
-        logits = self._forward(ids, mask, positions, cache, [s.adapter for s in new], True)
+        logits = self._step_forward(ids, mask, positions, cache, [s.adapter for s in new])
         if self.prefix_caching:
             self._remember_prompts(new, cache, mask)
         self._merge(cache, mask)
@@ -137,6 +141,29 @@ class Batching(EngineCore):
             return 0, None
         n = min(shared_length(cached.ids, seq.prompt), len(seq.prompt) - 1)
         return (n, cached) if n >= MIN_REUSE else (0, None)
+
+    def _prefill_shared_starts(self, new: list[Seq]) -> None:
+        """Prompts of one adapter admitted together that share a start (a dataset's system
+        prompt) no remembered prompt covers: compute that start once, as one row, and remember
+        it, so every row of the batch's prefill reuses it instead of computing it again."""
+        groups: dict[str, list[list[int]]] = {}
+        for seq in new:
+            groups.setdefault(seq.adapter, []).append(seq.prompt)
+        for adapter, prompts in groups.items():
+            if len(prompts) < 2:
+                continue
+            first = prompts[0]
+            common = min(min(shared_length(first, p) for p in prompts[1:]),
+                         min(len(p) for p in prompts) - 1)  # fmt: skip
+            cached = self._prompt_kv.get(adapter)
+            if common < MIN_REUSE or (cached and shared_length(cached.ids, first) >= common):
+                continue
+            ids = torch.tensor([first[:common]], dtype=torch.long)
+            cache = new_cache(self.num_layers)
+            positions = torch.arange(common).unsqueeze(0)
+            self._step_forward(ids, torch.ones_like(ids), positions, cache, [adapter])
+            columns = torch.arange(common, device=self.device)
+            self._prompt_kv[adapter] = PromptKV(first[:common], row_kv(cache, 0, columns))
 
     def _remember_prompts(self, new: list[Seq], cache: Cache, mask: torch.Tensor) -> None:
         """Keep the KV cache of the last admitted prompt of each adapter in this batch."""
@@ -177,10 +204,28 @@ class Batching(EngineCore):
         last = torch.tensor([[s.out[-1]] for s in self._active], dtype=torch.long)
         self._mask = torch.cat([self._mask, self._mask.new_ones((batch, 1))], dim=1)
         positions = (self._mask.sum(-1, keepdim=True) - 1).cpu()
-        logits = self._forward(
-            last, self._mask, positions, self._cache, [s.adapter for s in self._active], True
-        )
+        adapters = [s.adapter for s in self._active]
+        logits = self._step_forward(last, self._mask, positions, self._cache, adapters)
         self._sample_and_emit(logits[:, -1, :], range(batch))
+
+    def _step_forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Cache,
+        adapters: list[str],
+    ) -> torch.Tensor:
+        """A prefill or decode step's forward pass, last logits only. A batch whose rows all
+        use one adapter runs it as merged weights (``_merged_adapter``: no per-row LoRA work);
+        a batch of several adapters takes peft's per-row path."""
+        first = adapters[0]
+        if first != BASE and all(a == first for a in adapters):
+            with self._merged_adapter(first) as run_as:
+                return self._forward(
+                    ids, mask, positions, cache, [run_as] * len(adapters), True, quick_base=True
+                )
+        return self._forward(ids, mask, positions, cache, adapters, True, quick_base=True)
 
     def _sample_and_emit(self, logits: torch.Tensor, rows: range) -> None:
         """Pick one token per row, stream it, and drop the sequences that finished."""

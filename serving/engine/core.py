@@ -72,6 +72,7 @@ class EngineCore:
     fast_scoring: bool
     _prefixes: dict[str, Prefix]  # peft adapter name -> its last scored prompt
     _merged: dict[str, list[tuple[torch.nn.Linear, torch.Tensor]]]
+    _tuner_layers: list[Any] | None  # peft's LoRA layers, listed once per adapter change
     _unmergeable: set[str]
     prefix_caching: bool
     _prompt_kv: dict[str, PromptKV]  # peft adapter name -> its last generated prompt
@@ -121,10 +122,13 @@ class EngineCore:
     @contextlib.contextmanager
     def _lora_off(self) -> Iterator[None]:
         """peft's LoRA layers call only their base layer while this lasts (the same flag as
-        ``disable_adapter()`` sets; the adapters' weights are frozen already)."""
+        ``disable_adapter()`` sets; the adapters' weights are frozen already). The layers are
+        listed once per adapter load or unload, not per step (a walk of every module)."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        layers: list[Any] = [m for m in self._base.modules() if isinstance(m, BaseTunerLayer)]
+        if self._tuner_layers is None:
+            self._tuner_layers = [m for m in self._base.modules() if isinstance(m, BaseTunerLayer)]
+        layers = self._tuner_layers
         before = [layer._disable_adapters for layer in layers]
         try:
             for layer in layers:

@@ -148,6 +148,7 @@ class LocalEngine(Batching, Scoring):
         self._prefixes = {}
         self._merged: dict[str, list[tuple[torch.nn.Linear, torch.Tensor]]] = {}
         self._unmergeable: set[str] = set()
+        self._tuner_layers = None
         self._thread = threading.Thread(target=self._loop, name="brandbot-engine", daemon=True)
         self._thread.start()
         _live_engines.add(self)

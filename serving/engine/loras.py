@@ -1,4 +1,5 @@
-"""LoRA adapters in the engine: loading into peft, unloading, and merged weights for scoring."""
+"""LoRA adapters in the engine: loading into peft, unloading, and merged weights for scoring and
+for generation batches of one adapter."""
 
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ class LoraSlots(EngineCore):
         """Run ``adapter`` as the base model with its LoRA merged into the packed weights.
 
         peft's per-request LoRA path (``adapter_names``) copies each projection's input and output
-        rows by index and adds two small products per projection, a fifth of a scoring pass on
-        the CPU; a merged weight costs nothing extra. Used only when it is exact: vanilla LoRA on
-        packed ``nn.Linear`` layers (no DoRA or other variant, no LoRA bias, not merged by peft);
-        otherwise yields ``adapter`` for peft's path. The two most recently scored adapters keep
-        their merged weights (SmolLM2-135M: ~100 MB each); unloading an adapter drops them.
+        rows by index and adds two small products per projection, a fifth of a scoring pass or a
+        decode step on the CPU; a merged weight costs nothing extra. Used only when it is exact:
+        vanilla LoRA on packed ``nn.Linear`` layers (no DoRA or other variant, no LoRA bias, not
+        merged by peft); otherwise yields ``adapter`` for peft's path. The two most recently used
+        adapters keep their merged weights (SmolLM2-135M: ~100 MB each); unloading an adapter
+        drops them.
         """
         entries = self._merged.get(adapter)
         if entries is None and adapter not in self._unmergeable and adapter != BASE:
@@ -83,6 +85,7 @@ class LoraSlots(EngineCore):
         # peft names are internal and never reused, so a name can be unloaded and loaded again
         self._serial += 1
         internal = f"lora{self._serial}"
+        self._tuner_layers = None  # peft adds LoRA layers (even if the load then fails)
         try:
             if self._peft is None:
                 from peft import PeftModel
@@ -105,6 +108,7 @@ class LoraSlots(EngineCore):
     def _unload_adapter(self, name: str) -> None:
         internal = self._internal.pop(name)
         self.adapters.pop(name)
+        self._tuner_layers = None
         self._prefixes.pop(internal, None)
         self._prompt_kv.pop(internal, None)
         self._merged.pop(internal, None)

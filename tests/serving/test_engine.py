@@ -147,6 +147,47 @@ def test_adapters_resident_together_and_batched(
     engine.unload_adapter(first)
 
 
+def test_one_adapter_batch_decodes_merged_like_the_per_row_path(
+    engine: LocalEngine, make_adapter: AdapterFactory
+) -> None:
+    """A batch of one adapter decodes with the LoRA merged into the weights; the same requests
+    in one batch with base rows take peft's per-row path. Greedy tokens are the same."""
+    name = unique_name()
+    engine.load_adapter(name, make_adapter(seed=41, targets=("q_proj", "v_proj", "up_proj")))
+    params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True, logprobs=True)
+    try:
+        merged = [engine.chat(prompt(i), params, model=name) for i in range(3)]
+        merged_results = [h.result() for h in merged]
+        assert engine.check_model(name) in engine._merged  # only generation ran it
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            held.set()
+            release.wait(30)
+
+        holder = threading.Thread(target=engine.run, args=(hold,))
+        holder.start()
+        assert held.wait(30)
+        # the scheduler waits in ``hold``: all six requests are admitted in one batch
+        per_row = [engine.chat(prompt(i), params, model=name) for i in range(3)]
+        base = [engine.chat(prompt(i), params) for i in range(3)]
+        release.set()
+        holder.join()
+        per_row_results = [h.result() for h in per_row]
+        base_results = [h.result() for h in base]
+    finally:
+        release.set()
+        engine.unload_adapter(name)
+    for one, other, plain in zip(merged_results, per_row_results, base_results, strict=True):
+        assert one.logprobs is not None
+        assert other.logprobs is not None
+        assert plain.logprobs is not None
+        assert [t.token_id for t in one.logprobs] == [t.token_id for t in other.logprobs]
+        for a, b in zip(one.logprobs, other.logprobs, strict=True):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        assert one.logprobs[0].logprob != pytest.approx(plain.logprobs[0].logprob, abs=1e-3)
+
+
 def test_fast_label_scoring_equals_the_general_path(
     engine: LocalEngine, make_adapter: AdapterFactory
 ) -> None:

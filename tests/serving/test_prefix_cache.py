@@ -3,6 +3,7 @@ KV cache, and the results equal an engine that computes every prompt in full."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +63,33 @@ def test_a_shared_system_prompt_is_computed_once_and_results_do_not_change(
     for p, handle in zip(prompts, handles, strict=True):
         same(handle.result(), plain.chat(p, GREEDY).result())
     assert plain.metrics.prefix_tokens_reused == 0
+
+
+def test_prompts_admitted_together_compute_their_shared_start_once(
+    engine: LocalEngine, plain: LocalEngine
+) -> None:
+    system = "You write for Tide & Thread, a sail loft. " * 6  # never seen by this engine
+    prompts = [brief(i, system) for i in range(4)]
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(30)
+
+    holder = threading.Thread(target=engine.run, args=(hold,))
+    holder.start()
+    try:
+        assert held.wait(30)
+        before = engine.metrics.prefix_tokens_reused
+        handles = [engine.chat(p, GREEDY) for p in prompts]  # admitted in one step
+    finally:
+        release.set()
+        holder.join()
+    results = [h.result() for h in handles]
+    system_tokens = len(engine.chat_prompt(prompts[0][:1]))
+    assert engine.metrics.prefix_tokens_reused - before >= 4 * (system_tokens - 2)
+    for p, result in zip(prompts, results, strict=True):
+        same(result, plain.chat(p, GREEDY).result())
 
 
 def test_a_prompt_cached_for_one_adapter_is_not_reused_for_another(
