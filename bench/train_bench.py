@@ -305,7 +305,8 @@ def spawn(kind: str, dataset: str, model_dir: Path, args: argparse.Namespace, ba
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             result: dict[str, Any] = json.loads(line[7:])
-            print(f"{result['train_s']:.1f} s, load {provenance.load()}", flush=True)
+            shown = {k: v for k, v in result.items() if k != "adapter"}
+            print(f"load {provenance.load()}: {json.dumps(shown)}", flush=True)
             return result
     raise SystemExit(f"the {kind} worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
@@ -346,11 +347,14 @@ def compare(args: argparse.Namespace) -> None:
     section = harness.Section("Training", THREADS)
     peaks = [matmul_peak()]
     per_token, per_answer = flops_per_token(model_dir)
-    kinds = ["ours"]
-    if importlib.util.find_spec("trl") is not None:
-        kinds += ["trl", "trl-padded"] if args.padded else ["trl"]
-    else:
+    kinds = [k for k in args.trainers.split(",") if k]
+    if args.padded:
+        kinds.append("trl-padded")
+    if "ours" not in kinds or any(k not in LABELS for k in kinds):
+        raise SystemExit(f"--trainers: ours and any of {', '.join(LABELS)}")
+    if importlib.util.find_spec("trl") is None and kinds != ["ours"]:
         print("TRL is not installed (pip install -e '.[bench]'); measuring brandbot alone")
+        kinds = ["ours"]
     measured: dict[str, dict[str, list[dict[str, Any]]]] = {}
     plans: dict[str, tuple[int, int, int, int]] = {}
     orders: list[str] = []
@@ -494,6 +498,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=None, help="runs per trainer (>= 3)")
     parser.add_argument("--padded", action="store_true", help="also TRL without padding-free")
+    parser.add_argument("--trainers", default="ours,trl", help="which sides run (default both)")
     parser.add_argument("--worker", choices=list(LABELS), help=argparse.SUPPRESS)
     parser.add_argument("--dataset", choices=DATASETS, default="brand", help=argparse.SUPPRESS)
     parser.add_argument("--trl-batch", type=int, default=8, help=argparse.SUPPRESS)
