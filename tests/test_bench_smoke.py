@@ -133,7 +133,7 @@ def test_train_bench_smoke_ours_interleaved_with_provenance() -> None:
     not in the test environment and takes minutes even on the tiny model)."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "train_bench.py"), "--smoke", "--trainers", "ours",
-         "--repeats", "1", "--examples", "8"],
+         "--repeats", "1", "--examples", "12"],
         capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
