@@ -107,7 +107,7 @@ class Section:
     """One benchmark section's provenance: call :meth:`finish` when its runs are done."""
 
     title: str
-    threads: int
+    threads: int | None = None  # torch threads, for the benches that run a model
     started: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M"))
     load_start: str = field(default_factory=provenance.load)
     t0: float = field(default_factory=time.perf_counter)
@@ -126,7 +126,8 @@ class Section:
         return [
             f"- commit {sha[:10]}{' (with uncommitted changes)' if dirty else ''}; "
             f"started {self.started} UTC, {self.seconds:.0f} s in all",
-            f"- {provenance.cpu_model()}, {os.cpu_count()} cores, {self.threads} torch threads; "
+            f"- {provenance.cpu_model()}, {os.cpu_count()} cores"
+            f"{f', {self.threads} torch threads' if self.threads else ''}; "
             f"load average (1/5/15 min) {self.load_start} at the start, {self.load_end} at the end",
             f"- {names}",
         ]
