@@ -19,9 +19,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import insert
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import harness
 from bot.storage import Database
 from bot.storage.models import Example, utcnow
 from bot.storage.repositories import Datasets
@@ -111,46 +115,72 @@ def cli_import(env: dict[str, str], path: Path) -> tuple[float, dict[str, object
     return time.perf_counter() - start, result
 
 
+def brandbot_round(root: Path, path: Path) -> dict[str, Any]:
+    """One measured ``brandbot import`` in a fresh data folder: start-up (an empty file), the
+    file, then the same file again."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRANDBOT_", "SLACK_"))}
+    env["BRANDBOT_DATA_DIR"] = str(root / "data")
+    env["BRANDBOT_CONFIG"] = str(root / "none.toml")
+    brandbot = str(Path(sys.executable).parent / "brandbot")
+    subprocess.run(
+        [brandbot, "datasets", "create", "bench", "--task", "draft"],
+        env=env, capture_output=True, check=True,
+    )  # fmt: skip
+    empty = root / "empty.jsonl"
+    empty.write_text("")
+    startup_s, _ = cli_import(env, empty)
+    first_s, first = cli_import(env, path)
+    again_s, again = cli_import(env, path)
+    return {
+        "startup_s": startup_s, "first_s": first_s, "import_s": first_s - startup_s,
+        "again_s": again_s, "added": first["added"], "added_again": again["added"],
+    }  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="500 lines instead of 10,000")
     parser.add_argument("--lines", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None, help="rounds per side (>= 3)")
     args = parser.parse_args()
     lines = args.lines or (500 if args.smoke else 10_000)
+    repeats = args.repeats or (1 if args.smoke else 3)
+    section = harness.Section("Import (foundation)")
     with tempfile.TemporaryDirectory(prefix="brandbot-bench-") as tmp:
         root = Path(tmp)
         path = root / "examples.jsonl"
         make_file(path, lines)
+        count = iter(range(1_000_000))
 
-        bare_db = Database(f"sqlite:///{root / 'bare.db'}")
-        bare_db.upgrade()
-        bare_s = bare_insert(bare_db, path)
+        def bare() -> dict[str, Any]:
+            db = Database(f"sqlite:///{root / f'bare{next(count)}.db'}")
+            db.upgrade()
+            return {"bare_s": bare_insert(db, path)}
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BRANDBOT_", "SLACK_"))}
-        env["BRANDBOT_DATA_DIR"] = str(root / "data")
-        env["BRANDBOT_CONFIG"] = str(root / "none.toml")
-        brandbot = str(Path(sys.executable).parent / "brandbot")
-        subprocess.run(
-            [brandbot, "datasets", "create", "bench", "--task", "draft"],
-            env=env, capture_output=True, check=True,
-        )  # fmt: skip
-        # Process start-up (imports, migration check) is measured with an empty file.
-        empty = root / "empty.jsonl"
-        empty.write_text("")
-        startup_s, _ = cli_import(env, empty)
-        first_s, first = cli_import(env, path)
-        again_s, again = cli_import(env, path)
+        def ours() -> dict[str, Any]:
+            return brandbot_round(root / f"ours{next(count)}", path)
 
-    import_s = first_s - startup_s
-    ratio = import_s / bare_s
-    print(f"import benchmark: {lines} lines of chat JSONL into SQLite")
-    print(f"  bare SQLAlchemy bulk insert      {bare_s:7.2f} s")
-    print(f"  brandbot import (whole command)  {first_s:7.2f} s  (start-up {startup_s:.2f} s)")
-    print(f"  brandbot import minus start-up   {import_s:7.2f} s  = {ratio:.2f}x the bare insert")
-    print(f"  second import of the same file   {again_s:7.2f} s  added {again['added']}")
-    correct = first["added"] == lines and again["added"] == 0
-    fast = first_s < 10 and ratio < 3
+        runs, order = harness.interleave({"bare": bare, "brandbot": ours}, repeats)
+    section.finish()
+    bare_s = harness.spread(runs["bare"], "bare_s")
+    first_s = harness.spread(runs["brandbot"], "first_s")
+    import_s = harness.spread(runs["brandbot"], "import_s")
+    startup = harness.spread(runs["brandbot"], "startup_s")
+    again_s = harness.spread(runs["brandbot"], "again_s")
+    ratio = import_s.median / bare_s.median
+    print(f"import benchmark: {lines} lines of chat JSONL into SQLite; medians of {repeats} "
+          f"interleaved rounds (min-max); run order {' '.join(order)}")  # fmt: skip
+    print(f"  bare SQLAlchemy bulk insert      {bare_s.show(2)} s")
+    print(f"  brandbot import (whole command)  {first_s.show(2)} s  (start-up {startup.show(2)} s)")
+    print(
+        f"  brandbot import minus start-up   {import_s.show(2)} s  = {ratio:.2f}x the bare insert"
+    )
+    added_again = max(r["added_again"] for r in runs["brandbot"])
+    print(f"  second import of the same file   {again_s.show(2)} s  added {added_again}")
+    correct = all(r["added"] == lines for r in runs["brandbot"]) and added_again == 0
+    fast = first_s.median < 10 and ratio < 3
     print(f"  targets (<10 s, <3x, re-import adds 0): {'met' if correct and fast else 'NOT met'}")
+    print("\n".join(section.provenance_lines()))
     # Smoke runs check correctness only: timings of 500 rows are start-up noise.
     return 0 if correct and (fast or args.smoke) else 1
 

@@ -55,20 +55,21 @@ def env_versions(python: str, packages: tuple[str, ...]) -> dict[str, str]:
     return data
 
 
-def commit() -> tuple[str, bool]:
-    """``git rev-parse HEAD`` of the checkout and whether its tracked files have changes."""
-    sha = _git("rev-parse", "HEAD") or "unknown"
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
-    return sha, dirty
+def commit(root: Path = ROOT) -> tuple[str, bool]:
+    """``git rev-parse HEAD`` of the checkout at ``root`` and whether its tracked files have
+    changes (a checkout git cannot read counts as changed)."""
+    sha = _git(root, "rev-parse", "HEAD") or "unknown"
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return sha, status is None or bool(status)
 
 
-def _git(*args: str) -> str:
+def _git(root: Path, *args: str) -> str | None:
     try:
         return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return ""
+        return None
 
 
 def cpu_model() -> str:

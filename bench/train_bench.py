@@ -1,47 +1,76 @@
 """Training benchmark: brandbot's LoRA trainer against TRL's ``SFTTrainer``, side by side.
 
-    python bench/train_bench.py              # SmolLM2-135M, the bundled default (~12 min)
+    python bench/train_bench.py              # SmolLM2-135M, the bundled default (~15 min idle)
     python bench/train_bench.py --smoke      # a tiny random model, seconds (CI)
     python bench/train_bench.py --write      # also write the "## Training" section of
-                                             # docs/benchmarks.md
+                                             # docs/benchmarks.md (refused from a dirty tree)
+    python bench/train_bench.py --padded     # also TRL without padding-free rows
     python bench/train_bench.py --quality    # the sample brand: held-out perplexity and chrF,
                                              # base vs tuned (issue 6's bar)
 
-Same base model, LoRA config (r16, alpha 32, no dropout, q/k/v/o), data (200 short
-variable-length brief→copy pairs: the sample brand's copy pairs plus deterministic variations),
-maximum length (512), optimizer (AdamW, lr 2e-4, cosine, 5% warm-up, clip 1.0), one epoch, about
-8 examples per optimizer step, 2 torch threads, answer-only loss in both. Each trainer runs in its
-own process so its peak memory is its own. Reported: real (non-padding) tokens/s, wall time per
-epoch, peak memory, held-out answer loss (the same function scores both adapters), and achieved
-FLOP/s against a torch matmul measured in the same run.
+Two data sets: ``brand`` (the sample brand's copy pairs and deterministic variations, all under
+its long shared system prompt: the case where running the prefix once per micro-batch helps
+most) and ``oneline`` (the same pairs under a one-line system prompt: almost no shared prefix).
+Same base model, LoRA config (r16, alpha 32, no dropout, q/k/v/o), examples, maximum length
+(512), optimizer (AdamW, lr 2e-4, cosine, 5% warm-up, clip 1.0), one epoch and number of
+optimizer steps, 2 torch threads, answer-only loss in both. TRL runs at its fastest here (see
+:func:`trl_config`). Each run is its own process (its peak memory is its own), the trainers
+take turns (harness.interleave), and the table reports medians and ranges.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import math
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import harness, provenance  # noqa: E402
 from trainer.data import TrainExample  # noqa: E402
 
 BRAND = ROOT / "bot" / "sample_brand"
 THREADS = 2
+#: the no-shared-prefix set's system prompt: one line, as a team might write it
+ONE_LINE = "Write short social posts for the brand."
+DATASETS = ("brand", "oneline")
+#: issue 22's goals: brandbot's speed per real token against TRL's, per data set
+GOALS = {"brand": 2.0, "oneline": 1.5}
+DOC_INTRO = [
+    "brandbot's LoRA trainer against TRL's `SFTTrainer` (TRL at its fastest for this job: "
+    "`gradient_checkpointing=False`, completion-only loss, `padding_free=True`, its fused LM "
+    "head), each run in its own process, the trainers taking turns (A B A B A B). Same base "
+    "model, LoRA (r16 alpha 32 on q/k/v/o, no dropout), examples, maximum length, optimizer "
+    "(AdamW 2e-4, cosine, 5% warm-up, clip 1.0), one epoch and number of optimizer steps; "
+    "answer-only loss in both. Two data sets: `brand`, the sample brand's copy pairs and "
+    "variations under its long shared system prompt (the case where brandbot's "
+    "prefix-once-per-micro-batch helps most), and `oneline`, the same pairs under a one-line "
+    "system prompt (almost no shared prefix). Goals (issue 22): >= 2x TRL per real token on "
+    "`brand`, >= 1.5x on `oneline`, peak memory under 2 GiB.",
+    "",
+    "    .venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/train_bench.py --write",
+    "",
+    "Real tokens are the non-padding tokens of the examples; computed tokens are those that ran "
+    "through the decoder (brandbot runs a shared prefix once per micro-batch; TRL's padding-free "
+    "rows have no padding). The share of the matmul peak counts the forward and input-gradient "
+    "matmuls of the computed tokens plus the LM head at answer tokens, against a square fp32 "
+    "matmul timed in the same run (TRL's LM head at every position on the CPU, attention and "
+    "LoRA are not counted). Held-out loss: answer-token loss on 16 held-out sample pairs, the "
+    "same function for both adapters. CLINC150 chat pairs (`bench/data`) are not used here: "
+    "SmolLM2's chat template adds its default system prompt to them, so half of each "
+    "~40-token sequence would be a shared prefix.",
+]
 BRIEF_FORMS = (
     "{b}",
     "Post: {b}",
@@ -79,10 +108,12 @@ def is_heldout(index: int) -> bool:
     return index % 5 == 0
 
 
-def bench_data(n_train: int) -> tuple[list[TrainExample], list[TrainExample]]:
+def bench_data(
+    n_train: int, dataset: str = "brand"
+) -> tuple[list[TrainExample], list[TrainExample]]:
     """``n_train`` training pairs and the held-out pairs (neither they nor variations of them
-    are trained on)."""
-    system = system_prompt()
+    are trained on), under the brand's system prompt or a one-line one (``oneline``)."""
+    system = system_prompt() if dataset == "brand" else ONE_LINE
     train_src, heldout = [], []
     for index, (brief, answer) in enumerate(sample_pairs()):
         (heldout if is_heldout(index) else train_src).append((brief, answer))
@@ -102,16 +133,13 @@ def bench_data(n_train: int) -> tuple[list[TrainExample], list[TrainExample]]:
 
 
 def run_ours(model_dir: Path, train: list[TrainExample], max_length: int) -> dict[str, Any]:
-    from trainer.config import defaults_for
     from trainer.lora import train_lora
 
-    config = defaults_for(
-        "draft", epochs=1, learning_rate=2e-4, threads=THREADS, max_length=max_length, grad_accum=2
-    )
     out = Path(tempfile.mkdtemp(prefix="bb-bench-ours-")) / "adapter"
     result = train_lora(
-        model_dir, train, config, out, served_model_name="bench", base_fingerprint="bench"
-    )
+        model_dir, train, ours_config(max_length), out, served_model_name="bench",
+        base_fingerprint="bench",
+    )  # fmt: skip
     return {
         "adapter": str(out),
         "train_s": result.real_tokens / result.tokens_per_s,
@@ -120,18 +148,50 @@ def run_ours(model_dir: Path, train: list[TrainExample], max_length: int) -> dic
         "answer_tokens": result.answer_tokens,
         "peak_mb": result.peak_memory_mb,
         "steps": result.steps,
-        "final_train_loss": result.losses[-1],
     }
 
 
-def run_trl(model_dir: Path, train: list[TrainExample], max_length: int) -> dict[str, Any]:
+def trl_config(out: Path, batch: int, padding_free: bool) -> Any:
+    """TRL at its fastest for this job on the CPU: no activation checkpointing (TRL's default
+    turns it on), completion-only loss, padding-free rows, the LM head fused (TRL's default)."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(out / "run"),
+        max_length=None if padding_free else 512,  # padding-free needs None; all fit in 512
+        padding_free=padding_free,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
+        learning_rate=2e-4,
+        num_train_epochs=1,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,  # a ratio of the total steps
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        completion_only_loss=True,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1000,
+        disable_tqdm=True,
+        seed=0,
+        use_cpu=True,
+        bf16=False,
+        dataloader_num_workers=0,
+    )
+
+
+def run_trl(
+    model_dir: Path, train: list[TrainExample], batch: int, padding_free: bool
+) -> dict[str, Any]:
     import resource
 
     import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     torch.set_num_threads(THREADS)
     rows = [
@@ -145,27 +205,6 @@ def run_trl(model_dir: Path, train: list[TrainExample], max_length: int) -> dict
         for e in train
     ]
     out = Path(tempfile.mkdtemp(prefix="bb-bench-trl-"))
-    args = SFTConfig(
-        output_dir=str(out / "run"),
-        max_length=max_length,
-        per_device_train_batch_size=8,
-        gradient_accumulation_steps=1,
-        learning_rate=2e-4,
-        num_train_epochs=1,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,  # a ratio of the total steps
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        optim="adamw_torch",
-        completion_only_loss=True,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=5,
-        seed=0,
-        use_cpu=True,
-        bf16=False,
-        dataloader_num_workers=0,
-    )
     lora = LoraConfig(
         r=16,
         lora_alpha=32,
@@ -177,7 +216,7 @@ def run_trl(model_dir: Path, train: list[TrainExample], max_length: int) -> dict
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     trainer = SFTTrainer(
         model=model,
-        args=args,
+        args=trl_config(out, batch, padding_free),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora,
@@ -192,10 +231,18 @@ def run_trl(model_dir: Path, train: list[TrainExample], max_length: int) -> dict
         "adapter": str(out / "adapter"),
         "train_s": train_s,
         "real_tokens": real_tokens,
+        "computed_tokens": real_tokens,  # padding-free: no padding; the LM head runs everywhere
         "peak_mb": peak,
         "steps": output.global_step,
-        "final_train_loss": float(output.training_loss),
     }
+
+
+def ours_config(max_length: int) -> Any:
+    from trainer.config import defaults_for
+
+    return defaults_for(
+        "draft", epochs=1, learning_rate=2e-4, threads=THREADS, max_length=max_length, grad_accum=2
+    )
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -204,9 +251,12 @@ def worker(args: argparse.Namespace) -> None:
     from trainer.evaluate import answer_nll
 
     torch.set_num_threads(THREADS)
-    train, heldout = bench_data(args.examples)
-    runner = run_ours if args.worker == "ours" else run_trl
-    result = runner(Path(args.model), train, args.max_length)
+    train, heldout = bench_data(args.examples, args.dataset)
+    if args.worker == "ours":
+        result = run_ours(Path(args.model), train, args.max_length)
+    else:
+        padding_free = args.worker == "trl"
+        result = run_trl(Path(args.model), train, args.trl_batch, padding_free)
     nll = answer_nll(Path(args.model), heldout, adapter_dir=Path(result["adapter"]))
     result["heldout_loss"] = sum(n for n, _ in nll) / sum(t for _, t in nll)
     print("RESULT " + json.dumps(result), flush=True)
@@ -231,7 +281,7 @@ def matmul_peak(size: int = 1536, repeat: int = 8) -> float:
 
 
 def flops_per_token(model_dir: Path) -> tuple[float, float]:
-    """(FLOPs per real token, extra FLOPs per answer token) of a LoRA step on a frozen base:
+    """(FLOPs per computed token, extra FLOPs per answer token) of a LoRA step on a frozen base:
     forward (2 x weights) plus the backward's input gradients (2 x weights) through the decoder's
     linear layers; the LM head counted only where the loss needs it (answer tokens). Attention
     scores and the small LoRA matrices are left out, so this is a lower bound of the work."""
@@ -243,16 +293,20 @@ def flops_per_token(model_dir: Path) -> tuple[float, float]:
     return 4.0 * per_layer * layers, 4.0 * d * cfg["vocab_size"]
 
 
-def spawn(kind: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def spawn(kind: str, dataset: str, model_dir: Path, args: argparse.Namespace, batch: int) -> Any:
     cmd = [sys.executable, __file__, "--worker", kind, "--model", str(model_dir)]
     cmd += ["--examples", str(args.examples), "--max-length", str(args.max_length)]
+    cmd += ["--dataset", dataset, "--trl-batch", str(batch)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    # on a shared machine, spinning OpenMP threads starve each other; both trainers get the same
+    # on a shared machine, spinning OpenMP threads starve each other; every worker gets the same
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    print(f"  {dataset}: {kind} ... ", end="", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             result: dict[str, Any] = json.loads(line[7:])
+            shown = {k: v for k, v in result.items() if k != "adapter"}
+            print(f"load {provenance.load()}: {json.dumps(shown)}", flush=True)
             return result
     raise SystemExit(f"the {kind} worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
@@ -272,151 +326,118 @@ def model_for(args: argparse.Namespace) -> tuple[Path, str]:
     return resolved.path, resolved.name
 
 
+def our_plan(model_dir: Path, train: list[TrainExample], max_length: int) -> tuple[int, int, int]:
+    """(optimizer steps, micro-batches, shared prefix tokens) of our trainer on ``train``: TRL
+    gets the same number of steps (examples per step rounded up)."""
+    from transformers import AutoTokenizer
+
+    from trainer.data import tokenize_examples
+    from trainer.lora import plan_steps
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    data = tokenize_examples(tokenizer, train, max_length=max_length)
+    batches, steps = plan_steps(data, ours_config(max_length))
+    return len(steps), len(batches), data.shared_prefix
+
+
 def compare(args: argparse.Namespace) -> None:
+    if args.write:
+        harness.require_clean_tree()
     model_dir, model_name = model_for(args)
-    peak = matmul_peak()
+    section = harness.Section("Training", THREADS)
+    peaks = [matmul_peak()]
     per_token, per_answer = flops_per_token(model_dir)
-    started = time.perf_counter()
-    results: dict[str, dict[str, Any]] = {}
-    kinds = ["ours"]
-    if importlib.util.find_spec("trl") is not None:
-        kinds.append("trl")
-    else:
+    kinds = [k for k in args.trainers.split(",") if k]
+    if args.padded:
+        kinds.append("trl-padded")
+    if "ours" not in kinds or any(k not in LABELS for k in kinds):
+        raise SystemExit(f"--trainers: ours and any of {', '.join(LABELS)}")
+    if importlib.util.find_spec("trl") is None and kinds != ["ours"]:
         print("TRL is not installed (pip install -e '.[bench]'); measuring brandbot alone")
-    for kind in kinds:
-        print(f"training with {kind} ...", flush=True)
-        results[kind] = spawn(kind, model_dir, args)
-    peak = max(peak, matmul_peak())  # the machine is shared: the better of before and after
-    rows = []
-    for kind, r in results.items():
-        tokens_per_s = r["real_tokens"] / r["train_s"]
-        computed = r.get("computed_tokens", r["real_tokens"])  # TRL: padding not counted
-        work = per_token * computed + per_answer * results["ours"]["answer_tokens"]
-        flops = work / r["train_s"]
-        r |= {"tokens_per_s": tokens_per_s, "flops": flops}
-        label = "brandbot trainer" if kind == "ours" else "TRL SFTTrainer"
-        rows.append(
-            f"| {label} | {tokens_per_s:.0f} | {r['train_s']:.0f} | {r['peak_mb']:.0f} | "
-            f"{r['heldout_loss']:.3f} | {flops / 1e9:.1f} ({100 * flops / peak:.0f}%) |"
-        )
-    table = [
-        "| trainer | real tokens/s | s per epoch | peak MB | held-out answer loss | "
-        "achieved GFLOP/s (of peak) |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *rows,
-    ]
-    ours = results["ours"]
-    lines = [
-        f"model: {model_name}; {args.examples} training pairs, max length {args.max_length}, "
-        f"1 epoch, {THREADS} threads; measured matmul peak {peak / 1e9:.1f} GFLOP/s",
-        "",
-        f"brandbot runs the brand system prompt shared by every example once per micro-batch: "
-        f"{ours['computed_tokens']} tokens computed for {ours['real_tokens']} real tokens. "
-        "Achieved FLOP/s counts the forward and input-gradient matmuls of the tokens each "
-        "trainer actually computed (TRL's padding and prompt-position LM head not counted).",
-        "",
-        *table,
-        "",
-    ]
-    if "trl" in results:
-        trl = results["trl"]
-        lines.append(
-            f"ratios brandbot / TRL: tokens/s {ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x, "
-            f"peak memory {ours['peak_mb'] / trl['peak_mb']:.2f}x, held-out loss "
-            f"{ours['heldout_loss']:.3f} vs {trl['heldout_loss']:.3f} "
-            f"({'equal or better' if ours['heldout_loss'] <= trl['heldout_loss'] else 'worse'})"
-        )
-    lines.append(f"total bench time {time.perf_counter() - started:.0f} s")
+        kinds = ["ours"]
+    measured: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    plans: dict[str, tuple[int, int, int, int]] = {}
+    orders: list[str] = []
+    for dataset in DATASETS:
+        train, _ = bench_data(args.examples, dataset)
+        steps, micro, prefix = our_plan(model_dir, train, args.max_length)
+        batch = math.ceil(len(train) / steps)
+        plans[dataset] = (steps, micro, prefix, batch)
+        sides = {
+            k: (lambda k=k, d=dataset, b=batch: spawn(k, d, model_dir, args, b)) for k in kinds
+        }
+        measured[dataset], order = harness.interleave(sides, args.repeats)
+        orders.append(" ".join(order))
+        peaks.append(matmul_peak())  # the machine is shared: the best of every measurement
+    section.finish()
+    lines = report(args, model_name, measured, plans, max(peaks), per_token, per_answer)
+    lines += ["", f"run order: {' | '.join(orders)}", *section.provenance_lines()]
     print("\n".join(lines))
     if args.write:
-        write_section(lines, args)
+        harness.write_section("Training", [*DOC_INTRO, "", *lines])
 
 
-def write_section(lines: list[str], args: argparse.Namespace) -> None:
-    doc = ROOT / "docs" / "benchmarks.md"
-    cpu, mem = platform.machine(), ""
-    with contextlib.suppress(OSError):
-        info = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-        cpu = next(
-            (ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), cpu
-        )
-        total = Path("/proc/meminfo").read_text(encoding="utf-8").split()[1]
-        mem = f", {int(total) / 2**20:.0f} GiB"
-    load = os.getloadavg()[0]
-    section = [
-        "## Training",
+LABELS = {"ours": "brandbot trainer", "trl": "TRL SFTTrainer", "trl-padded": "TRL, padded"}
+
+
+def report(
+    args: argparse.Namespace,
+    model_name: str,
+    measured: dict[str, dict[str, list[dict[str, Any]]]],
+    plans: dict[str, tuple[int, int, int, int]],
+    peak: float,
+    per_token: float,
+    per_answer: float,
+) -> list[str]:
+    lines = [
+        f"model {model_name}; {args.examples} training pairs per run, max length "
+        f"{args.max_length}, 1 epoch, {THREADS} threads, medians of {args.repeats} interleaved "
+        f"runs per trainer (min-max in brackets); measured matmul peak {peak / 1e9:.1f} GFLOP/s",
         "",
-        "brandbot's LoRA trainer against TRL's `SFTTrainer` in the same run (each in its own "
-        "process), same base model, LoRA config (r16 alpha 32 on q/k/v/o, no dropout), data, "
-        "maximum length and optimizer (AdamW 2e-4, cosine, 5% warm-up), ~8 examples per step, "
-        "answer-only loss in both. Target: at least 2x TRL's real tokens/s at equal or better "
-        "held-out loss, peak memory under 2 GB.",
-        "",
-        "    .venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/train_bench.py --write",
-        "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d} on a {os.cpu_count()}-core {cpu} VM{mem}, "
-        f"Python {platform.python_version()} (load average {load:.1f} at the end: other work "
-        "was running on the machine, and both trainers ran with OMP_WAIT_POLICY=PASSIVE):",
-        "",
-        *lines,
-        "",
+        "| data | trainer | steps | real tokens/s | computed tokens/s | share of matmul peak | "
+        "peak MB | held-out loss |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    text = doc.read_text(encoding="utf-8")
-    if "\n## Training\n" in text:
-        head, _, rest = text.partition("\n## Training\n")
-        tail = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
-        text = head.rstrip("\n") + "\n\n" + "\n".join(section) + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(section)
-    doc.write_text(text, encoding="utf-8")
-    print(f"wrote the Training section of {doc}")
-
-
-# --- sample-brand quality (issue 6's "done when") -------------------------------------------
-
-
-def quality(args: argparse.Namespace) -> None:
-    """Train on the sample brand's copy pairs (train split) with the default draft settings and
-    compare base vs tuned on the held-out split: answer perplexity and chrF of greedy drafts."""
-    from serving.client import LocalClient
-    from serving.engine import LocalEngine
-    from trainer.config import defaults_for
-    from trainer.evaluate import BrandRules, evaluate_draft
-    from trainer.lora import train_lora
-
-    model_dir, name = model_for(args)
-    system = system_prompt()
-    train, heldout = [], []
-    for index, (brief, answer) in enumerate(sample_pairs()):
-        (heldout if is_heldout(index) else train).append(TrainExample(system, brief, answer))
-    out = Path(tempfile.mkdtemp(prefix="bb-quality-")) / "kk_copy-v1"
-    config = defaults_for("draft", threads=THREADS, epochs=1 if args.smoke else 3)
-    result = train_lora(model_dir, train, config, out, served_model_name=name, base_fingerprint="")
-    rules = BrandRules(280, ("cheap", "synergy", "guys", "hurry"))
-    max_new = 8 if args.smoke else 96
-    with LocalEngine(model_dir, served_name=name, threads=THREADS) as engine:
-        client = LocalClient(engine)
-        client.load_adapter("kk_copy-v1", str(out))
-        base = evaluate_draft(
-            heldout, name="base", base_dir=model_dir, adapter_dir=None, client=client,
-            model=None, rules=rules, max_new_tokens=max_new,
-        )  # fmt: skip
-        tuned = evaluate_draft(
-            heldout, name="kk_copy-v1", base_dir=model_dir, adapter_dir=out, client=client,
-            model="kk_copy-v1", rules=rules, max_new_tokens=max_new,
-        )  # fmt: skip
-    drop = 1 - tuned.perplexity / base.perplexity
-    print(
-        f"model {name}; {len(train)} train / {len(heldout)} held-out pairs; "
-        f"{config.epochs} epochs, {result.steps} steps in {result.duration_s:.0f} s "
-        f"({result.tokens_per_s:.0f} real tokens/s, peak {result.peak_memory_mb:.0f} MB)\n"
-        "| model | answer perplexity | chrF | rule compliance |\n| --- | --- | --- | --- |\n"
-        f"| base | {base.perplexity:.2f} | {base.chrf_mean:.1f} | {base.compliance_rate:.0%} |\n"
-        f"| tuned | {tuned.perplexity:.2f} | {tuned.chrf_mean:.1f} | "
-        f"{tuned.compliance_rate:.0%} |\n"
-        f"perplexity {100 * drop:.0f}% lower (bar: 30%); chrF "
-        f"{'not lower' if (tuned.chrf_mean or 0) >= (base.chrf_mean or 0) else 'LOWER'}"
-    )
+    ratios, notes = [], []
+    for dataset, by_kind in measured.items():
+        _, micro, prefix, batch = plans[dataset]
+        answer_tokens = by_kind["ours"][0]["answer_tokens"]
+        for kind, runs in by_kind.items():
+            for r in runs:
+                work = per_token * r["computed_tokens"] + per_answer * answer_tokens
+                r["real_tps"] = r["real_tokens"] / r["train_s"]
+                r["computed_tps"] = r["computed_tokens"] / r["train_s"]
+                r["share"] = 100 * work / r["train_s"] / peak
+            lines.append(
+                f"| {dataset} | {LABELS[kind]} | {runs[0]['steps']} | "
+                f"{harness.spread(runs, 'real_tps').show()} | "
+                f"{harness.spread(runs, 'computed_tps').show()} | "
+                f"{harness.spread(runs, 'share').show()}% | "
+                f"{harness.spread(runs, 'peak_mb').show()} | "
+                f"{harness.spread(runs, 'heldout_loss').show(3)} |"
+            )
+        ours = by_kind["ours"][0]
+        note = (
+            f"{dataset}: shared prefix {prefix} tokens; brandbot computed "
+            f"{ours['computed_tokens']} of {ours['real_tokens']} real tokens in {micro} "
+            f"micro-batches; TRL {batch} examples per step"
+        )
+        if "trl" in by_kind:
+            ratio = (
+                harness.spread(by_kind["trl"], "train_s").median
+                / harness.spread(by_kind["ours"], "train_s").median
+            )
+            note += f"; brandbot / TRL per real token (same examples): {ratio:.2f}x"
+            ratios.append((dataset, ratio))
+        notes.append(f"- {note}")
+    lines += ["", *notes]
+    for dataset, ratio in ratios:
+        goal = GOALS[dataset]
+        verdict = "met" if ratio >= goal else f"NOT met (gap {goal / ratio:.2f}x)"
+        lines.append(f"- goal on {dataset}: >= {goal}x TRL per real token: {verdict}")
+    peak_ours = max(r["peak_mb"] for by in measured.values() for r in by["ours"])
+    lines.append(f"- goal peak memory < 2048 MB: {'met' if peak_ours < 2048 else 'NOT met'}")
+    return lines
 
 
 def main() -> None:
@@ -428,13 +449,22 @@ def main() -> None:
     parser.add_argument("--models-dir", default="/tmp/bb-models", help="where to convert it")
     parser.add_argument("--examples", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=None, help="runs per trainer (>= 3)")
+    parser.add_argument("--padded", action="store_true", help="also TRL without padding-free")
+    parser.add_argument("--trainers", default="ours,trl", help="which sides run (default both)")
+    parser.add_argument("--worker", choices=list(LABELS), help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", choices=DATASETS, default="brand", help=argparse.SUPPRESS)
+    parser.add_argument("--trl-batch", type=int, default=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.examples is None:
-        args.examples = 24 if args.smoke else 200
+        args.examples = 24 if args.smoke else 64
+    if args.repeats is None:
+        args.repeats = 1 if args.smoke else 3
     if args.worker:
         worker(args)
     elif args.quality:
+        from bench.brand_quality import quality
+
         quality(args)
     else:
         compare(args)

@@ -2,7 +2,11 @@
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,11 +43,14 @@ def test_collect_bench_smoke_on_postgres(postgres_server: object) -> None:
 
 def test_quality_bench_smoke() -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "quality_bench.py"), "--smoke"],
+        [sys.executable, str(ROOT / "bench" / "quality_bench.py"), "--smoke", "--seeds", "2",
+         "--per-intent", "3"],
         capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "per-label F1" in proc.stdout and "tuned (clinc_banking-v1)" in proc.stdout
+    assert "seed 1: CLINC150 banking, 3 intents: 9 train / 15 test queries" in proc.stdout
+    assert "tuned macro-F1 over 2 seed(s), 3 train queries per intent: mean" in proc.stdout
 
 
 def test_eval_bench_smoke_a_batch_per_model_drafts_as_one_mixed_batch() -> None:
@@ -55,3 +62,83 @@ def test_eval_bench_smoke_a_batch_per_model_drafts_as_one_mixed_batch() -> None:
     assert "same drafts mixed as in a batch per model: yes" in proc.stdout
     assert "| drafts: base, then adapter (a batch each) |" in proc.stdout
     assert "| (compare) base and adapter in one mixed batch |" in proc.stdout
+
+
+# --- the bench harness (bench/harness.py) ----------------------------------------------------
+
+
+def test_harness_runs_the_sides_in_turns_and_keeps_each_sides_results_in_order() -> None:
+    from bench.harness import interleave
+
+    log: list[str] = []
+
+    def side(name: str) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            log.append(name)
+            return {"n": log.count(name)}
+
+        return run
+
+    results, order = interleave({"a": side("a"), "b": side("b")}, repeats=3)
+    assert log == order == ["a", "b", "a", "b", "a", "b"]
+    assert [r["n"] for r in results["a"]] == [1, 2, 3]
+    assert [r["n"] for r in results["b"]] == [1, 2, 3]
+
+
+def test_harness_reports_the_median_and_the_range() -> None:
+    from bench.harness import Spread, spread
+
+    odd = spread([{"t": 30.0}, {"t": 10.0}, {"t": 20.5}], "t")
+    assert (odd.median, odd.low, odd.high) == (20.5, 10.0, 30.0)
+    even = Spread.of([1.0, 2.0, 3.0, 10.0])
+    assert even.median == 2.5
+    assert even.show(1) == "2.5 (1.0-10.0)"
+    with pytest.raises(ValueError, match="no values"):
+        Spread.of([])
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def test_harness_refuses_to_write_from_a_tree_with_uncommitted_changes(tmp_path: Path) -> None:
+    from bench.harness import DirtyTree, require_clean_tree
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "a.txt").write_text("one\n")
+    _git(repo, "add", "a.txt")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "one")
+    (repo / "untracked.txt").write_text("not part of the commit\n")
+    sha = require_clean_tree(repo)  # untracked files do not change what was measured
+    assert len(sha) == 40
+    (repo / "a.txt").write_text("two\n")
+    with pytest.raises(DirtyTree, match="uncommitted changes"):
+        require_clean_tree(repo)
+    with pytest.raises(DirtyTree):  # not a checkout: no commit to name
+        require_clean_tree(tmp_path / "nowhere")
+
+
+def test_harness_replaces_only_its_own_section() -> None:
+    from bench.harness import replace_section
+
+    doc = "# B\n\n## One\n\nold one\n\n## Two\n\nold two\n"
+    out = replace_section(doc, "One", ["new one", ""])
+    assert out == "# B\n\n## One\n\nnew one\n\n## Two\n\nold two\n"
+    assert replace_section(doc, "Three", ["x"]).endswith("old two\n\n## Three\n\nx\n")
+
+
+def test_train_bench_smoke_ours_interleaved_with_provenance() -> None:
+    """brandbot's trainer on both data sets with a tiny model (TRL's side is left out: it is
+    not in the test environment and takes minutes even on the tiny model)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "train_bench.py"), "--smoke", "--trainers", "ours",
+         "--repeats", "1", "--examples", "12"],
+        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| brand | brandbot trainer |" in proc.stdout
+    assert "| oneline | brandbot trainer |" in proc.stdout
+    assert "run order: ours | ours" in proc.stdout
+    assert "load average (1/5/15 min)" in proc.stdout and "torch " in proc.stdout
