@@ -96,7 +96,12 @@ def settings_overrides(data_dir: Path, smoke: bool) -> dict[str, Any]:
     overrides: dict[str, Any] = {"data_dir": data_dir}
     if smoke:
         overrides["base_model"] = str(smoke_model(data_dir / "tiny-model"))
-        overrides["training"] = {"epochs": 1, "checkpoint_every": 0, "max_length": 192}
+        overrides["training"] = {
+            "epochs": 1,
+            "preference_epochs": 1,
+            "checkpoint_every": 0,
+            "max_length": 192,
+        }
     else:
         overrides["training"] = {"draft": {"epochs": 3}, "classify": {"epochs": 2}}
     return overrides

@@ -93,7 +93,7 @@ def make_cli(tmp_path: Path, db_url: str | None, *, subprocess_: bool = False) -
             text=True,
             env=full_env,
             cwd=tmp_path,
-            timeout=300,  # a hang guard, not a speed limit
+            timeout=600,  # a hang guard, not a speed limit
             check=False,
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)

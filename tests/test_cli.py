@@ -317,6 +317,9 @@ def test_demo_smoke_runs_the_whole_loop(cli_process_sqlite: CliRunner, tmp_path:
     assert result.code == 0, result.err[-3000:]
     out = result.out
     assert out.count("Retraining report: `kk_copy`") == 1
+    # the sample brand's edit pairs: the preference stage ran and the report compares models
+    assert "Preference accuracy on 7 held-out pairs: base " in out and " → new " in out
+    assert "Preference stage: dpo on 29 pairs" in out
     assert out.count("Retraining report: `kk_tickets`") == 1
     assert "Queued training run" in out and "No tuned adapter yet" in out
     assert "#support-tickets (thread) brandbot: " in out
