@@ -63,6 +63,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny random model, one epoch")
     parser.add_argument("--models-dir", type=Path, help="where the bundled model is converted")
+    parser.add_argument("--method", choices=("dpo", "simpo"), help="the stage's objective")
+    parser.add_argument(
+        "--no-sft-row", action="store_true", help="skip the SFT-only adapter (half the time)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="brandbot-pref-bench-") as tmp:
         root = Path(tmp)
@@ -71,19 +75,25 @@ def main() -> None:
         overrides: dict[str, Any] = {"checkpoint_every": 0}
         if args.smoke:
             overrides.update(epochs=1, preference_epochs=1, min_examples=4)
+        if args.method:
+            overrides["preference_method"] = args.method
         config = defaults_for("draft", **overrides)
         common: dict[str, Any] = {"served_model_name": "base", "base_fingerprint": "bench"}
-        started = time.perf_counter()
-        sft = train_lora(base, train, config, root / "sft", **common)
-        sft_s = time.perf_counter() - started
+        sft_s, sft_steps = 0.0, 0
+        if not args.no_sft_row:
+            started = time.perf_counter()
+            sft_steps = train_lora(base, train, config, root / "sft", **common).steps
+            sft_s = time.perf_counter() - started
         started = time.perf_counter()
         pref = train_lora(
             base, train, config, root / "pref", preference_pairs=train_pairs, **common
         )
         both_s = time.perf_counter() - started
-        names = ("base", "SFT", "SFT + preference")
-        cards = [Scorecard(name, "draft", []) for name in names]
-        score_pairs(cards, heldout_pairs, [None, root / "sft", root / "pref"], base_dir=base)
+        models = [("base", None), ("SFT", root / "sft"), ("SFT + preference", root / "pref")]
+        if args.no_sft_row:
+            del models[1]
+        cards = [Scorecard(name, "draft", []) for name, _ in models]
+        score_pairs(cards, heldout_pairs, [d for _, d in models], base_dir=base)
         rows = []
         for card in cards:
             items = card.pair_items
@@ -104,7 +114,7 @@ def main() -> None:
         print("| --- | --- | --- | --- |")
         print("\n".join(rows))
         print()
-        print(f"training: SFT alone {sft_s:.0f} s ({sft.steps} steps); SFT + preference "
+        print(f"training: SFT alone {sft_s:.0f} s ({sft_steps} steps); SFT + preference "
               f"{both_s:.0f} s, of which the preference stage {pref.preference_seconds:.0f} s "
               f"({pref.preference_steps} steps on {pref.preference_pairs} pairs)")  # fmt: skip
 
