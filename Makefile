@@ -25,8 +25,11 @@ lint:
 typecheck:
 	$(VENV)/bin/mypy
 
+# Two pytest-xdist workers (the suite's tests wait on subprocesses, servers and disks as much as
+# they compute); tests sharing the vLLM server or the SmolLM2 training stay on one worker.
+TEST_WORKERS ?= 2
 unit:
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Regenerates the sections of docs/benchmarks.md that have a --write mode (refused from a tree
 # with uncommitted changes). The training part takes about 15 min on 2 idle cores.

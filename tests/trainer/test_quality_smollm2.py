@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import SampleCopyRun
+from tests.trainer.conftest import SampleCopyRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.smollm2]
 

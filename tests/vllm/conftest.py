@@ -12,6 +12,7 @@ waits for what is left of its start-up.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -132,6 +133,36 @@ def smollm2_adapter(smollm2_model: ResolvedModel, tmp_path_factory: pytest.TempP
         scale=0.02,
         seed=7,
     )
+
+
+@pytest.fixture(scope="session")
+def smollm2_trained_adapter(
+    smollm2_model: ResolvedModel, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """An adapter the product's trainer wrote for SmolLM2 (config, weights, checksum manifest):
+    one epoch over 8 of the sample brand's copy examples, seconds rather than the minutes of the
+    full run (``sample_copy_run``, which the trainer tests judge; sharing it would tie this
+    group of tests to that one on a single pytest-xdist worker)."""
+    from bot.samples import sample_dir
+    from trainer.config import defaults_for
+    from trainer.data import TrainExample
+    from trainer.lora import train_lora
+
+    lines = (sample_dir() / "copy.jsonl").read_text(encoding="utf-8").splitlines()[:8]
+    examples = []
+    for line in lines:
+        user, answer = json.loads(line)["messages"]
+        examples.append(TrainExample("", user["content"], answer["content"]))
+    config = defaults_for("draft", epochs=1, max_length=128, rank=8, min_preference_pairs=10**6)
+    result = train_lora(
+        smollm2_model.path,
+        examples,
+        config,
+        tmp_path_factory.mktemp("smollm2-trained") / "adapter",
+        served_model_name=SERVED,
+        base_fingerprint=smollm2_model.fingerprint,
+    )
+    return result.adapter_dir
 
 
 @pytest.fixture

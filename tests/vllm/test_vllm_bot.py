@@ -26,7 +26,6 @@ from bot.testkit.slack import FakeSlack
 from serving.base_model import ResolvedModel
 from tests.bot.slack_harness import Served, serve_bot
 from tests.bot.test_draft_classify import PLUGINS, buttons_of, settle, slash, wait
-from tests.conftest import SampleCopyRun
 from tests.vllm.conftest import SERVED, VllmServer
 
 pytestmark = pytest.mark.smollm2
@@ -49,17 +48,16 @@ def register(db: Database, dataset: str, path: Path, fingerprint: str) -> str:
 
 def test_registry_deploys_promotes_and_rolls_back_on_vllm(
     vllm: VllmServer,
-    sample_copy_run: SampleCopyRun,
+    smollm2_trained_adapter: Path,
     smollm2_adapter: Path,
     smollm2_model: ResolvedModel,
     db: Database,
     tmp_path: Path,
 ) -> None:
-    assert sample_copy_run.adapter_path is not None, sample_copy_run.reason
     settings = settings_for(tmp_path)
     with db.session() as s:
         Datasets(s).create("vl_copy", "draft", channels=[COPY])
-    trained = register(db, "vl_copy", sample_copy_run.adapter_path, smollm2_model.fingerprint)
+    trained = register(db, "vl_copy", smollm2_trained_adapter, smollm2_model.fingerprint)
     second = register(db, "vl_copy", smollm2_adapter, smollm2_model.fingerprint)
     client = vllm.client()
     brief = [{"role": "user", "content": "Write a short post about our autumn chai."}]
