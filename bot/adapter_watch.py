@@ -12,10 +12,10 @@ a "name already loaded" answer is logged and ignored.
 from __future__ import annotations
 
 import logging
-import threading
 
 from sqlalchemy import select
 
+from bot.periodic import Periodic
 from bot.reconciler import reconcile
 from bot.settings import Settings
 from bot.storage import Database
@@ -41,8 +41,10 @@ class AdapterWatcher:
         self.client = client
         self.interval = settings.adapter_check_seconds if interval is None else interval
         self.reloads = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic(
+            "brandbot-adapters", self.interval, self.check, immediately=True, logger=log,
+            failure="could not check the active adapters",
+        )  # fmt: skip
 
     def check(self) -> list[str]:
         """One pass: load every active adapter the server does not list and unload the ones the
@@ -57,19 +59,8 @@ class AdapterWatcher:
         return loaded
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="brandbot-adapters", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                self.check()
-            except Exception:
-                log.exception("could not check the active adapters")
-            if self._stop.wait(self.interval):
-                return
+        self._periodic.stop()
+        self._periodic.join(timeout=10)

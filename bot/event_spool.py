@@ -33,6 +33,7 @@ from typing import Any
 
 from prometheus_client import Gauge
 
+from bot.periodic import Periodic
 from bot.storage.db import DatabaseUnavailable
 
 log = logging.getLogger("brandbot.spool")
@@ -117,8 +118,10 @@ class SpoolReplayer:
         self.replayed = 0
         self._attempts: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic(
+            "brandbot-spool", interval, self._round, immediately=False, logger=log,
+            failure="event replay round failed",
+        )  # fmt: skip
 
     def replay(self) -> int:
         """One round; returns how many events it replayed."""
@@ -154,22 +157,15 @@ class SpoolReplayer:
         return done
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="brandbot-spool", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._periodic.stop()
+        self._periodic.join(timeout=10)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            if not self.spool.pending():
-                continue
-            try:
-                self.replay()
-            except Exception:
-                log.exception("event replay round failed")
+    def _round(self) -> None:
+        if self.spool.pending():
+            self.replay()
 
     def _bury(self, path: Path, why: str) -> None:
         self.spool.dead.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,8 @@ class RowError(ValueError):
     pass
 
 
-def _content(msg: Any, index: int) -> tuple[str, str]:
+def message_content(msg: Any, index: int) -> tuple[str, str]:
+    """``(role, content)`` of chat message ``index``, or RowError with why."""
     if not isinstance(msg, dict):
         raise RowError(f"messages[{index}] is not an object")
     role, content = msg.get("role"), msg.get("content")
@@ -87,7 +88,7 @@ def parse_chat_record(record: Any, task: str, line: int) -> Candidate:
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RowError('missing "messages" (a non-empty list)')
-    pairs = [_content(m, i) for i, m in enumerate(messages)]
+    pairs = [message_content(m, i) for i, m in enumerate(messages)]
     users = [c for r, c in pairs if r == "user"]
     answers = [c for r, c in pairs if r == "assistant"]
     if len(answers) != 1:
@@ -114,7 +115,7 @@ def parse_chat_record(record: Any, task: str, line: int) -> Candidate:
 
 MAX_LINE_BYTES = 1 << 20
 # control characters that are not whitespace (whitespace is collapsed by normalize_text)
-_CONTROL = re.compile(
+CONTROL_CHARACTERS = re.compile(
     "[" + "".join(re.escape(c) for c in map(chr, range(0xA0))
                   if unicodedata.category(c) == "Cc" and not c.isspace()) + "]"
 )  # fmt: skip
@@ -149,7 +150,7 @@ def _control_character(candidate: Candidate) -> str | None:
     refuses it; the others are binary junk in copy or tickets)."""
     for what, value in (("brief", candidate.prompt), ("text", candidate.text),
                         ("label", candidate.label)):  # fmt: skip
-        found = _CONTROL.search(value) if value else None
+        found = CONTROL_CHARACTERS.search(value) if value else None
         if found:
             char = found.group()
             name = "a NUL character" if char == "\x00" else "a control character"
@@ -164,8 +165,13 @@ def _screened(candidate: Candidate) -> Candidate | Rejected:
     return Rejected(candidate.line, reason) if reason else candidate
 
 
-def read_jsonl(stream: BinaryIO, task: str) -> Iterator[Candidate | Rejected]:
-    """Chat-format lines of a binary file, one at a time."""
+def iter_jsonl_records(stream: BinaryIO) -> Iterator[tuple[int, Any] | Rejected]:
+    """Every JSON value of a binary JSONL stream as ``(line number, value)``, one line at a time.
+
+    Blank lines are skipped. A line that is too long, not UTF-8 or not valid JSON is a
+    ``Rejected`` with its number and reason, and reading goes on with the next line; what the
+    value must look like is the caller's to check.
+    """
     for number, raw, problem in _lines(stream):
         if problem:
             yield Rejected(number, problem)
@@ -173,10 +179,18 @@ def read_jsonl(stream: BinaryIO, task: str) -> Iterator[Candidate | Rejected]:
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
+            yield number, json.loads(raw)
         except json.JSONDecodeError as exc:
             yield Rejected(number, f"malformed JSON: {exc.msg} (column {exc.colno})")
+
+
+def read_jsonl(stream: BinaryIO, task: str) -> Iterator[Candidate | Rejected]:
+    """Chat-format lines of a binary file, one at a time."""
+    for item in iter_jsonl_records(stream):
+        if isinstance(item, Rejected):
+            yield item
             continue
+        number, record = item
         try:
             yield _screened(parse_chat_record(record, task, number))
         except RowError as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Connection, func, select, text
 
 from bot.cron import cron_trigger
+from bot.periodic import Periodic
 from bot.runtime import Runtime
 from bot.storage.db import Database
 
@@ -68,7 +68,7 @@ class SchedulerLeader:
         self.runtime = runtime
         self.db = db
         self.scheduler = self._new_scheduler()
-        self._campaign = threading.Event()
+        self._campaign: Periodic | None = None
         self._started = False
         self._conn: Connection | None = None
         self.on_leader = on_leader
@@ -87,27 +87,25 @@ class SchedulerLeader:
     def leading(self) -> bool:
         return _leading is self and self.scheduler.running
 
-    def campaign(self, interval: float) -> threading.Thread:
+    def campaign(self, interval: float) -> Periodic:
         """Bid now and every ``interval`` seconds on a daemon thread until :meth:`stop`; a
         leader checks its lock's connection instead and resigns when it is gone."""
+        if self._campaign is not None:
+            self._campaign.stop()
+        self._campaign = Periodic(
+            "brandbot-leader", interval, self._bid, immediately=True, logger=log,
+            failure="scheduler bid failed; bidding again",
+        )  # fmt: skip
+        self._campaign.start()
+        return self._campaign
 
-        def loop() -> None:
-            while True:
-                try:
-                    if self.leading:
-                        if not self._lock_alive():
-                            log.error("lost the scheduler lock's connection: not leading")
-                            self._resign()
-                    elif self.start():
-                        log.info("this replica runs the schedule")
-                except Exception:
-                    log.exception("scheduler bid failed; bidding again")
-                if self._campaign.wait(interval):
-                    return
-
-        thread = threading.Thread(target=loop, name="brandbot-leader", daemon=True)
-        thread.start()
-        return thread
+    def _bid(self) -> None:
+        if self.leading:
+            if not self._lock_alive():
+                log.error("lost the scheduler lock's connection: not leading")
+                self._resign()
+        elif self.start():
+            log.info("this replica runs the schedule")
 
     def _lock_alive(self) -> bool:
         if self.db.dialect != "postgresql":
@@ -209,7 +207,8 @@ class SchedulerLeader:
 
     def stop(self) -> None:
         """Stop bidding and leading, and release the lock."""
-        self._campaign.set()
+        if self._campaign is not None:
+            self._campaign.stop()
         self._resign()
 
     def _resign(self) -> None:

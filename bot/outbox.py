@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 import uuid
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ from sqlalchemy import func, select, update
 
 from bot.durable import backoff, resume_due
 from bot.observability import OUTBOX_DEAD, OUTBOX_DELIVERED
+from bot.periodic import Periodic
 from bot.plugin import Context, InternalEvent
 from bot.ratelimit import Busy
 from bot.storage.models import OutboxEvent, utcnow
@@ -140,22 +140,22 @@ class OutboxPump:
     def __init__(self, runtime: Runtime, interval: float = 1.0) -> None:
         self.runtime = runtime
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="brandbot-outbox", daemon=True)
+        self._periodic = Periodic(
+            "brandbot-outbox", interval, self._round, immediately=False, logger=log
+        )
 
     def start(self) -> None:
-        self._thread.start()
+        self._periodic.start()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                deliver(self.runtime)
-            except Exception:
-                log.exception("outbox delivery failed; retrying")
-            try:
-                resume_due(self.runtime)
-            except Exception:
-                log.exception("resuming jobs failed; retrying")
+    def _round(self) -> None:
+        try:
+            deliver(self.runtime)
+        except Exception:
+            log.exception("outbox delivery failed; retrying")
+        try:
+            resume_due(self.runtime)
+        except Exception:
+            log.exception("resuming jobs failed; retrying")
 
     def stop(self) -> None:
-        self._stop.set()
+        self._periodic.stop()

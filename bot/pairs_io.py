@@ -10,7 +10,6 @@ reported with its number and reason and skipped; the rest goes in.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,14 @@ from typing import Any, BinaryIO
 from sqlalchemy.orm import Session
 
 from bot.gate import Gate, Scrubber
-from bot.importer import _CONTROL, ImportResult, Rejected, RowError, _content, _lines
+from bot.importer import (
+    CONTROL_CHARACTERS,
+    ImportResult,
+    Rejected,
+    RowError,
+    iter_jsonl_records,
+    message_content,
+)
 from bot.preferences import PairCandidate, PairGate, import_split, pair_row
 from bot.storage.models import Dataset, Example
 from bot.storage.repositories import Audit, Examples
@@ -40,7 +46,7 @@ def _one(value: Any, field: str, role: str) -> str:
         return value
     if not isinstance(value, list) or not value:
         raise RowError(f'"{field}" must be a string or a non-empty list of chat messages')
-    messages = [_content(m, i) for i, m in enumerate(value)]
+    messages = [message_content(m, i) for i, m in enumerate(value)]
     wanted = [c for r, c in messages if r == role]
     others = {r for r, _ in messages} - {role, "system"}
     if len(wanted) != 1 or others:
@@ -59,7 +65,7 @@ def parse_pair_record(record: Any, line: int) -> PairLine:
     chosen = _one(record["chosen"], "chosen", "assistant")
     rejected = _one(record["rejected"], "rejected", "assistant")
     for name, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
-        found = _CONTROL.search(value)
+        found = CONTROL_CHARACTERS.search(value)
         if found:
             raise RowError(
                 f"the {name} contains a control character (U+{ord(found.group()):04X}) at "
@@ -70,17 +76,11 @@ def parse_pair_record(record: Any, line: int) -> PairLine:
 
 def read_pairs(stream: BinaryIO) -> Iterator[PairLine | Rejected]:
     """Pair lines of a binary JSONL file, one at a time."""
-    for number, raw, problem in _lines(stream):
-        if problem:
-            yield Rejected(number, problem)
+    for item in iter_jsonl_records(stream):
+        if isinstance(item, Rejected):
+            yield item
             continue
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            yield Rejected(number, f"malformed JSON: {exc.msg} (column {exc.colno})")
-            continue
+        number, record = item
         try:
             yield parse_pair_record(record, number)
         except RowError as exc:
@@ -97,13 +97,10 @@ def is_pairs_file(path: Path) -> bool:
     if path.suffix.lower() == ".csv":
         return False
     with path.open("rb") as stream:
-        for _number, raw, problem in _lines(stream):
-            if problem or not raw.strip():
+        for item in iter_jsonl_records(stream):
+            if isinstance(item, Rejected):
                 continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError:
-                continue
+            _number, record = item
             return isinstance(record, dict) and "chosen" in record
     return False
 

@@ -21,6 +21,7 @@ import threading
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from bot.periodic import Periodic
 from bot.storage.db import Database
 from bot.storage.models import TrainingRun, utcnow
 
@@ -130,24 +131,21 @@ class Heartbeat:
         self.claims = claims
         self.run_id = run_id
         self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="brandbot-lease", daemon=True)
+        self._periodic = Periodic(
+            "brandbot-lease", claims.lease.total_seconds() / 3, self._beat, immediately=False,
+            logger=log, failure=f"run {run_id}: could not renew the lease",
+        )  # fmt: skip
 
     def __enter__(self) -> Heartbeat:
-        self._thread.start()
+        self._periodic.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        self._periodic.stop()
+        self._periodic.join(timeout=10)
 
-    def _loop(self) -> None:
-        interval = self.claims.lease.total_seconds() / 3
-        while not self._stop.wait(interval):
-            try:
-                if not self.claims.renew(self.run_id):
-                    log.error("run %s: lease lost to another worker", self.run_id)
-                    self.lost.set()
-                    return
-            except Exception:  # the database is briefly away: try again next beat
-                log.exception("run %s: could not renew the lease", self.run_id)
+    def _beat(self) -> None:
+        if not self.claims.renew(self.run_id):
+            log.error("run %s: lease lost to another worker", self.run_id)
+            self.lost.set()
+            self._periodic.stop()

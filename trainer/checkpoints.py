@@ -114,3 +114,24 @@ def checkpoint_state(
         "rng_ranks": rng_ranks or [],
         "losses": list(losses),
     }
+
+
+def restore_checkpoint(
+    state: dict[str, Any],
+    params: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    rank: int,
+    world: int,
+) -> tuple[list[float], int]:
+    """Put a run back where :func:`checkpoint_state` left it (adapter weights, optimizer,
+    schedule and this process's RNG states); returns the losses so far and the next step."""
+    with torch.no_grad():
+        for name, value in state["adapter"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    ranks = state.get("rng_ranks") or []
+    set_rng_state(ranks[rank] if len(ranks) == world else state["rng"])
+    return list(state["losses"]), int(state["step"])

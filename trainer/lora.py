@@ -33,14 +33,13 @@ arithmetic with fewer collectives.
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import random
 import resource
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,9 +53,9 @@ from trainer import preference
 from trainer.checkpoints import (
     checkpoint_state,
     latest_checkpoint,
+    restore_checkpoint,
     run_key,
     save_checkpoint,
-    set_rng_state,
     trainable,
 )
 from trainer.config import TrainConfig
@@ -71,6 +70,7 @@ from trainer.data import (
     tokenize_examples,
 )
 from trainer.launch import LAUNCHED_ENV, LaunchedTrainingFailed, ProgressCallback
+from trainer.optim import stage_optimizer
 
 
 class ResumeMismatch(RuntimeError):
@@ -199,16 +199,6 @@ def _cache_kwarg(decoder: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def cosine_with_warmup(total: int, warmup: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 def plan_steps(data: TokenizedDataset, config: TrainConfig) -> tuple[list[Any], list[list[int]]]:
     """The micro-batches and, per optimizer step, which of them it runs (in order).
 
@@ -294,11 +284,7 @@ def train_lora(
     model = load_lora_model(Path(base_dir), config, device)
     model.train()
     params = trainable(model)
-    optimizer = torch.optim.AdamW(
-        list(params.values()), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    warmup = math.ceil(config.warmup_ratio * len(steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(len(steps), warmup))
+    opt = stage_optimizer(params, config, lr=config.learning_rate, total_steps=len(steps))
     key = run_key(data, config)
     prepared = preference.prepare(tokenizer, preference_pairs, config, key)
     total = len(steps) + (len(prepared.steps) if prepared else 0)
@@ -312,14 +298,9 @@ def train_lora(
                 f"{checkpoint_dir} holds checkpoints of a run with another config or other "
                 "examples; use a fresh checkpoint folder"
             )
-        with torch.no_grad():
-            for name, value in state["adapter"].items():
-                params[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ranks = state.get("rng_ranks") or []
-        set_rng_state(ranks[rank] if len(ranks) == world else state["rng"])
-        losses, first = list(state["losses"]), int(state["step"])
+        losses, first = restore_checkpoint(
+            state, params, opt.optimizer, opt.scheduler, rank=rank, world=world
+        )
 
     real_tokens = computed = 0
     train_started = time.perf_counter()
@@ -336,11 +317,7 @@ def train_lora(
             computed += int(tensors.attention_mask[:, tensors.prefix :].sum()) + tensors.prefix
         if accelerator is not None:
             step_loss = distributed.sum_across_processes(accelerator, params, step_loss)
-        if config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        opt.step()
         losses.append(step_loss)
         if progress is not None and main:
             progress(step + 1, total, step_loss)
@@ -349,7 +326,7 @@ def train_lora(
             rng_ranks = distributed.gather_rng(accelerator) if accelerator is not None else None
             if main:
                 state = checkpoint_state(
-                    step + 1, key, steps, params, optimizer, scheduler, losses, rng_ranks
+                    step + 1, key, steps, params, opt.optimizer, opt.scheduler, losses, rng_ranks
                 )
                 save_checkpoint(checkpoint_dir, state)
     train_time = time.perf_counter() - train_started

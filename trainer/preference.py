@@ -18,10 +18,11 @@ Objectives (``config.preference_method``):
   per-token (length-normalised) log-probabilities.
 
 The loop is the supervised one in miniature: seeded shuffles of micro-batches, ``grad_accum``
-micro-batches per optimizer step, AdamW with warm-up and a cosine schedule, the same progress
-callback (steps counted after the supervised ones), and checkpoints in ``<checkpoint_dir>/
-preference`` through :mod:`trainer.checkpoints`. The first checkpoint is written as the stage
-begins, so a run killed during the stage resumes it and does not repeat supervised training.
+micro-batches per optimizer step, the same AdamW with warm-up and a cosine schedule
+(:mod:`trainer.optim`), the same progress callback (steps counted after the supervised ones),
+and checkpoints in ``<checkpoint_dir>/preference`` through :mod:`trainer.checkpoints`. The
+first checkpoint is written as the stage begins, so a run killed during the stage resumes it and
+does not repeat supervised training.
 With several processes each runs its share of a step's micro-batches and the gradients are
 summed in one all-reduce, as in :mod:`trainer.lora`.
 """
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -44,8 +44,8 @@ from trainer import launch as distributed
 from trainer.checkpoints import (
     checkpoint_state,
     latest_checkpoint,
+    restore_checkpoint,
     save_checkpoint,
-    set_rng_state,
     trainable,
 )
 from trainer.config import TrainConfig
@@ -59,6 +59,7 @@ from trainer.data import (
     tokenize_examples,
 )
 from trainer.launch import ProgressCallback
+from trainer.optim import stage_optimizer
 
 #: the subfolder of a run's checkpoint folder that holds the preference stage's checkpoints
 CHECKPOINT_SUBDIR = "preference"
@@ -227,32 +228,22 @@ def train_preference(
     reference again). ``resume`` is that checkpoint, read by :func:`resume_state` as the run
     began: every process must take the same path, and the stage's first checkpoint may appear
     while a process is still computing the reference."""
-    from trainer.lora import cosine_with_warmup
-
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     main = rank == 0
     device = str(model.get_base_model().device)
     params = trainable(model)
-    optimizer = torch.optim.AdamW(
-        list(params.values()), lr=config.preference_learning_rate,
-        weight_decay=config.weight_decay,
-    )  # fmt: skip
     steps = prepared.steps
-    warmup = math.ceil(config.warmup_ratio * len(steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(len(steps), warmup))
+    opt = stage_optimizer(
+        params, config, lr=config.preference_learning_rate, total_steps=len(steps)
+    )
     folder = checkpoint_dir / CHECKPOINT_SUBDIR if checkpoint_dir is not None else None
     losses: list[float] = []
     first = 0
     state = resume
     if state is not None:
-        with torch.no_grad():
-            for name, value in state["adapter"].items():
-                params[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ranks = state.get("rng_ranks") or []
-        set_rng_state(ranks[rank] if len(ranks) == world else state["rng"])
-        losses, first = list(state["losses"]), int(state["step"])
+        losses, first = restore_checkpoint(
+            state, params, opt.optimizer, opt.scheduler, rank=rank, world=world
+        )
         reference = state["reference"]
     else:
         reference = reference_logps(model, prepared, config)
@@ -261,7 +252,7 @@ def train_preference(
         rng_ranks = distributed.gather_rng(accelerator) if accelerator is not None else None
         if main and folder is not None:
             state = checkpoint_state(
-                step, prepared.key, steps, params, optimizer, scheduler, losses, rng_ranks
+                step, prepared.key, steps, params, opt.optimizer, opt.scheduler, losses, rng_ranks
             )
             save_checkpoint(folder, {**state, "reference": reference, "sft_losses": sft_losses})
 
@@ -286,11 +277,7 @@ def train_preference(
             step_loss += float(loss.detach())
         if accelerator is not None:
             step_loss = distributed.sum_across_processes(accelerator, params, step_loss)
-        if config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        opt.step()
         losses.append(step_loss)
         if progress is not None and main:
             progress(step_offset + step + 1, total_steps, step_loss)
