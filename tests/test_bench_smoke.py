@@ -28,6 +28,10 @@ def test_bot_ack_bench_smoke_runs_the_real_http_command() -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "every request acked under 3 s: yes" in proc.stdout
+    for row in ("| raw |", "| aiohttp |", "| httpx |", "| no-op ASGI app |", "| brandbot |"):
+        assert row in proc.stdout
+    assert "run order: raw aiohttp httpx | noop bare ours" in proc.stdout
+    assert "load average (1/5/15 min)" in proc.stdout
 
 
 def test_collect_bench_smoke_on_postgres(postgres_server: object) -> None:
@@ -38,7 +42,10 @@ def test_collect_bench_smoke_on_postgres(postgres_server: object) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "exactly the expected examples: yes" in proc.stdout
-    assert "bare bolt app that only acks" in proc.stdout and "x the bare app" in proc.stdout
+    assert "into a dataset of 200 examples" in proc.stdout
+    assert "| bare bolt app (acks only) |" in proc.stdout and "x the bare app" in proc.stdout
+    assert "| 100 | 290 (290) |" in proc.stdout  # 200 imported + 90 distinct approvals
+    assert "run order: bare ours1" in proc.stdout
 
 
 def test_quality_bench_smoke() -> None:
