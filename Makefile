@@ -7,9 +7,8 @@ PY := $(VENV)/bin/python
 run: setup
 	$(VENV)/bin/brandbot run
 
-test: setup setup-vllm
-	bash scripts/ensure-postgres.sh
-	$(MAKE) lint typecheck unit
+test:
+	VENV=$(VENV) MAKE=$(MAKE) bash scripts/test.sh
 
 setup:
 	bash scripts/setup.sh $(VENV)

@@ -140,7 +140,7 @@ def smollm2_trained_adapter(
     smollm2_model: ResolvedModel, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """An adapter the product's trainer wrote for SmolLM2 (config, weights, checksum manifest):
-    one epoch over 8 of the sample brand's copy examples, seconds rather than the minutes of the
+    one epoch over 12 of the sample brand's copy examples, seconds rather than the minutes of the
     full run (``sample_copy_run``, which the trainer tests judge; sharing it would tie this
     group of tests to that one on a single pytest-xdist worker)."""
     from bot.samples import sample_dir
@@ -148,7 +148,7 @@ def smollm2_trained_adapter(
     from trainer.data import TrainExample
     from trainer.lora import train_lora
 
-    lines = (sample_dir() / "copy.jsonl").read_text(encoding="utf-8").splitlines()[:8]
+    lines = (sample_dir() / "copy.jsonl").read_text(encoding="utf-8").splitlines()[:12]
     examples = []
     for line in lines:
         user, answer = json.loads(line)["messages"]
