@@ -75,8 +75,9 @@ def stage_from(
     loaded = set_peft_model_state_dict(model, load_file(sft_dir / "adapter_model.safetensors"))
     assert not loaded.unexpected_keys, loaded.unexpected_keys
     stage = preference.train_preference(
-        model, prepared, config, sft_losses=[], step_offset=0, total_steps=len(prepared.steps)
-    )
+        model, prepared, config, sft_losses=[], step_offset=0, total_steps=len(prepared.steps),
+        progress=log_progress,
+    )  # fmt: skip
     save_adapter(model, out, served_model_name="base", fingerprint="bench")
     return stage.seconds, stage.steps
 
@@ -88,6 +89,12 @@ def base_dir(root: Path, smoke: bool, models_dir: Path | None) -> Path:
     if smoke:
         return build_tiny_llama(root / "tiny", extract_bundled_tokenizer(root / "tokenizer"))
     return resolve_base_model(None, models_dir or root / "models").path
+
+
+def log_progress(step: int, total: int, loss: float) -> None:
+    """Every tenth optimizer step on stderr, to follow a long run."""
+    if step % 10 == 0 or step == total:
+        print(f"{time.strftime('%H:%M:%S')} step {step}/{total} loss {loss:.4f}", file=sys.stderr)
 
 
 def with_weight(config: TrainConfig, weight: float | None) -> TrainConfig:
@@ -128,7 +135,9 @@ def main() -> None:
         if args.beta:
             overrides["preference_beta"] = args.beta
         config = defaults_for("draft", **overrides)
-        common: dict[str, Any] = {"served_model_name": "base", "base_fingerprint": "bench"}
+        common: dict[str, Any] = {
+            "served_model_name": "base", "base_fingerprint": "bench", "progress": log_progress
+        }  # fmt: skip
         models: list[tuple[str, Path | None]] = [("base", None)]
         stage_times: dict[str, str] = {}
         sft_s, sft_steps = 0.0, 0
