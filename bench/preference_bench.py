@@ -1,16 +1,22 @@
 """Preference tuning benchmark: the sample brand's kk_copy with its edit pairs, base → SFT →
-SFT + preference stage, held-out preference accuracy and mean margin, and the training time.
+SFT + preference stage, held-out preference accuracy, mean margin and answer perplexity, and
+the training time.
 
     python bench/preference_bench.py                   # SmolLM2-135M-Instruct (~15 min, 2 cores)
     python bench/preference_bench.py --models-dir DIR  # keep the converted model between runs
+    python bench/preference_bench.py --sft-weight 0 --sft-weight 1   # one row per weight
     python bench/preference_bench.py --smoke           # a tiny random model, 1 epoch (CI)
 
 The data is what the product trains on: the sample brand loaded through the gate into a fresh
-SQLite database, its train and held-out splits (``bot.training_data``). Both adapters run the
-same seeded supervised stage with the dataset's training defaults; the second then runs the
-preference stage (``trainer.preference``) on the train pairs. The held-out pairs are scored
-exactly as evaluation scores them (``trainer.evaluate.score_pairs``); intervals are the paired
-bootstrap the promotion rule uses, against the base model.
+SQLite database, its train and held-out splits (``bot.training_data``). The SFT adapter runs the
+seeded supervised stage with the dataset's training defaults; each preference row then runs the
+preference stage (``trainer.preference``) on the train pairs, starting from that adapter's
+weights (what ``train_lora`` does after its own identical, seeded supervised stage, without
+repeating it per row). With ``--no-sft-row`` the single row is one ``train_lora`` call with the
+pairs, the product's path end to end. The held-out examples and pairs are scored exactly as
+evaluation scores them (``trainer.evaluate.evaluate_drafts`` without drafts: answer perplexity
+and the pairs in one pass); intervals are the paired bootstrap the promotion rule uses, against
+the base model. Progress goes to stderr every ten optimizer steps.
 """
 
 from __future__ import annotations

@@ -151,7 +151,9 @@ def test_the_supervised_term_keeps_the_chosen_answers_likely(trained: Trained) -
     no_sft = trained.card_no_sft
     print(f"chosen per-token NLL: SFT {nll['sft']:.3f}, stage {nll['pref']:.3f}, stage without "
           f"the term {nll['pref0']:.3f}; held-out perplexity SFT {sft.perplexity:.1f}, stage "
-          f"{pref.perplexity:.1f}, without the term {no_sft.perplexity:.1f}")  # fmt: skip
+          f"{pref.perplexity:.1f}, without the term {no_sft.perplexity:.1f}; held-out preference "
+          f"accuracy / margin: stage {pref.preference_accuracy:.2f} / {pref.preference_margin:.3f}, "
+          f"without the term {no_sft.preference_accuracy:.2f} / {no_sft.preference_margin:.3f}")  # fmt: skip
     assert nll["pref"] < nll["pref0"]
     assert pref.perplexity < no_sft.perplexity
     assert no_sft.preference_accuracy is not None and pref.preference_accuracy is not None
