@@ -45,7 +45,12 @@ class TrainConfig(BaseModel):
     DPO against a reference: ``start`` = the adapter as the stage begins, ``base`` = the adapter
     switched off) or ``simpo`` (reference-free, length-normalised, target margin
     ``preference_gamma``); ``preference_beta=None`` takes the method's own scale (0.1 for DPO,
-    2.0 for SimPO).
+    2.0 for SimPO). ``preference_sft_weight`` adds that multiple of the chosen answer's per-token
+    negative log-likelihood to each pair's loss (RPO, "DPO + NLL"; SimPO's paper uses the same
+    term), for either method; 0 turns it off. Without it the stage widens the margin partly by
+    making the posted copy itself less likely, which undoes the supervised stage's held-out
+    perplexity gain that the promotion rule checks; with the default weight the stage keeps
+    that gain and still learns the pairs (measured in docs/benchmarks.md, "Preference tuning").
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -78,6 +83,7 @@ class TrainConfig(BaseModel):
     preference_gamma: float = Field(0.5, ge=0.0)
     preference_learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
     preference_epochs: int = Field(2, ge=1, le=100)
+    preference_sft_weight: float = Field(1.0, ge=0.0, le=100.0)
 
     @field_validator("target_modules")
     @classmethod

@@ -17,6 +17,10 @@ Objectives (``config.preference_method``):
 - ``simpo``: reference-free, ``-log sigmoid(beta * (c / |c| - r / |r|) - gamma)`` on
   per-token (length-normalised) log-probabilities.
 
+Either way ``config.preference_sft_weight * (-c / |c|)``, the chosen answer's per-token negative
+log-likelihood, is added to the pair's loss (RPO's "DPO + NLL"): a supervised anchor that keeps
+the stage from buying its margin by lowering the likelihood of what people posted.
+
 The loop is the supervised one in miniature: seeded shuffles of micro-batches, ``grad_accum``
 micro-batches per optimizer step, the same AdamW with warm-up and a cosine schedule
 (:mod:`trainer.optim`), the same progress callback (steps counted after the supervised ones),
@@ -159,14 +163,18 @@ def sequence_logps(
 def pair_loss(
     config: TrainConfig, logps: torch.Tensor, counts: torch.Tensor, reference: torch.Tensor
 ) -> torch.Tensor:
-    """Per pair of the rows (chosen, rejected, chosen, ...): the method's loss."""
+    """Per pair of the rows (chosen, rejected, chosen, ...): the method's loss plus the
+    supervised term (``preference_sft_weight`` x the chosen side's per-token NLL)."""
     beta = config.resolved_beta()
     chosen, rejected = logps[0::2], logps[1::2]
     if config.preference_method == "dpo":
         z = beta * ((chosen - reference[0::2]) - (rejected - reference[1::2]))
     else:
         z = beta * (chosen / counts[0::2] - rejected / counts[1::2]) - config.preference_gamma
-    return -torch.nn.functional.logsigmoid(z)
+    loss = -torch.nn.functional.logsigmoid(z)
+    if config.preference_sft_weight > 0:
+        loss = loss - config.preference_sft_weight * chosen / counts[0::2]
+    return loss
 
 
 def _autocast(device: str, config: TrainConfig) -> contextlib.AbstractContextManager[Any]:

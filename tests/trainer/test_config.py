@@ -53,3 +53,20 @@ def test_cpu_trains_in_fp32() -> None:
 def test_config_is_plain_data() -> None:
     config = defaults_for("classify")
     assert TrainConfig.model_validate(config.model_dump()) == config
+
+
+def test_preference_sft_weight_is_validated_and_on_by_default() -> None:
+    assert defaults_for("draft").preference_sft_weight > 0
+    assert defaults_for("draft", preference_sft_weight=0).preference_sft_weight == 0
+    with pytest.raises(ValidationError, match="preference_sft_weight"):
+        defaults_for("draft", preference_sft_weight=-0.5)
+
+
+def test_the_supervised_weight_is_part_of_the_run_key() -> None:
+    """A checkpoint written under another weight is another run's: resume refuses it."""
+    from trainer.checkpoints import run_key
+    from trainer.data import TokenizedDataset
+
+    data = TokenizedDataset([], 0, 0)
+    with_term, without = defaults_for("draft"), defaults_for("draft", preference_sft_weight=0)
+    assert run_key(data, with_term) != run_key(data, without)

@@ -63,12 +63,16 @@ class Trained:
     pref: TrainResult
     cards: list[Scorecard]  # base, SFT only, SFT + preference: held-out examples and pairs
     progress: list[tuple[int, int, float]]
+    pref_no_sft: TrainResult  # the same stage without its supervised term
+    card_no_sft: Scorecard
+    chosen_nll: dict[str, float]  # per-token NLL of the train pairs' chosen sides, per model
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """One SFT-only run and one SFT + preference run (same seed, same examples), scored on the
-    same held-out examples and pairs (sample-brand copy; the flaw is never in an SFT text)."""
+    """One SFT-only run, one SFT + preference run with the default supervised term and one
+    without it (same seed, same examples), scored on the same held-out examples and pairs
+    (sample-brand copy; the flaw is never in an SFT text)."""
     tmp = tmp_path_factory.mktemp("preference")
     examples = all_examples()
     train, heldout = examples[:40], examples[60:]
@@ -80,16 +84,28 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> T
         tiny_model_dir, train, config, tmp / "pref", **common,
         preference_pairs=pairs_of(examples[:40]), progress=lambda *a: calls.append(a),
     )  # fmt: skip
+    assert config.preference_sft_weight > 0
+    no_sft = train_lora(
+        tiny_model_dir, train, pref_config(preference_sft_weight=0.0), tmp / "pref0", **common,
+        preference_pairs=pairs_of(examples[:40]),
+    )  # fmt: skip
     candidates = [
         Candidate("base", None, None),
         Candidate("sft", None, sft.adapter_dir),
         Candidate("pref", None, pref.adapter_dir),
+        Candidate("pref0", None, no_sft.adapter_dir),
     ]
     cards = evaluate_drafts(
         heldout, candidates, base_dir=tiny_model_dir, client=None,
         rules=BrandRules(), pairs=pairs_of(heldout),
     )  # fmt: skip
-    return Trained(sft, pref, cards, calls)
+    chosen = [p.as_example(p.chosen) for p in pairs_of(train)]
+    scored = answer_nll_many(tiny_model_dir, chosen, [c.adapter_dir for c in candidates[1:]])
+    per_token = {
+        c.name: sum(n for n, _ in nll) / sum(t for _, t in nll)
+        for c, nll in zip(candidates[1:], scored, strict=True)
+    }
+    return Trained(sft, pref, cards[:3], calls, no_sft, cards[3], per_token)
 
 
 def test_the_stage_raises_heldout_preference_accuracy(trained: Trained) -> None:
@@ -117,10 +133,31 @@ def test_the_result_and_progress_cover_both_stages(trained: Trained) -> None:
     total = result.steps + result.preference_steps
     assert [c[0] for c in trained.progress] == list(range(1, total + 1))
     assert {c[1] for c in trained.progress} == {total}
-    # the reference is the adapter as the stage begins: DPO's first loss is exactly log 2
-    assert result.preference_losses[0] == pytest.approx(math.log(2), abs=1e-4)
+    # the reference is the adapter as the stage begins: DPO's first loss is exactly log 2, and
+    # the supervised term adds the chosen sides' per-token NLL (> 0) to it
+    first_dpo = trained.pref_no_sft.preference_losses[0]
+    assert first_dpo == pytest.approx(math.log(2), abs=1e-4)
+    assert result.preference_losses[0] > first_dpo + 0.1
     assert result.preference_losses[-1] < result.preference_losses[0]
     assert trained.sft.preference_pairs == 0 and trained.sft.preference_losses == []
+
+
+def test_the_supervised_term_keeps_the_chosen_answers_likely(trained: Trained) -> None:
+    """Same seed, same SFT, same pairs: with the supervised term the chosen (posted) answers
+    end the stage more likely than without it, on the train pairs and on held-out copy, and
+    the stage still learns the pairs."""
+    nll = trained.chosen_nll
+    _, sft, pref = trained.cards
+    no_sft = trained.card_no_sft
+    print(f"chosen per-token NLL: SFT {nll['sft']:.3f}, stage {nll['pref']:.3f}, stage without "
+          f"the term {nll['pref0']:.3f}; held-out perplexity SFT {sft.perplexity:.1f}, stage "
+          f"{pref.perplexity:.1f}, without the term {no_sft.perplexity:.1f}; held-out preference "
+          f"accuracy / margin: stage {pref.preference_accuracy:.2f} / {pref.preference_margin:.3f}, "
+          f"without the term {no_sft.preference_accuracy:.2f} / {no_sft.preference_margin:.3f}")  # fmt: skip
+    assert nll["pref"] < nll["pref0"]
+    assert pref.perplexity < no_sft.perplexity
+    assert no_sft.preference_accuracy is not None and pref.preference_accuracy is not None
+    assert pref.preference_accuracy >= no_sft.preference_accuracy - 0.1
 
 
 def test_promotion_uses_preference_accuracy(trained: Trained) -> None:
@@ -175,6 +212,21 @@ def test_the_log_probs_are_the_answer_only_likelihoods(tiny_model_dir: Path) -> 
     for row, (nll, tokens) in enumerate(expected):  # row 2k: pair k's chosen, 2k+1: rejected
         assert got[row][1] == tokens
         assert got[row][0] == pytest.approx(nll, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["dpo", "simpo"])
+def test_the_supervised_term_is_the_chosen_sides_per_token_nll(method: str) -> None:
+    """Either method: the weight times the chosen answer's per-token NLL, added per pair."""
+    from trainer.preference import pair_loss
+
+    logps = torch.tensor([-12.0, -30.0, -50.0, -20.0])  # chosen, rejected, chosen, rejected
+    counts = torch.tensor([4, 6, 10, 5])
+    reference = torch.tensor([-13.0, -29.0, -49.0, -21.0])
+    without = pair_loss(pref_config(preference_method=method, preference_sft_weight=0),
+                        logps, counts, reference)  # fmt: skip
+    weighted = pair_loss(pref_config(preference_method=method, preference_sft_weight=0.5),
+                         logps, counts, reference)  # fmt: skip
+    assert weighted - without == pytest.approx(torch.tensor([0.5 * 3.0, 0.5 * 5.0]))
 
 
 def test_too_few_pairs_skip_the_stage(tiny_model_dir: Path, tmp_path: Path) -> None:
