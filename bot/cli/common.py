@@ -12,8 +12,10 @@ from rich.console import Console
 from bot.settings import Settings, load_settings
 from bot.storage.db import Database
 
-console = Console()
-err_console = Console(stderr=True)
+# Lines are not wrapped at the terminal's width (80 columns when piped): a path or an id must
+# come out whole, to be copied or grepped. Tables still fit the width.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 DatasetOption = typer.Option(..., "-d", "--dataset", help="The dataset to act on.")
 JsonOption = typer.Option(False, "--json", help="Print one JSON document instead of a table.")
