@@ -51,9 +51,9 @@ def sample_copy_run(
     data = tmp_path_factory.mktemp("smollm2-copy") / "data"
     data.mkdir()
     (data / "models").symlink_to(smollm2_model.path.parent, target_is_directory=True)
-    # Supervised training only: the quality bar this run feeds is the SFT one. With the sample
-    # pairs' preference stage (the default) held-out answer perplexity fell 18%, not 30%: the
-    # stage's effect is measured by bench/preference_bench.py and tests/trainer/test_preference.
+    # Supervised training only: the quality bar this run feeds is the SFT one, and the sample
+    # pairs' preference stage would add its minutes to the suite. The stage's effect on both
+    # measures is measured by bench/preference_bench.py and tests/trainer/test_preference.
     settings = Settings(
         data_dir=data, database_url=f"sqlite:///{data / 'brandbot.db'}",
         training={"min_preference_pairs": 1_000_000},
