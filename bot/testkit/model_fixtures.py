@@ -15,6 +15,7 @@ the bundled SmolLM2 for the few tests that need the real default model.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -56,14 +57,16 @@ def bundled_smollm2(tmp_path_factory: pytest.TempPathFactory) -> ResolvedModel:
     with _converting:
         session = tmp_path_factory.getbasetemp()
         if session not in _converted:
-            if os.environ.get("PYTEST_XDIST_WORKER"):
-                # One conversion for all workers of a pytest-xdist run: their base
-                # directories share a parent, and the lock makes the others wait for it.
-                models = session.parent / "smollm2-models"
-                with FileLock(str(session.parent / "smollm2-models.lock")):
-                    _converted[session] = resolve_base_model(None, models)
-            else:
-                models = tmp_path_factory.mktemp("smollm2-models")
+            # Under pytest-xdist one conversion serves all workers: their base directories share
+            # a parent, and the lock makes the others wait for it.
+            shared = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+            models = (
+                session.parent / "smollm2-models"
+                if shared
+                else tmp_path_factory.mktemp("smollm2-models")
+            )
+            lock = FileLock(str(models) + ".lock") if shared else contextlib.nullcontext()
+            with lock:
                 _converted[session] = resolve_base_model(None, models)
         return _converted[session]
 
