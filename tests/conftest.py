@@ -206,6 +206,22 @@ def wait_until_up(url: str, proc: subprocess.Popen[str], timeout: float = 90) ->
     raise AssertionError(f"{url} did not come up in {timeout:.0f} s")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, share the cores among the workers: each worker (and every process it
+    starts, which inherits ``OMP_NUM_THREADS``) computes on its share. Without this every
+    worker's torch takes all the cores, and OpenMP threads that wait on each other in lock-step
+    lose most of their time to a thread descheduled by the other worker."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if not os.environ.get("PYTEST_XDIST_WORKER") or workers < 2:
+        return
+    from trainer.config import usable_cpus
+
+    share = max(1, usable_cpus() // workers)
+    os.environ["OMP_NUM_THREADS"] = str(share)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(share)
+
+
 #: tests that share one expensive session resource, kept on one pytest-xdist worker
 #: (``--dist loadgroup``, as ``make test`` runs the suite): fixture name -> group
 XDIST_GROUPS = {"vllm": "vllm", "sample_copy_run": "smollm2-training"}

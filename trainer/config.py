@@ -31,8 +31,8 @@ class TrainConfig(BaseModel):
     ``batch_tokens`` bounds the tokens a micro-batch computes (rows x longest row, with a shared
     prefix counted once), so memory is predictable whatever the example lengths; an example
     longer than it gets a micro-batch of its own. ``grad_accum`` micro-batches make one optimizer
-    step. ``checkpoint_every`` counts optimizer steps (0 = never). ``threads=None`` uses every core
-    (shared among the processes on a CPU).
+    step. ``checkpoint_every`` counts optimizer steps (0 = never). ``threads=None`` uses every usable
+    core (:func:`usable_cpus`, shared among the processes on a CPU).
 
     ``processes > 1`` trains data-parallel in that many processes, one per GPU (or CPU processes
     with the gloo backend when there is no GPU): :func:`trainer.lora.train_lora` re-executes itself
@@ -130,8 +130,21 @@ class TrainConfig(BaseModel):
         return torch.float32
 
     def resolved_threads(self) -> int:
-        """Torch threads per process: ``threads``, else the cores divided among the processes."""
-        return self.threads or max(1, (os.cpu_count() or 1) // self.processes)
+        """Torch threads per process: ``threads``, else the usable cores divided among the
+        processes."""
+        return self.threads or max(1, usable_cpus() // self.processes)
+
+
+def usable_cpus() -> int:
+    """The cores this process may use: ``OMP_NUM_THREADS`` when it is set (the usual way to
+    give a job fewer threads, which a run must not override), else the CPUs its affinity mask
+    allows (a container or ``taskset`` may allow fewer than the machine has)."""
+    configured = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 #: per-task defaults. ``batch_tokens=384`` keeps SmolLM2's peak memory under 2 GB without

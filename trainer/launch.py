@@ -148,7 +148,10 @@ def launch_train_lora(
                     "base_dir": str(base_dir),
                     "examples": [e.__dict__ for e in examples],
                     "pairs": [p.__dict__ for p in preference_pairs],
-                    "config": config.model_dump(mode="json"),
+                    # resolved here: the launcher sets OMP_NUM_THREADS=1 in every process
+                    "config": config.model_copy(
+                        update={"threads": config.resolved_threads()}
+                    ).model_dump(mode="json"),
                     "out_dir": str(out_dir),
                     "served_model_name": served_model_name,
                     "base_fingerprint": base_fingerprint,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
-from trainer.config import TrainConfig, defaults_for
+from trainer.config import TrainConfig, defaults_for, usable_cpus
 
 
 def test_draft_defaults_follow_the_design() -> None:
@@ -70,3 +72,24 @@ def test_the_supervised_weight_is_part_of_the_run_key() -> None:
     data = TokenizedDataset([], 0, 0)
     with_term, without = defaults_for("draft"), defaults_for("draft", preference_sft_weight=0)
     assert run_key(data, with_term) != run_key(data, without)
+
+
+def test_threads_follow_omp_num_threads_then_the_affinity_mask(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert usable_cpus() == 3
+    assert defaults_for("draft", processes=1).resolved_threads() == 3
+    assert defaults_for("draft", processes=2).resolved_threads() == 1
+    assert defaults_for("draft", threads=5).resolved_threads() == 5
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    allowed = len(os.sched_getaffinity(0))
+    assert usable_cpus() == allowed
+    monkeypatch.setenv("OMP_NUM_THREADS", "zero")  # not a count: ignored
+    assert usable_cpus() == allowed
+    saved = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(saved)})  # as taskset or a container would
+        assert usable_cpus() == 1
+    finally:
+        os.sched_setaffinity(0, saved)
