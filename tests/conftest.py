@@ -225,6 +225,9 @@ def pytest_configure(config: pytest.Config) -> None:
 #: tests that share one expensive session resource, kept on one pytest-xdist worker
 #: (``--dist loadgroup``, as ``make test`` runs the suite): fixture name -> group
 XDIST_GROUPS = {"vllm": "vllm", "sample_copy_run": "smollm2-training"}
+#: expensive module-scoped fixtures (a wheel installed in a fresh venv, trainings, servers): a
+#: module's tests that use one stay on one worker, so the fixture is built once, not per worker
+MODULE_FIXTURES = ("fresh_venv", "trained", "model_server", "adapters", "plain")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
@@ -235,6 +238,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = getattr(item, "fixturenames", ())
         group = next((g for name, g in XDIST_GROUPS.items() if name in names), None)
+        if group is None and any(name in names for name in MODULE_FIXTURES):
+            group = item.nodeid.split("::")[0]
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
     if os.environ.get("PYTEST_XDIST_WORKER"):
