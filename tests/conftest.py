@@ -211,6 +211,8 @@ def pytest_configure(config: pytest.Config) -> None:
     starts, which inherits ``OMP_NUM_THREADS``) computes on its share. Without this every
     worker's torch takes all the cores, and OpenMP threads that wait on each other in lock-step
     lose most of their time to a thread descheduled by the other worker."""
+    if config.getoption("dist", "no") == "loadgroup":
+        _require_working_loadgroup()
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
     if not os.environ.get("PYTEST_XDIST_WORKER") or workers < 2:
         return
@@ -220,6 +222,25 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["OMP_NUM_THREADS"] = str(share)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(share)
+
+
+def _require_working_loadgroup() -> None:
+    """Refuse ``--dist loadgroup`` where it would silently not group: xdist up to 3.8 marks a
+    grouped test by rewriting its node id, which pytest 9.2's structured ids ignore
+    (pytest-xdist issue 1386); every worker would then start its own vLLM server and its own
+    SmolLM2 training."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    if Version(version("pytest")) >= Version("9.2") and Version(
+        version("pytest-xdist")
+    ) <= Version("3.8.0"):
+        raise pytest.UsageError(
+            f"--dist loadgroup does not group tests with pytest {version('pytest')} and "
+            f"pytest-xdist {version('pytest-xdist')}: install the versions pyproject.toml's "
+            "dev extra asks for (pip install -e '.[dev]')"
+        )
 
 
 #: tests that share one expensive session resource, kept on one pytest-xdist worker

@@ -9,9 +9,10 @@ from tests.conftest import CliRunner, write_jsonl
 
 
 def test_train_and_eval_exit_zero(
-    cli_process: CliRunner, tmp_path: Path, tiny_model_dir: Path
+    cli: CliRunner, cli_process: CliRunner, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    cli = cli_process  # the exit status of a real process, after interpreter shutdown
+    # set up in process; train and eval as real processes: their exit status after the
+    # interpreter's shutdown is the point
     (tmp_path / "brandbot.toml").write_text(
         f'base_model = "{tiny_model_dir}"\n'
         "[training]\nepochs = 1\ncheckpoint_every = 0\nmax_length = 64\nmin_examples = 4\n"
@@ -25,19 +26,18 @@ def test_train_and_eval_exit_zero(
     )  # fmt: skip
     imported = cli("import", str(src), "-d", "c", "--json")
     assert imported.code == 0 and imported.json()["added_by_split"]["heldout"] > 0
-    trained = cli("train", "-d", "c", "--json")
+    trained = cli_process("train", "-d", "c", "--json")
     assert trained.code == 0, trained.err[-3000:]
     assert trained.json()["status"] == "succeeded"
-    evaluated = cli("eval", "-d", "c", "--json")
+    evaluated = cli_process("eval", "-d", "c", "--json")
     assert evaluated.code == 0, evaluated.err[-3000:]
     assert "terminate called" not in evaluated.err
     assert evaluated.json()["base"]["examples"] == evaluated.json()["heldout"]
 
 
 def test_a_failed_training_run_exits_four(
-    cli_process: CliRunner, tmp_path: Path, tiny_model_dir: Path
+    cli: CliRunner, cli_process: CliRunner, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    cli = cli_process
     (tmp_path / "brandbot.toml").write_text(
         f'base_model = "{tiny_model_dir}"\n[training]\nmin_examples = 50\n'
     )
@@ -49,12 +49,12 @@ def test_a_failed_training_run_exits_four(
          for i in range(6)],
     )  # fmt: skip
     assert cli("import", str(src), "-d", "c").code == 0
-    trained = cli("train", "-d", "c", "--json")
+    trained = cli_process("train", "-d", "c", "--json")
     assert trained.code == 4, trained.err[-3000:]
     report = trained.json()
     assert (report["status"], report["exit_code"], report["adapter"]) == ("failed", 4, None)
     assert "TooFewExamples" in report["reason"]
-    human = cli("train", "-d", "c")
+    human = cli_process("train", "-d", "c")
     assert human.code == 4 and "Traceback" not in human.err
     assert "failed" in human.err and "TooFewExamples" in human.err
     listed = cli("adapters", "list", "-d", "c", "--json")
