@@ -233,9 +233,9 @@ def _require_working_loadgroup() -> None:
 
     from packaging.version import Version
 
-    if Version(version("pytest")) >= Version("9.2") and Version(
-        version("pytest-xdist")
-    ) <= Version("3.8.0"):
+    if Version(version("pytest")) >= Version("9.2") and Version(version("pytest-xdist")) <= Version(
+        "3.8.0"
+    ):
         raise pytest.UsageError(
             f"--dist loadgroup does not group tests with pytest {version('pytest')} and "
             f"pytest-xdist {version('pytest-xdist')}: install the versions pyproject.toml's "

@@ -31,8 +31,8 @@ class TrainConfig(BaseModel):
     ``batch_tokens`` bounds the tokens a micro-batch computes (rows x longest row, with a shared
     prefix counted once), so memory is predictable whatever the example lengths; an example
     longer than it gets a micro-batch of its own. ``grad_accum`` micro-batches make one optimizer
-    step. ``checkpoint_every`` counts optimizer steps (0 = never). ``threads=None`` uses every usable
-    core (:func:`usable_cpus`, shared among the processes on a CPU).
+    step. ``checkpoint_every`` counts optimizer steps (0 = never). ``threads=None`` uses every
+    usable core (:func:`usable_cpus`, shared among the processes on a CPU).
 
     ``processes > 1`` trains data-parallel in that many processes, one per GPU (or CPU processes
     with the gloo backend when there is no GPU): :func:`trainer.lora.train_lora` re-executes itself
