@@ -4,7 +4,11 @@ and to a no-op ASGI app (200 at once, no bolt), all on the same uvicorn settings
 
     python bench/bot_bench.py             # 200 concurrent commands, 3 interleaved rounds each
     python bench/bot_bench.py --write     # also write the doc's section (clean tree only)
+    python bench/bot_bench.py --postgres  # on a throw-away PostgreSQL cluster (its own section)
     python bench/bot_bench.py --smoke     # 20 commands, 1 round (CI)
+
+Each database has its own section in the doc: ``--postgres`` (or ``--database-url`` naming a
+PostgreSQL server) writes the PostgreSQL one, otherwise the SQLite one.
 
 The no-op app shows the load generator's own ceiling on this machine: if its p50 is close to
 the apps', the numbers measure the generator. The generator runs in a process of its own
@@ -39,6 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import harness  # noqa: E402
+from bot.testkit.postgres import PostgresCluster  # noqa: E402
 from bot.testkit.signing import sign  # noqa: E402
 from bot.testkit.slack import FakeSlack  # noqa: E402
 
@@ -46,6 +51,15 @@ SECRET = "bench-signing-secret"  # noqa: S105 - a benchmark value
 APPS = {"noop": "no-op ASGI app", "bare": "bare bolt app", "ours": "brandbot"}
 CLIENTS = ("raw", "aiohttp", "httpx")
 TITLE = "Slash-command acks (bot runtime)"
+TITLE_POSTGRES = "Slash-command acks on PostgreSQL (bot runtime)"
+
+
+def database_name(database_url: str | None) -> str:
+    return "PostgreSQL" if (database_url or "").startswith("postgresql") else "SQLite"
+
+
+def title_for(database_url: str | None) -> str:
+    return TITLE_POSTGRES if database_name(database_url) == "PostgreSQL" else TITLE
 
 
 def free_port() -> int:
@@ -306,6 +320,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per side")
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temp folder")
     parser.add_argument(
+        "--postgres", action="store_true",
+        help="run brandbot on a throw-away PostgreSQL cluster (needs the server binaries)",
+    )  # fmt: skip
+    parser.add_argument(
         "--client", choices=CLIENTS, default=None,
         help="the load generator (default: the lowest no-op p50 of this run)",
     )  # fmt: skip
@@ -321,9 +339,23 @@ def main() -> int:
         return 0
     if args.write:
         harness.require_clean_tree()
+    if args.postgres and args.database_url:
+        parser.error("--postgres starts its own server: give it or --database-url, not both")
+    cluster = PostgresCluster().start() if args.postgres else None
+    try:
+        if cluster is not None:
+            args.database_url = cluster.create_database("bot_bench")
+        return run(args)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def run(args: argparse.Namespace) -> int:
     n = 20 if args.smoke else args.concurrency
     rounds = 1 if args.smoke else args.rounds
-    section = harness.Section(TITLE)
+    title = title_for(args.database_url)
+    section = harness.Section(title)
     spawn = multiprocessing.get_context("spawn")  # the generator: no threads of ours forked
     with ProcessPoolExecutor(1, mp_context=spawn) as generator, FakeSlack() as fake, \
             tempfile.TemporaryDirectory(prefix="brandbot-bench-") as tmp:  # fmt: skip
@@ -383,13 +415,19 @@ def main() -> int:
     all_acked = all(r["failed"] == 0 and r["max"] < 3000 for r in ours)
     print(f"every request acked under 3 s: {'yes' if all_acked else 'NO'}")
     if args.write:
-        harness.write_section(TITLE, [*DOC_INTRO, "", *lines])
+        harness.write_section(title, [*doc_intro(args.database_url), "", *lines])
     return 0 if all_acked and (ratio <= 1.2 or args.smoke) else 1
+
+
+def doc_intro(database_url: str | None) -> list[str]:
+    database = database_name(database_url)
+    command = "--postgres --write" if database == "PostgreSQL" else "--write"
+    return [line.format(database=database, command=command) for line in DOC_INTRO]
 
 
 DOC_INTRO = [
     "200 concurrent signed `/brandbot help` commands to `brandbot run --http` (the real",
-    "command, SQLite), to a bare bolt-python `AsyncApp` that only acks and answers through",
+    "command, {database}), to a bare bolt-python `AsyncApp` that only acks and answers through",
     "response_url, and to a no-op ASGI app (reads the request, answers 200 at once, no bolt), all",
     "on brandbot's uvicorn settings, against a local fake Slack Web API. The no-op app is the load",
     "generator's own ceiling on this machine. The generator runs in a process of its own and",
@@ -399,7 +437,7 @@ DOC_INTRO = [
     "min-max over rounds of the per-round p50/p99/max). Target: every request acked under 3 s,",
     "our p99 within 1.2x of the bare app's.",
     "",
-    "    .venv/bin/python bench/bot_bench.py --write   # --database-url postgresql+psycopg://...",
+    "    .venv/bin/python bench/bot_bench.py {command}",
 ]
 
 
@@ -416,7 +454,7 @@ def report(
         return (f"{s(runs, 'p50').show(1)} | {s(runs, 'p99').show(1)} | "
                 f"{s(runs, 'max').show(1)} | {sum(r['failed'] for r in runs)}")  # fmt: skip
 
-    database = "PostgreSQL" if database_url else "SQLite"
+    database = database_name(database_url)
     lines = [
         f"Load generators against the no-op app ({n} at once, {rounds} interleaved rounds):",
         "",

@@ -3,21 +3,20 @@
 
 A body over ``MAX_BODY_BYTES`` is refused with 413 before it is read: by its Content-Length,
 or, when it is streamed (chunked), as soon as the bytes read pass the limit. Slack requests are
-then verified (a bad or stale signature is 401 and counted), then
-parsed (a malformed body is logged and answered 200, so Slack does not retry it forever), then
-handed to bolt. Whatever bolt does not handle is still answered 200.
+then verified (a bad or stale signature is 401 and counted; this is the only check, bolt's own
+is off), then parsed once, by bolt's parser (a malformed body is logged and answered 200, so
+Slack does not retry it forever), then handed to bolt. Whatever bolt does not handle is still
+answered 200.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt.request.async_request import AsyncBoltRequest
@@ -80,19 +79,14 @@ class Readiness:
         return results
 
 
-def parse_slack_body(body: str, content_type: str) -> dict[str, Any] | None:
-    """The request's payload as a dict, or None when it cannot be understood."""
+def bolt_request(body: str, headers: Mapping[str, str]) -> AsyncBoltRequest | None:
+    """The request for bolt, its body parsed once (by bolt), or None when the body cannot be
+    understood: not JSON, a form or a form's JSON ``payload``, or not an object."""
     try:
-        if "application/json" in content_type:
-            data = json.loads(body)
-            return data if isinstance(data, dict) else None
-        form = {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
-        if "payload" in form:
-            data = json.loads(form["payload"])
-            return data if isinstance(data, dict) else None
-        return form or None
-    except (ValueError, TypeError):
+        request = AsyncBoltRequest(body=body, headers={k: [v] for k, v in headers.items()})
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError):
         return None
+    return request if isinstance(request.body, dict) and request.body else None
 
 
 def request_kind(payload: dict[str, Any]) -> str:
@@ -129,16 +123,13 @@ def build_web_app(
             return PlainTextResponse("invalid signature", status_code=401)
         if headers.get("x-slack-retry-num"):
             RETRIES_RECEIVED.inc()
-        body = raw.decode("utf-8", errors="replace")
-        payload = parse_slack_body(body, headers.get("content-type", ""))
-        if payload is None:
+        slack_request = bolt_request(raw.decode("utf-8", errors="replace"), headers)
+        if slack_request is None:
             MALFORMED_REQUESTS.inc()
             log.warning("malformed Slack request body ignored")
             return PlainTextResponse("", status_code=200)
-        kind = request_kind(payload)
-        bolt_response = await bridge.app.async_dispatch(
-            AsyncBoltRequest(body=body, headers={k: [v] for k, v in headers.items()})
-        )
+        kind = request_kind(slack_request.body)
+        bolt_response = await bridge.app.async_dispatch(slack_request)
         status = bolt_response.status
         if status == 404:
             log.info("unhandled Slack request %s answered 200", kind)

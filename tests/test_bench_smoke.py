@@ -35,6 +35,27 @@ def test_bot_ack_bench_smoke_runs_the_real_http_command() -> None:
     assert "load average (1/5/15 min)" in proc.stdout
 
 
+def test_bot_ack_bench_smoke_on_postgres(postgres_server: object) -> None:
+    """Its own throw-away cluster (the fixture fails in CI without the binaries)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bot_bench.py"), "--smoke", "--postgres"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "every request acked under 3 s: yes" in proc.stdout
+    assert "The apps (PostgreSQL, client" in proc.stdout
+
+
+def test_bot_ack_bench_writes_a_section_per_database() -> None:
+    from bench import bot_bench
+
+    sqlite, postgres = bot_bench.title_for(None), bot_bench.title_for("postgresql+psycopg://h/d")
+    assert sqlite == "Slash-command acks (bot runtime)" and postgres != sqlite
+    assert "command, PostgreSQL)" in "\n".join(bot_bench.doc_intro("postgresql+psycopg://h/d"))
+    assert "--postgres --write" in bot_bench.doc_intro("postgresql://h/d")[-1]
+    assert "command, SQLite)" in "\n".join(bot_bench.doc_intro(None))
+
+
 def test_collect_bench_smoke_on_postgres(postgres_server: object) -> None:
     """Needs the PostgreSQL binaries (the fixture fails in CI without them)."""
     proc = subprocess.run(

@@ -2,7 +2,8 @@
 
 Bolt runs with ``process_before_response=True`` so that an Events API handler that fails
 answers 500 and Slack retries it (the runtime has left no mark). Commands, buttons and
-shortcuts are acknowledged first and handled on a worker thread, so the ack never waits.
+shortcuts are acknowledged first and handled on a worker thread, so the ack never waits; their
+work starts once the burst of requests it came in is acked (``bot.slack.after_ack``).
 """
 
 from __future__ import annotations
@@ -31,10 +32,17 @@ from bot.plugin import ActionEvent, ChatAPI, CommandEvent, Event
 from bot.ratelimit import Busy
 from bot.runtime import NotAllowed, Outcome, Result, Runtime
 from bot.slack import events as translate
+from bot.slack.after_ack import AfterAck
 from bot.storage.db import DatabaseUnavailable
 
 log = logging.getLogger("brandbot.slack")
 ANY = re.compile(".*")
+
+
+def _log_failure(done: futures.Future[Any]) -> None:
+    error = None if done.cancelled() else done.exception()
+    if error is not None:
+        log.error("work after an ack failed", exc_info=error)
 
 
 class EventBatcher:
@@ -192,6 +200,7 @@ class SlackBridge:
         # never the slash commands.
         self.batch_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="brandbot-batch")
         self.batcher = EventBatcher(runtime, self.batch_pool)
+        self.after_ack = AfterAck(self._submit)
         self.spool: EventSpool | None = None
         client = AsyncWebClient(
             token=bot_token,
@@ -204,7 +213,9 @@ class SlackBridge:
         self.app = AsyncApp(
             client=client,
             signing_secret=signing_secret or "",
-            request_verification_enabled=signing_secret is not None,
+            # Over HTTP, bot.web verifies every request's signature before bolt sees it (and
+            # Socket Mode requests have none): bolt checking it again would only repeat that.
+            request_verification_enabled=False,
             process_before_response=True,
             logger=logging.getLogger("slack_bolt"),
         )
@@ -220,7 +231,10 @@ class SlackBridge:
     # ---- helpers ----------------------------------------------------------------------
 
     def _background(self, fn: Callable[[], Any]) -> None:
-        asyncio.get_running_loop().run_in_executor(self.pool, fn)
+        self.after_ack.run(fn)
+
+    def _submit(self, fn: Callable[[], Any]) -> None:
+        self.pool.submit(fn).add_done_callback(_log_failure)
 
     def _reply_to(self, event: Event) -> Callable[[str], None]:
         def reply(text: str) -> None:
@@ -235,7 +249,9 @@ class SlackBridge:
         return reply
 
     def close(self) -> None:
-        """Stop taking work; handlers under way finish on their threads."""
+        """Stop taking work; handlers under way or held for after the acks finish on their
+        threads."""
+        self.after_ack.release_all()
         self.pool.shutdown(wait=False)
         self.batch_pool.shutdown(wait=False)
 
@@ -245,7 +261,9 @@ class SlackBridge:
         self, body: dict[str, Any], next: Callable[[], Awaitable[None]]
     ) -> BoltResponse | None:
         """Requests from other workspaces than ``team_ids`` are answered 200 and dropped, over
-        HTTP and Socket Mode alike. With no ``team_ids`` known yet every workspace passes."""
+        HTTP and Socket Mode alike. With no ``team_ids`` known yet every workspace passes.
+        Every request passes here first, so it also tells ``after_ack`` of the arrival."""
+        self.after_ack.arrived()
         team = translate.team_of(body)
         if self.team_ids and team is not None and team not in self.team_ids:
             FOREIGN_TEAM_REQUESTS.inc()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Sequence
+from concurrent import futures
 from typing import Any
 
 import aiohttp
@@ -20,7 +21,7 @@ from slack_sdk.http_retry.builtin_handlers import (
     RateLimitErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
-from slack_sdk.webhook import WebhookClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.plugin import Button, ChatError, ChatMessage
 
@@ -31,6 +32,10 @@ SECTION_LIMIT = 3_000
 
 def retry_handlers() -> list[Any]:
     return [RateLimitErrorRetryHandler(max_retry_count=5), ConnectionErrorRetryHandler()]
+
+
+def async_retry_handlers() -> list[Any]:
+    return [AsyncRateLimitErrorRetryHandler(max_retry_count=5), AsyncConnectionErrorRetryHandler()]
 
 
 def clip(text: str, limit: int = TEXT_LIMIT) -> str:
@@ -71,16 +76,23 @@ def _message(channel: str, raw: dict[str, Any]) -> ChatMessage:
 
 
 class _PooledWebAPI:
-    """Slack Web API calls over one pooled aiohttp session, for handler threads.
+    """Slack Web API calls and response_url posts over one pooled aiohttp session, for
+    handler threads.
 
-    slack_sdk's sync ``WebClient`` opens a new connection (and TLS handshake) for every call;
-    handlers make two or three calls per event, so the connection set-up dominated. Calls run
-    on a private event loop thread through the ``AsyncWebClient`` (same retries and errors),
-    and the calling thread waits for the result.
+    slack_sdk's sync ``WebClient`` and ``WebhookClient`` open a new connection (and TLS
+    handshake) for every call; handlers make two or three calls per event, so the connection
+    set-up dominated, and its CPU competes with the event loop that acks Slack's requests.
+    Calls run on a private event loop thread through the ``AsyncWebClient`` and
+    ``AsyncWebhookClient`` (same retries and errors), and the calling thread waits for the
+    result. Once closed, a call raises ``ChatError("client_closed")`` instead of waiting on a
+    loop that no longer runs (a job may still be answering while the process stops).
     """
 
     def __init__(self, token: str, base_url: str, timeout: int) -> None:
         self.loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._waiting: set[futures.Future[Any]] = set()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="slack-web-api", daemon=True
         )
@@ -92,25 +104,41 @@ class _PooledWebAPI:
             session = aiohttp.ClientSession(connector=connector)
             return AsyncWebClient(
                 token=token, base_url=base_url, timeout=timeout, session=session,
-                retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=5),
-                                AsyncConnectionErrorRetryHandler()],
+                retry_handlers=async_retry_handlers(),
             )  # fmt: skip
 
         self.client = self.run(build())
 
     def run(self, coro: Any) -> Any:
         """Run a coroutine on the API's loop and wait for its result (from any other thread)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        with self._lock:
+            if self._closed:
+                coro.close()
+                raise ChatError("client_closed", "the Slack client is closed")
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            self._waiting.add(future)
+        try:
+            return future.result()
+        except futures.CancelledError:
+            raise ChatError("client_closed", "the Slack client closed during the call") from None
+        finally:
+            with self._lock:
+                self._waiting.discard(future)
 
     def close(self) -> None:
-        if not self._thread.is_alive():
-            return
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         session = self.client.session
-        if session is not None:
+        if session is not None and self._thread.is_alive():
             with contextlib.suppress(Exception):
-                self.run(session.close())
+                asyncio.run_coroutine_threadsafe(session.close(), self.loop).result(timeout=5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
+        with self._lock:
+            for future in self._waiting:
+                future.cancel()
 
 
 class SlackChat:
@@ -169,15 +197,22 @@ class SlackChat:
         replace_original: bool = False,
         in_channel: bool = False,
     ) -> None:
-        webhook = WebhookClient(response_url, retry_handlers=retry_handlers())
-        response = webhook.send(
-            text=clip(text),
-            blocks=blocks_for(text, buttons),
-            replace_original=replace_original,
-            response_type="in_channel" if in_channel else "ephemeral",
-        )
-        if response.status_code >= 400:
-            raise ChatError("response_url_failed", f"response_url answered {response.status_code}")
+        webhook = AsyncWebhookClient(
+            response_url, timeout=self.api.timeout, session=self.api.client.session,
+            retry_handlers=async_retry_handlers(),
+        )  # fmt: skip
+        status: int = self.api.run(self._send(webhook, {
+            "text": clip(text), "blocks": blocks_for(text, buttons),
+            "replace_original": replace_original,
+            "response_type": "in_channel" if in_channel else "ephemeral",
+        }))  # fmt: skip
+        if status >= 400:
+            raise ChatError("response_url_failed", f"response_url answered {status}")
+
+    @staticmethod
+    async def _send(webhook: AsyncWebhookClient, body: dict[str, Any]) -> int:
+        response = await webhook.send(**body)
+        return response.status_code
 
     def progress(self, response_url: str, text: str) -> None:
         self.respond(response_url, text, replace_original=True)
