@@ -81,12 +81,24 @@ class Readiness:
 
 def bolt_request(body: str, headers: Mapping[str, str]) -> AsyncBoltRequest | None:
     """The request for bolt, its body parsed once (by bolt), or None when the body cannot be
-    understood: not JSON, a form or a form's JSON ``payload``, or not an object."""
+    understood: not JSON, a form or a form's JSON ``payload``, or not an object.
+
+    bolt's form parser takes any form body containing the word "payload" for an interactive
+    request's ``payload=`` field, and parses a slash command whose text says "payload" as
+    empty; in such a form without that field the word is percent-encoded (the same form once
+    decoded), so bolt reads the command. The signature was checked on the original bytes."""
+    is_json = "application/json" in headers.get("content-type", "") or body.startswith("{")
+    if "payload" in body and not is_json and not _has_payload_field(body):
+        body = body.replace("payload", "%70ayload")
     try:
         request = AsyncBoltRequest(body=body, headers={k: [v] for k, v in headers.items()})
     except (ValueError, TypeError, AttributeError, KeyError, IndexError):
         return None
     return request if isinstance(request.body, dict) and request.body else None
+
+
+def _has_payload_field(form: str) -> bool:
+    return any(pair.split("=", 1)[0] == "payload" for pair in form.split("&"))
 
 
 def request_kind(payload: dict[str, Any]) -> str:

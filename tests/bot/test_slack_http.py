@@ -119,6 +119,17 @@ def test_slash_command_acks_then_answers_through_response_url(
     assert answer["blocks"][1]["elements"][0]["action_id"] == "again"
 
 
+def test_a_command_whose_text_says_payload_is_handled(
+    bot: Served, fake_slack: FakeSlack, slack_signing_secret: str
+) -> None:
+    """bolt's form parser takes any body containing the word "payload" for an interactive
+    payload and drops a command like ``/draft a payload note``; it must reach its handler."""
+    body, rid = command(fake_slack, "a payload note")
+    assert signed_post(bot.events_url, slack_signing_secret, body).status_code == 200
+    (answer,) = wait_responses(fake_slack, rid)
+    assert answer["text"] == "hi a payload note"
+
+
 def test_help_is_generated_and_admin_commands_hidden(
     bot: Served, fake_slack: FakeSlack, slack_signing_secret: str
 ) -> None:
