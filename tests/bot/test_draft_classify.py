@@ -69,6 +69,11 @@ def wait(predicate: Any, timeout: float = 90.0) -> Any:
     raise AssertionError("timed out")
 
 
+def draft_status(db: Database) -> str:
+    with db.session() as s:
+        return s.scalars(select(Draft)).one().status
+
+
 def settle(bot: Served) -> None:
     bot.runtime.services.jobs.wait_idle(30)
     bot.runtime.deliver_outbox()
@@ -139,6 +144,8 @@ def test_draft_preview_post_and_feedback(
     )
     done = press(bot, fake_slack, slack_signing_secret, buttons["Post 2 to channel"])
     wait(lambda: fake_slack.responses(done))
+    # the handler answers before its transaction commits: wait for the commit, not the answer
+    wait(lambda: draft_status(db) != "pending")
     settle(bot)
     with db.session() as s:
         draft = s.scalars(select(Draft)).one()
