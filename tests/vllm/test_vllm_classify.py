@@ -72,13 +72,8 @@ def test_vllm_picks_the_local_engines_label_on_200_tickets(
         http = vllm.client()
         try:
             http.load_adapter(adapter, str(smollm2_adapter))
-            remote = {None: classify_all(http, tickets, labels, None, 8)}
-            # with the adapter, 20 classifications at a time: no request the client sends can
-            # take the engine down (vLLM's prompt_logprobs + LoRA crash), and it still answers
-            remote[adapter] = classify_all(http, tickets, labels, adapter, 20)
+            remote = {m: classify_all(http, tickets, labels, m, 8) for m in (None, adapter)}
             assert vllm.healthy()
-            after = http.chat(tickets[0], model=adapter, max_tokens=4, temperature=0)
-            assert after.usage.completion_tokens > 0
         finally:
             http.close()
         local = local_run.result()
@@ -88,13 +83,31 @@ def test_vllm_picks_the_local_engines_label_on_200_tickets(
         assert agree >= 196, f"{model or 'base'}: {agree}/200 labels agree"
         worst = max(abs(r.logprobs[x] - loc.logprobs[x]) for r, loc in pairs for x in labels)
         assert worst < 0.05, f"{model or 'base'}: label log-probabilities differ by {worst}"
-        assert all(sum(r.scores.values()) == pytest.approx(1) for r in remote[model])
     moved = sum(
         abs(b.logprobs[x] - a.logprobs[x]) > 0.01
         for b, a in zip(remote[None], remote[adapter], strict=True)
         for x in labels[:1]
     )
     assert moved > 150  # the adapter was applied on vLLM, not silently dropped
+
+
+def test_twenty_concurrent_classifications_with_an_adapter_leave_vllm_healthy(
+    vllm: VllmServer, smollm2_adapter: Path
+) -> None:
+    tickets, labels = sample_tickets(20)
+    adapter = "kk_tickets-v902"
+    http = vllm.client()
+    try:
+        http.load_adapter(adapter, str(smollm2_adapter))
+        results = classify_all(http, tickets, labels, adapter, 20)
+        assert all(
+            r.label in labels and sum(r.scores.values()) == pytest.approx(1) for r in results
+        )
+        assert vllm.healthy()
+        after = http.chat(tickets[0], model=adapter, max_tokens=4, temperature=0)
+        assert after.usage.completion_tokens > 0
+    finally:
+        http.close()
 
 
 def test_a_vllm_too_old_for_safe_scoring_is_refused() -> None:
