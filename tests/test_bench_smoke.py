@@ -12,21 +12,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_import_bench_smoke() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "import_bench.py"), "--smoke"],
-        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``bench/<script> ARGS`` as a user runs it, from the project root (600 s: a hang guard)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
     )  # fmt: skip
+
+
+def test_import_bench_smoke() -> None:
+    proc = run_bench("import_bench.py", "--smoke")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "re-import" in proc.stdout
     assert "added 0" in proc.stdout
 
 
 def test_bot_ack_bench_smoke_runs_the_real_http_command() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bot_bench.py"), "--smoke"],
-        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
-    )  # fmt: skip
+    proc = run_bench("bot_bench.py", "--smoke")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "every request acked under 3 s: yes" in proc.stdout
     for row in ("| raw |", "| aiohttp |", "| httpx |", "| no-op ASGI app |", "| brandbot |"):
@@ -37,10 +39,7 @@ def test_bot_ack_bench_smoke_runs_the_real_http_command() -> None:
 
 def test_bot_ack_bench_smoke_on_postgres(postgres_server: object) -> None:
     """Its own throw-away cluster (the fixture fails in CI without the binaries)."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bot_bench.py"), "--smoke", "--postgres"],
-        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
-    )  # fmt: skip
+    proc = run_bench("bot_bench.py", "--smoke", "--postgres")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "every request acked under 3 s: yes" in proc.stdout
     assert "The apps (PostgreSQL, client" in proc.stdout
@@ -58,10 +57,7 @@ def test_bot_ack_bench_writes_a_section_per_database() -> None:
 
 def test_collect_bench_smoke_on_postgres(postgres_server: object) -> None:
     """Needs the PostgreSQL binaries (the fixture fails in CI without them)."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "collect_bench.py"), "--smoke"],
-        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
-    )  # fmt: skip
+    proc = run_bench("collect_bench.py", "--smoke")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "exactly the expected examples: yes" in proc.stdout
     assert "into a dataset of 200 examples" in proc.stdout
@@ -71,11 +67,7 @@ def test_collect_bench_smoke_on_postgres(postgres_server: object) -> None:
 
 
 def test_quality_bench_smoke() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "quality_bench.py"), "--smoke", "--seeds", "2",
-         "--per-intent", "3"],
-        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
-    )  # fmt: skip
+    proc = run_bench("quality_bench.py", "--smoke", "--seeds", "2", "--per-intent", "3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "per-label F1" in proc.stdout and "tuned (clinc_banking-v1)" in proc.stdout
     assert "seed 1: CLINC150 banking, 3 intents: 9 train / 15 test queries" in proc.stdout
@@ -83,10 +75,7 @@ def test_quality_bench_smoke() -> None:
 
 
 def test_eval_bench_smoke_a_batch_per_model_drafts_as_one_mixed_batch() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "eval_bench.py"), "--smoke", "--compare"],
-        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
-    )  # fmt: skip
+    proc = run_bench("eval_bench.py", "--smoke", "--compare")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "same drafts mixed as in a batch per model: yes" in proc.stdout
     assert "| drafts: base, then adapter (a batch each) |" in proc.stdout
@@ -162,11 +151,7 @@ def test_train_bench_smoke_on_both_data_sets_with_provenance() -> None:
     """The training bench's --smoke mode: a tiny model on both data sets, with the matmul peak
     and the provenance lines; TRL's side too where TRL is installed (it is not in the test
     environment: it takes minutes even on the tiny model)."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "train_bench.py"), "--smoke", "--repeats", "1",
-         "--examples", "12"],
-        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
-    )  # fmt: skip
+    proc = run_bench("train_bench.py", "--smoke", "--repeats", "1", "--examples", "12")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| brand | brandbot trainer |" in proc.stdout
     assert "| oneline | brandbot trainer |" in proc.stdout
