@@ -16,6 +16,7 @@ import time
 import torch
 
 from serving.engine.core import Seq
+from serving.engine.cpu_pack import threads_for_rows
 from serving.engine.kv_cache import (
     Cache,
     PromptKV,
@@ -205,7 +206,8 @@ class Batching(LoraSlots):
         self._mask = torch.cat([self._mask, self._mask.new_ones((batch, 1))], dim=1)
         positions = (self._mask.sum(-1, keepdim=True) - 1).cpu()
         adapters = [s.adapter for s in self._active]
-        logits = self._step_forward(last, self._mask, positions, self._cache, adapters)
+        with threads_for_rows(batch, self.packed_linears > 0):
+            logits = self._step_forward(last, self._mask, positions, self._cache, adapters)
         self._sample_and_emit(logits[:, -1, :], range(batch))
 
     def _step_forward(

@@ -7,7 +7,9 @@ works the same with or without it.
 
 from __future__ import annotations
 
+import contextlib
 import types
+from collections.abc import Iterator
 
 import torch
 
@@ -58,3 +60,22 @@ def pack_linears(model: torch.nn.Module, batch_hint: int = PACK_HINT) -> int:
             module.forward = types.MethodType(_packed_linear_forward, module)  # type: ignore[method-assign]
             count += 1
     return count
+
+
+@contextlib.contextmanager
+def threads_for_rows(rows: int, enabled: bool) -> Iterator[None]:
+    """Run a one-row decode step on one thread (``enabled``: the CPU fast path is on).
+
+    A single sequence's step is a chain of small matrix-vector products: splitting each across
+    threads costs more in fork/join than it saves, and the second thread takes the core the
+    server's own threads (HTTP, streaming) need. Batches of several rows keep every thread.
+    """
+    if not enabled or rows != 1 or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -49,6 +49,35 @@ def test_batched_generation_equals_one_at_a_time(engine: LocalEngine) -> None:
             assert len(a.top) == 3
 
 
+def test_one_row_decode_steps_run_on_one_thread(tiny_model_dir: Path) -> None:
+    """A lone sequence decodes on one thread; prefills and batched steps keep them all, and
+    the engine's thread count is back afterwards."""
+    before = torch.get_num_threads()
+    steps: list[tuple[tuple[int, int], int]] = []
+    try:
+        with LocalEngine(tiny_model_dir, served_name=SERVED, threads=2) as eng:
+            assert eng.packed_linears > 0  # the CPU fast path the switch belongs to
+
+            def record(_m: object, _a: object, kwargs: dict[str, torch.Tensor]) -> None:
+                steps.append((tuple(kwargs["input_ids"].shape), torch.get_num_threads()))
+
+            eng._base.register_forward_pre_hook(record, with_kwargs=True)
+            eng.chat(prompt(1), GREEDY).result()
+            eng.run(lambda: steps.append(((0, 0), torch.get_num_threads())))
+            handles = [eng.chat(prompt(i), GREEDY) for i in range(4)]
+            for h in handles:
+                h.result()
+    finally:
+        torch.set_num_threads(before)
+    one_row = [t for shape, t in steps if shape == (1, 1)]
+    batched = [t for shape, t in steps if shape[0] > 1 and shape[1] == 1]
+    prefills = [t for shape, t in steps if shape[1] > 1]
+    assert one_row and batched and prefills
+    assert set(one_row) == {1}
+    assert set(batched) == set(prefills) == {2}
+    assert ((0, 0), 2) in steps  # restored between steps
+
+
 def test_staggered_requests_share_decode_steps(engine: LocalEngine) -> None:
     params = SamplingParams(max_tokens=200, temperature=0.8, seed=3, ignore_eos=True)
     engine.metrics.reset_peak()
