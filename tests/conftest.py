@@ -298,3 +298,17 @@ def db(db_url: str) -> Iterator[Database]:
     database.upgrade()
     yield database
     database.dispose()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """With ``BRANDBOT_TEST_TIMELINE=DIR``, each worker appends when each test started and
+    ended to DIR/<worker>.jsonl: where a run's wall time goes, not just its slowest tests."""
+    out = os.environ.get("BRANDBOT_TEST_TIMELINE")
+    began = time.time()
+    yield
+    if out:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        line = json.dumps({"test": item.nodeid, "start": began, "end": time.time()})
+        with open(Path(out) / f"{worker}.jsonl", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
