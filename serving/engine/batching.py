@@ -27,6 +27,7 @@ from serving.engine.kv_cache import (
     shared_length,
     slots,
 )
+from serving.engine.lean_decode import LeanDecoder
 from serving.engine.loras import LoraSlots
 from serving.inference_types import (
     BASE,
@@ -220,13 +221,28 @@ class Batching(LoraSlots):
     ) -> torch.Tensor:
         """A prefill or decode step's forward pass, last logits only. A batch whose rows all
         use one adapter runs it as merged weights (``_merged_adapter``: no per-row LoRA work);
-        a batch of several adapters takes peft's per-row path."""
+        a batch of several adapters takes peft's per-row path. A decode step of rows that all
+        run as the base model takes the lean step when the CPU fast path has one."""
         first = adapters[0]
         if first != BASE and all(a == first for a in adapters):
             with self._merged_adapter(first) as run_as:
-                return self._forward(
-                    ids, mask, positions, cache, [run_as] * len(adapters), True, quick_base=True
-                )
+                return self._run_step(ids, mask, positions, cache, [run_as] * len(adapters))
+        return self._run_step(ids, mask, positions, cache, adapters)
+
+    def _run_step(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Cache,
+        adapters: list[str],
+    ) -> torch.Tensor:
+        if self._lean_stale:
+            self._lean = LeanDecoder.build(self._base)
+            self._lean_stale = False
+        if self._lean is not None and ids.shape[1] == 1 and all(a == BASE for a in adapters):
+            with torch.inference_mode():
+                return self._lean.step(ids, mask, positions, cache)
         return self._forward(ids, mask, positions, cache, adapters, True, quick_base=True)
 
     def _sample_and_emit(self, logits: torch.Tensor, rows: range) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from serving.engine.kv_cache import Cache, Prefix, PromptKV
+from serving.engine.lean_decode import LeanDecoder
 from serving.engine.metrics import EngineMetrics
 from serving.inference_types import BASE, GenerationHandle, SamplingParams, TokenLogprob
 
@@ -76,6 +77,8 @@ class EngineCore:
     _unmergeable: set[str]
     prefix_caching: bool
     _prompt_kv: dict[str, PromptKV]  # peft adapter name -> its last generated prompt
+    _lean: LeanDecoder | None  # the CPU fast path's decode step, when the model allows it
+    _lean_stale: bool  # peft changed the model's modules since ``_lean`` was built
 
     def _forward(
         self,

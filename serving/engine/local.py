@@ -149,6 +149,8 @@ class LocalEngine(Batching, Scoring):
         self._merged: dict[str, list[tuple[torch.nn.Linear, torch.Tensor]]] = {}
         self._unmergeable: set[str] = set()
         self._tuner_layers = None
+        self._lean = None
+        self._lean_stale = self.packed_linears > 0
         self._thread = threading.Thread(target=self._loop, name="brandbot-engine", daemon=True)
         self._thread.start()
         _live_engines.add(self)

@@ -86,6 +86,7 @@ class LoraSlots(EngineCore):
         self._serial += 1
         internal = f"lora{self._serial}"
         self._tuner_layers = None  # peft adds LoRA layers (even if the load then fails)
+        self._lean_stale = self.packed_linears > 0
         try:
             if self._peft is None:
                 from peft import PeftModel
@@ -109,6 +110,7 @@ class LoraSlots(EngineCore):
         internal = self._internal.pop(name)
         self.adapters.pop(name)
         self._tuner_layers = None
+        self._lean_stale = self.packed_linears > 0
         self._prefixes.pop(internal, None)
         self._prompt_kv.pop(internal, None)
         self._merged.pop(internal, None)

@@ -58,10 +58,11 @@ def test_one_row_decode_steps_run_on_one_thread(tiny_model_dir: Path) -> None:
         with LocalEngine(tiny_model_dir, served_name=SERVED, threads=2) as eng:
             assert eng.packed_linears > 0  # the CPU fast path the switch belongs to
 
-            def record(_m: object, _a: object, kwargs: dict[str, torch.Tensor]) -> None:
-                steps.append((tuple(kwargs["input_ids"].shape), torch.get_num_threads()))
+            def record(_m: object, args: tuple[torch.Tensor, ...]) -> None:
+                steps.append((tuple(args[0].shape), torch.get_num_threads()))
 
-            eng._base.register_forward_pre_hook(record, with_kwargs=True)
+            # every step embeds its ids, through transformers' forward or the lean step
+            eng._base.model.embed_tokens.register_forward_pre_hook(record)
             eng.chat(prompt(1), GREEDY).result()
             eng.run(lambda: steps.append(((0, 0), torch.get_num_threads())))
             handles = [eng.chat(prompt(i), GREEDY) for i in range(4)]
