@@ -90,7 +90,8 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ).stdout.strip()  # fmt: skip
     _link_torch(Path(purelib))
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", f"{wheel}[{bot_image_extras()}]"],
+        # --no-compile: the run imports a fraction of what pip would byte-compile up front
+        [str(python), "-m", "pip", "install", "-q", "--no-compile", f"{wheel}[{bot_image_extras()}]"],
         capture_output=True, text=True, timeout=1200, env=_clean_env(),
     )  # fmt: skip
     if install.returncode != 0:
