@@ -8,6 +8,7 @@ training, evaluation and label scoring), in one run.
                                              # seed: mean, standard deviation and range
     python bench/quality_bench.py --seeds 10 --per-intent 10   # 10 train queries per intent
     python bench/quality_bench.py --smoke    # a tiny random model, 3 intents x 5 queries (CI)
+    python bench/quality_bench.py --seeds 10 --write   # also write the doc's section (clean tree)
 
 With ``--seeds N`` run ``s`` (0..N-1) trains on ``--per-intent`` train queries of each intent
 drawn with seed ``s`` (all 30 by default, then only their order and the training seed differ)
@@ -30,6 +31,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import harness  # noqa: E402
+
 DATA = ROOT / "bench" / "data" / "clinc150_banking10.jsonl"
 Row = tuple[str, str, str]  # split, query, label
 SYSTEM = "Classify the customer's banking question. Answer with exactly one of: {labels}."
@@ -124,26 +130,117 @@ def run_once(
 
 
 def show_run(labels: list[str], rows: list[Row], run: dict[str, Any], seed: int) -> float:
-    """Print one run's table; returns the tuned s/ticket."""
+    """Print one run's table as it finishes; returns the tuned s/ticket."""
     base, tuned, hyper = run["metrics"]["base"], run["metrics"]["new"], run["hyper"]
     tests = sum(1 for r in rows if r[0] == "test")
     before, after = run["load"]
     print(f"seed {seed}: CLINC150 banking, {len(labels)} intents: {len(rows) - tests} train / "
           f"{tests} test queries; whole run {run['elapsed']:.0f} s; load average {before:.1f} at "
           f"the start, {after:.1f} at the end (s/ticket is CPU time-sensitive)")  # fmt: skip
-    shown = ("epochs", "learning_rate", "rank", "alpha", "target_modules", "seed")
-    print("training: " + ", ".join(f"{k} {hyper[k]}" for k in shown if k in hyper))
+    print("training: " + ", ".join(f"{k} {hyper[k]}" for k in HYPER if k in hyper))
     print(f"{'model':<26} {'accuracy':>9} {'macro-F1':>9} {'invalid':>8} {'s/ticket':>9}")
     for name, m in (("base (zero-shot)", base), (f"tuned ({tuned['name']})", tuned)):
-        per = m["seconds"] / max(1, m["examples"])
         print(f"{name:<26} {m['accuracy']:9.3f} {m['macro_f1']:9.3f} {m['invalid_rate']:8.3f} "
-              f"{per:9.3f}")  # fmt: skip
+              f"{per_ticket(m):9.3f}")  # fmt: skip
     print("per-label F1 (base -> tuned):")
     for label in labels:
-        b = base["per_label"].get(label, {}).get("f1", 0.0)
-        t = tuned["per_label"].get(label, {}).get("f1", 0.0)
-        print(f"  {label:<16} {b:.2f} -> {t:.2f}")
-    return float(tuned["seconds"] / max(1, tuned["examples"]))
+        print(f"  {label:<16} {label_f1(base, label):.2f} -> {label_f1(tuned, label):.2f}")
+    return per_ticket(tuned)
+
+
+HYPER = ("epochs", "learning_rate", "rank", "alpha", "target_modules")
+
+
+def per_ticket(m: dict[str, Any]) -> float:
+    return float(m["seconds"]) / max(1, int(m["examples"]))
+
+
+def label_f1(m: dict[str, Any], label: str) -> float:
+    return float(m["per_label"].get(label, {}).get("f1", 0.0))
+
+
+def verdict(f1s: list[float], per_ticket_s: list[float]) -> tuple[bool, str]:
+    """The bar on the mean over seeds, not on a lucky one: (met, the line that says so)."""
+    mean, median = statistics.fmean(f1s), statistics.median(per_ticket_s)
+    met = mean > BAR_F1 and median < BAR_SECONDS
+    return met, (
+        f"bar (mean tuned macro-F1 > {BAR_F1}, < {BAR_SECONDS} s per ticket): "
+        f"{'met' if met else 'NOT met'}"
+    )
+
+
+BAR_F1, BAR_SECONDS = 0.9, 0.3
+
+
+def report(
+    labels: list[str], per_intent: int, runs: list[dict[str, Any]], defaults: bool
+) -> list[str]:
+    """The doc's tables: one row per seed, then the mean and spread, then per-label F1."""
+    tests = int(runs[0]["metrics"]["new"]["examples"])
+    lines = [
+        f"{len(runs)} seed(s), {per_intent} train queries per intent (seed s draws the subset "
+        f"and seeds the training), the same {tests} test queries each time:",
+        "",
+        "| seed | base accuracy | base macro-F1 | tuned accuracy | tuned macro-F1 | tuned invalid "
+        "| s/ticket base / tuned | whole run, s | load average start / end |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for seed, run in enumerate(runs):
+        base, tuned = run["metrics"]["base"], run["metrics"]["new"]
+        lines.append(
+            f"| {seed} | {base['accuracy']:.3f} | {base['macro_f1']:.3f} | "
+            f"{tuned['accuracy']:.3f} | {tuned['macro_f1']:.3f} | {tuned['invalid_rate']:.3f} | "
+            f"{per_ticket(base):.3f} / {per_ticket(tuned):.3f} | {run['elapsed']:.0f} | "
+            f"{run['load'][0]:.1f} / {run['load'][1]:.1f} |"
+        )
+    f1s = [float(r["metrics"]["new"]["macro_f1"]) for r in runs]
+    base_f1s = [float(r["metrics"]["base"]["macro_f1"]) for r in runs]
+    seconds = [per_ticket(r["metrics"]["new"]) for r in runs]
+    sd = statistics.stdev(f1s) if len(f1s) > 1 else 0.0
+    lines += [
+        "",
+        f"tuned macro-F1 over {len(f1s)} seed(s), {per_intent} train queries per intent: "
+        f"mean {statistics.fmean(f1s):.3f}, sd {sd:.3f}, range {min(f1s):.3f}-{max(f1s):.3f} "
+        f"(standard error of the mean {sd / len(f1s) ** 0.5:.3f}); base (zero-shot) mean "
+        f"{statistics.fmean(base_f1s):.3f}; tuned s/ticket median {statistics.median(seconds):.3f}",
+        "",
+        verdict(f1s, seconds)[1],
+        "",
+        "per-label F1, mean over the seeds (base -> tuned): "
+        + ", ".join(
+            f"{label} {statistics.fmean(label_f1(r['metrics']['base'], label) for r in runs):.2f}"
+            f" -> {statistics.fmean(label_f1(r['metrics']['new'], label) for r in runs):.2f}"
+            for label in labels
+        ),
+    ]
+    hyper = runs[0]["hyper"]
+    which = "training (the product's classify defaults)" if defaults else "training"
+    lines.append(f"\n{which}: " + ", ".join(f"{k} {hyper[k]}" for k in HYPER if k in hyper))
+    return lines
+
+
+def title(per_intent: int) -> str:
+    """The doc section a run writes: the full train set and the small one are separate."""
+    if per_intent == 30:
+        return TITLE
+    return f"{TITLE[:-1]}, {per_intent} train queries per intent)"
+
+
+TITLE = "Quality on public data (CLINC150, 10 banking intents)"
+DOC_INTRO = [
+    "The first 10 intents of CLINC150's `banking` domain, 30 train and 30 test queries each",
+    "(`bench/data/`, CC-BY-3.0, attribution in its README). The base model zero-shot (the system",
+    "prompt lists the labels) against the adapter brandbot trains, both through the product's own",
+    "path: the worker trains with the product's classify defaults (`trainer/config.py`),",
+    "evaluates on the 300 test queries and scores labels with the local engine in process. Each",
+    "seed draws the train subset and seeds the training; the test queries are only scored, never",
+    "used to choose settings. Bar: mean tuned macro-F1 over the seeds above 0.9, median under",
+    "0.3 s per ticket (s/ticket is wall time, so it moves with the machine's load).",
+    "",
+    "    .venv/bin/python bench/quality_bench.py --seeds 10 --write",
+    "    .venv/bin/python bench/quality_bench.py --seeds 10 --per-intent 10 --write",
+    "    # --smoke: a tiny random model (CI); --epochs N overrides the product default",
+]
 
 
 def main() -> int:
@@ -160,24 +257,39 @@ def main() -> int:
         "--keep", type=Path, default=None, metavar="DIR",
         help="put the data folders (database, adapter) in DIR and keep them, e.g. to profile",
     )  # fmt: skip
+    parser.add_argument(
+        "--write", action="store_true",
+        help="write the section of docs/benchmarks.md (clean tree; not with --smoke or --epochs)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.write and (args.smoke or args.epochs is not None or args.seeds < 3):
+        parser.error("--write records the product's defaults over at least 3 seeds: drop "
+                     "--smoke and --epochs, and give --seeds 3 or more")  # fmt: skip
+    if args.write:
+        harness.require_clean_tree()
+    section = harness.Section(title(args.per_intent), threads=torch_threads())
     labels, rows = load(args.smoke)
-    f1s, per_ticket = [], []
+    runs, per_ticket_s = [], []
     for seed in range(args.seeds):
         chosen = subset(rows, args.per_intent, seed)
         run = run_once(labels, chosen, seed, args)
-        per_ticket.append(show_run(labels, chosen, run, seed))
-        f1s.append(float(run["metrics"]["new"]["macro_f1"]))
-    mean = statistics.fmean(f1s)
-    sd = statistics.stdev(f1s) if len(f1s) > 1 else 0.0
-    print(f"tuned macro-F1 over {len(f1s)} seed(s), {args.per_intent} train queries per intent: "
-          f"mean {mean:.3f}, sd {sd:.3f}, range {min(f1s):.3f}-{max(f1s):.3f}; "
-          f"s/ticket median {statistics.median(per_ticket):.3f}")  # fmt: skip
-    met = mean > 0.9 and statistics.median(per_ticket) < 0.3
-    print(f"bar (mean tuned macro-F1 > 0.9, < 0.3 s per ticket): {'met' if met else 'NOT met'}")
+        per_ticket_s.append(show_run(labels, chosen, run, seed))
+        runs.append(run)
+    section.finish()
+    defaults = args.epochs is None and not args.smoke
+    lines = [*report(labels, args.per_intent, runs, defaults), "", *section.provenance_lines()]
+    print("\n" + "\n".join(lines))
+    if args.write:
+        harness.write_section(section.title, [*DOC_INTRO, "", *lines])
+    met, _ = verdict([float(r["metrics"]["new"]["macro_f1"]) for r in runs], per_ticket_s)
     return 0 if (met or args.smoke) else 1
 
 
+def torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())
