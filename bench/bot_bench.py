@@ -149,18 +149,38 @@ def start(
         prefix=f"brandbot-bench-{kind}-", suffix=".log", delete=False
     )
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    _LOGS[proc.pid] = Path(log.name)
+    log.close()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = Path(log.name).read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{kind} server exited: {tail}")
+            raise RuntimeError(f"{kind} server exited (its log: {log.name}): {tail}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return proc
         except OSError:
             time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(f"{kind} server did not start")
+    raise RuntimeError(f"{kind} server did not start (its log: {log.name})")
+
+
+_LOGS: dict[int, Path] = {}
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Stop a server from :func:`start`; its log file is removed unless it exited on its own
+    with an error (then the path is printed, to read why)."""
+    crashed = proc.poll() not in (None, 0)
+    if not crashed:
+        proc.terminate()
+        proc.wait(timeout=timeout)
+    log = _LOGS.pop(proc.pid, None)
+    if log is not None:
+        if crashed:
+            print(f"server exited with status {proc.returncode}; its log: {log}")
+        else:
+            log.unlink(missing_ok=True)
 
 
 # --- the load generator (runs in a process of its own) ---------------------------------------
@@ -403,8 +423,7 @@ def run(args: argparse.Namespace) -> int:
             )
         finally:
             for proc, _ in servers.values():
-                proc.terminate()
-                proc.wait(timeout=10)
+                stop(proc, timeout=10)
     section.finish()
     lines = report(n, rounds, client, by_client, by_app, args.database_url)
     lines += ["", f"run order: {' '.join(client_order)} | {' '.join(app_order)}",

@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import harness  # noqa: E402
-from bench.bot_bench import SECRET, free_port, start  # noqa: E402
+from bench.bot_bench import SECRET, free_port, start, stop  # noqa: E402
 from bot.storage import Database  # noqa: E402
 from bot.storage.models import Example  # noqa: E402
 from bot.testkit import payloads  # noqa: E402
@@ -213,8 +213,7 @@ def one_round(setup: Setup, kind: str, workers: int = 1) -> dict[str, Any]:
                      setup.warm_up)
         )  # fmt: skip
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
     if kind == "ours":
         examples = count_examples(env["BRANDBOT_DATABASE_URL"])
     rates = windows(done, setup.window)
