@@ -55,11 +55,17 @@ def env_versions(python: str, packages: tuple[str, ...]) -> dict[str, str]:
     return data
 
 
+#: written by the benchmarks themselves: a change there does not change what is measured, and
+#: ``make bench`` runs one bench after another, each writing its section
+RESULTS = "docs/benchmarks.md"
+
+
 def commit(root: Path = ROOT) -> tuple[str, bool]:
-    """``git rev-parse HEAD`` of the checkout at ``root`` and whether its tracked files have
-    changes (a checkout git cannot read counts as changed)."""
+    """``git rev-parse HEAD`` of the checkout at ``root`` and whether its tracked files other
+    than :data:`RESULTS` have changes (a checkout git cannot read counts as changed)."""
     sha = _git(root, "rev-parse", "HEAD") or "unknown"
-    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".",
+                  f":(exclude){RESULTS}")  # fmt: skip
     return sha, status is None or bool(status)
 
 

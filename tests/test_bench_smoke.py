@@ -131,6 +131,12 @@ def test_harness_refuses_to_write_from_a_tree_with_uncommitted_changes(tmp_path:
     (repo / "untracked.txt").write_text("not part of the commit\n")
     sha = require_clean_tree(repo)  # untracked files do not change what was measured
     assert len(sha) == 40
+    (repo / "docs").mkdir()
+    (repo / "docs" / "benchmarks.md").write_text("# B\n")
+    _git(repo, "add", "docs")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "doc")
+    (repo / "docs" / "benchmarks.md").write_text("# B\n\n## A section a bench wrote\n")
+    assert require_clean_tree(repo) != sha  # the benches' own output: the next bench may write
     (repo / "a.txt").write_text("two\n")
     with pytest.raises(DirtyTree, match="uncommitted changes"):
         require_clean_tree(repo)
