@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel
@@ -238,15 +239,27 @@ class Context:
     def respond(
         self, text: str, *, buttons: Sequence[Button] = (), replace_original: bool = False
     ) -> None:
-        """Answer the person who ran the command or pressed the button, privately."""
+        """Answer the person who ran the command or pressed the button, privately.
+
+        The answer is sent once this handler's transaction has committed (an
+        :meth:`after_commit` call), never for one that rolled back: nobody reads "Posted" or
+        "Saved" of a change that did not happen; the failure's apology comes instead. Answers
+        keep their order and go out before the handler's queued jobs start.
+        """
         event = self.event
         url = getattr(event, "response_url", None)
+        send: Callable[[], Any]
         if url:
-            self.chat.respond(url, text, buttons=buttons, replace_original=replace_original)
+            send = partial(
+                self.chat.respond, url, text, buttons=buttons, replace_original=replace_original
+            )
         elif isinstance(event, Event) and event.channel_id:
-            self.chat.ephemeral(event.channel_id, event.user_id, text, buttons=buttons)
+            send = partial(
+                self.chat.ephemeral, event.channel_id, event.user_id, text, buttons=buttons
+            )
         else:
             raise ValueError("this event has nobody to respond to")
+        self.after_commit(send)
 
     def submit_after_commit(
         self, fn: Callable[..., Any], *args: Any, name: str | None = None

@@ -300,23 +300,26 @@ class Runtime:
         return done
 
     def _run_after_commit(self, contexts: list[Context]) -> None:
-        """Queue the contexts' jobs and make their after-commit calls. A job the full queue
-        refuses is logged and skipped (the rest still run); the first such Busy is raised at
-        the end, so the person who asked hears that it did not start."""
+        """Make the contexts' after-commit calls (answers, notices), then queue their jobs: a
+        job that later replaces an answer finds it sent. A job the full queue refuses is
+        logged and skipped (the rest still run); the first such Busy is raised at the end, so
+        the person who asked hears that it did not start."""
         refused: Busy | None = None
         for ctx in contexts:
+            for then, args in ctx._calls_after_commit:
+                try:
+                    then(*args)
+                except Exception:
+                    name = getattr(then, "__qualname__", None) or getattr(
+                        getattr(then, "func", None), "__qualname__", repr(then)
+                    )
+                    error_id = uuid.uuid4().hex[:8]
+                    log.exception("after-commit call %s failed", name, extra={"error_id": error_id})
             for fn, args, name in ctx._after_commit:
                 try:
                     self.services.jobs.submit(fn, *args, name=name)
                 except Busy as exc:
                     refused = refused or exc
-            for then, args in ctx._calls_after_commit:
-                try:
-                    then(*args)
-                except Exception:
-                    name = getattr(then, "__qualname__", repr(then))
-                    error_id = uuid.uuid4().hex[:8]
-                    log.exception("after-commit call %s failed", name, extra={"error_id": error_id})
         if refused is not None:
             raise refused
 

@@ -387,3 +387,44 @@ def test_a_batch_is_answered_once_committed_and_before_its_after_commit_calls(
         assert BatchTeller.told == [["U0ONE", "U0TWO"]]
     finally:
         db.dispose()
+
+
+class Poster(Plugin):
+    """Answers "Posted" and then its transaction fails to commit (a row it adds collides)."""
+
+    @command("/post")
+    def post(self, event: CommandEvent, ctx: Context) -> None:
+        ctx.respond("Posted in #brand")
+        ctx.submit_after_commit(Poster.follow_up, ctx.services, name="poster.follow_up")
+        ctx.respond("A second line")
+        if event.text == "collide":
+            ctx.session.add(ProcessedEvent(event_id="taken", kind="x"))  # fails at the commit
+
+    @staticmethod
+    def follow_up(services: Services) -> None:
+        services.chat.respond("http://resp/1", "replaced by the job", replace_original=True)
+
+
+def test_an_answer_is_sent_only_once_its_transaction_committed(db_url: str) -> None:
+    """Nobody reads "Posted" of a change that rolled back: ``Context.respond`` waits for the
+    commit, and the handler's answers go out before its queued jobs start (a job that replaces
+    the answer must find it there)."""
+    db, runtime = runtime_over(db_url, Poster)
+    chat = runtime.services.chat
+    assert isinstance(chat, RecordingChat)
+    try:
+        with db.session() as s:
+            s.add(ProcessedEvent(event_id="taken", kind="x"))
+        replies: list[str] = []
+        event = cmd("collide", command_name="/post")
+        runtime.handle_reporting(event, replies.append)
+        assert replies and replies[0].startswith("Sorry, something went wrong")
+        assert chat.of("respond") == []  # not "Posted": nothing was committed
+        assert runtime.handle(cmd("", command_name="/post")).outcome is Outcome.HANDLED
+        assert runtime.services.jobs.wait_idle()
+        assert [c["text"] for c in chat.of("respond")] == [
+            "Posted in #brand", "A second line", "replaced by the job",
+        ]  # fmt: skip
+    finally:
+        runtime.services.jobs.shutdown()
+        db.dispose()
