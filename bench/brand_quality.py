@@ -23,7 +23,8 @@ def quality(args: argparse.Namespace) -> None:
 
     model_dir, name = model_for(args)
     system = system_prompt()
-    train, heldout = [], []
+    train: list[TrainExample] = []
+    heldout: list[TrainExample] = []
     for index, (brief, answer) in enumerate(sample_pairs()):
         (heldout if is_heldout(index) else train).append(TrainExample(system, brief, answer))
     out = Path(tempfile.mkdtemp(prefix="bb-quality-")) / "kk_copy-v1"

@@ -79,7 +79,8 @@ def stage_from(
     assert prepared is not None, "too few pairs for the stage"
     model = load_lora_model(base, config)
     loaded = set_peft_model_state_dict(model, load_file(sft_dir / "adapter_model.safetensors"))
-    assert not loaded.unexpected_keys, loaded.unexpected_keys
+    unexpected = loaded.unexpected_keys  # type: ignore[attr-defined]  # torch's load result
+    assert not unexpected, unexpected
     stage = preference.train_preference(
         model, prepared, config, sft_losses=[], step_offset=0, total_steps=len(prepared.steps),
         progress=log_progress,

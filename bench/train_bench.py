@@ -114,7 +114,8 @@ def bench_data(
     """``n_train`` training pairs and the held-out pairs (neither they nor variations of them
     are trained on), under the brand's system prompt or a one-line one (``oneline``)."""
     system = system_prompt() if dataset == "brand" else ONE_LINE
-    train_src, heldout = [], []
+    train_src: list[tuple[str, str]] = []
+    heldout: list[tuple[str, str]] = []
     for index, (brief, answer) in enumerate(sample_pairs()):
         (heldout if is_heldout(index) else train_src).append((brief, answer))
     train: list[TrainExample] = []
