@@ -10,10 +10,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import pytest
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from tests.vllm.conftest import EarlyStart
 
 BRANDBOT = str(Path(sys.executable).parent / "brandbot")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -182,6 +184,16 @@ def _drop_cached(common: Any) -> None:
 def write_jsonl(path: Path, records: list[Any]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+def not_none(values: Iterable[T | None]) -> list[T]:
+    """``values`` as a list, each asserted to be set: nullable columns a test sorts or compares
+    where it expects every row to have one."""
+    out = []
+    for value in values:
+        assert value is not None
+        out.append(value)
+    return out
 
 
 def free_port() -> int:

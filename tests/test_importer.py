@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bot.importer import export_records, import_candidates, read_file
+from bot.importer import ImportResult, Rejected, export_records, import_candidates, read_file
 from bot.storage import Database
 from bot.storage.repositories import Audit, Datasets, Examples
 from tests.conftest import write_jsonl
@@ -17,7 +18,7 @@ LABELS = ["billing", "shipping"]
 
 
 @pytest.fixture
-def db(db_url: str) -> Database:
+def db(db_url: str) -> Iterator[Database]:
     database = Database(db_url)
     database.upgrade()
     with database.session() as s:
@@ -27,7 +28,7 @@ def db(db_url: str) -> Database:
     database.dispose()
 
 
-def pair(brief: str, post: str) -> dict[str, object]:
+def pair(brief: str, post: str) -> dict[str, list[dict[str, str]]]:
     return {
         "messages": [{"role": "user", "content": brief}, {"role": "assistant", "content": post}]
     }
@@ -43,7 +44,7 @@ def ticket(text: str, label: str, answer: str | None = None) -> dict[str, object
     }
 
 
-def do_import(db: Database, name: str, path: Path):  # type: ignore[no-untyped-def]
+def do_import(db: Database, name: str, path: Path) -> ImportResult:
     with db.session() as s:
         ds = Datasets(s).get(name)
         return import_candidates(s, ds, read_file(path, ds.task))
@@ -120,7 +121,8 @@ def test_csv_for_classify(db: Database, tmp_path: Path) -> None:
     assert [(r.line, "2 columns" in r.reason) for r in result.rejected] == [(3, True)]
     with db.session() as s:
         ds = Datasets(s).get("copy")
-        assert read_file(path, ds.task)[0].reason.startswith("CSV")  # type: ignore[union-attr]
+        first = read_file(path, ds.task)[0]
+        assert isinstance(first, Rejected) and first.reason.startswith("CSV")
 
 
 def test_same_text_keeps_its_split(db: Database, tmp_path: Path) -> None:
@@ -152,8 +154,7 @@ def test_export_round_trips_and_records_an_audit_entry(db: Database, tmp_path: P
     assert len(records) == 30
     assert records[0]["messages"][0] == {"role": "system", "content": "Be kind."}
     assert {r["messages"][-1]["content"] for r in records} == {
-        m["messages"][1]["content"]
-        for m in src  # type: ignore[index]
+        m["messages"][1]["content"] for m in src
     }
     assert [e.action for e in entries] == ["examples.import"]
     assert entries[0].details["added"] == 30
@@ -208,7 +209,7 @@ def test_a_large_import_goes_in_by_batches(db: Database, tmp_path: Path) -> None
     )  # fmt: skip
     statements: list[str] = []
 
-    def seen(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
         if statement.lstrip().upper().startswith("INSERT INTO EXAMPLES"):
             statements.append(statement)
 

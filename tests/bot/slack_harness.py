@@ -21,6 +21,7 @@ from bot.slack.chat import SlackChat
 from bot.storage import Database
 from bot.testkit.slack import FakeSlack
 from bot.web import Readiness, build_web_app
+from serving.client import InferenceClient
 from tests.conftest import free_port
 
 
@@ -44,7 +45,7 @@ def serve_bot(
     plugins: list[PluginEntry],
     config: dict[str, object] | None = None,
     admins: list[str] | None = None,
-    inference: object = None,
+    inference: InferenceClient | None = None,
     team_ids: list[str] | None = None,
     settings: dict[str, Any] | None = None,
     jobs: JobQueue | None = None,
@@ -61,7 +62,7 @@ def serve_bot(
         runtime, chat, bot_token=fake.bot_token, api_url=fake.api_url, signing_secret=secret,
         team_ids=team_ids or (),
     )  # fmt: skip
-    readiness = Readiness({"database": lambda: db.check_connection() or None})
+    readiness = Readiness({"database": db.check_connection})
     app = build_web_app(bridge, secret, readiness)
     port = free_port()
     server = uvicorn.Server(

@@ -8,14 +8,15 @@ import random
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Table, select
 
+from bot.briefs import write_brief
 from bot.collection import purge_ticket_text
 from bot.importer import import_candidates, parse_chat_record
-from bot.plugin import ReactionEvent
+from bot.plugin import Event, ReactionEvent
 from bot.plugin_loader import PluginEntry
 from bot.runtime import Outcome, Result
 from bot.storage import Database
@@ -25,9 +26,11 @@ from bot.testkit import payloads
 from bot.testkit.payloads import signed_post
 from bot.testkit.slack import FakeSlack, SlackError
 from plugins.admin import AdminPlugin
-from plugins.collect import CollectPlugin, write_brief
+from plugins.collect import CollectPlugin
 from plugins.help import HelpPlugin
+from serving.client import InferenceClient
 from tests.bot.slack_harness import Served, serve_bot
+from tests.conftest import not_none
 
 COPY, TICKETS, ELSEWHERE = "C0BRANDCPY", "C0SUPPORT1", "C0RANDOM01"
 MAYA, JONAS, PRIYA, TOM = "U0MAYA0001", "U0JONAS001", "U0PRIYA001", "U0TOM00001"
@@ -153,7 +156,7 @@ def test_brief_from_thread_parent_and_the_queued_brief_writer(env: Env) -> None:
             return type("R", (), {"text": "Say Earl Grey is back in stock\nextra line"})()
 
     services = env.bot.runtime.services
-    services.inference = Model()
+    services.inference = cast(InferenceClient, Model())  # duck-typed: only chat is called
     write_brief(services, pending.id)
     done = env.examples(message_ts=other)[0]
     assert (done.prompt, done.prompt_source) == ("Say Earl Grey is back in stock", "generated")
@@ -277,7 +280,7 @@ def test_held_out_text_never_enters_train(env: Env) -> None:
             "label": "billing",
         }
         import_candidates(s, ds, [parse_chat_record(record, "classify", 1)])
-        s.execute(Example.__table__.update().values(split="heldout"))
+        s.execute(cast(Table, Example.__table__).update().values(split="heldout"))
     ts = env.fake.add_message(TICKETS, text, user=PRIYA)
     env.react(TOM, "money", TICKETS, ts)
     slack_example = env.examples(message_ts=ts)[0]
@@ -362,7 +365,9 @@ def test_pii_scrubbing_is_configurable(
 ) -> None:
     fake_slack.add_user(MAYA, "maya")
     fake_slack.add_channel(COPY, "brand-copy", members=[fake_slack.bot_user_id, MAYA, PRIYA])
-    config = {"collect": {"keep_pii": ["email"], "extra_pii_patterns": {"order": r"KK-\d{5}"}}}
+    config: dict[str, object] = {
+        "collect": {"keep_pii": ["email"], "extra_pii_patterns": {"order": r"KK-\d{5}"}}
+    }
     with serve_bot(db, fake_slack, slack_signing_secret, PLUGINS, config) as served:
         env = Env(served, fake_slack, slack_signing_secret, db)
         ts = fake_slack.add_message(
@@ -506,10 +511,10 @@ def test_one_failing_event_in_a_batch_fails_alone_and_its_retry_succeeds(env: En
     with ThreadPoolExecutor(len(bodies)) as pool:
         statuses = list(pool.map(lambda b: env.post(b), bodies))
     assert statuses == [200] * 5 + [500]  # Slack retries only the event that failed
-    assert sorted(e.message_ts for e in env.examples()) == sorted(good)
+    assert sorted(not_none(e.message_ts for e in env.examples())) == sorted(good)
     env.fake.handle("conversations.replies", None)
     assert env.post(bodies[-1], retry_num=1) == 200
-    assert sorted(e.message_ts for e in env.examples()) == sorted([*good, bad])
+    assert sorted(not_none(e.message_ts for e in env.examples())) == sorted([*good, bad])
     assert env.post(bodies[0], retry_num=2) == 200  # a late retry of a done event adds nothing
     assert len(env.examples()) == 6
 
@@ -529,10 +534,10 @@ def test_concurrent_reactions_over_http_create_each_example_once(env: Env) -> No
         statuses = list(pool.map(lambda b: env.post(b), bodies))
     assert statuses == [200] * len(bodies)
     examples = env.examples()
-    assert sorted(e.message_ts for e in examples) == sorted(posts)
+    assert sorted(not_none(e.message_ts for e in examples)) == sorted(posts)
     with env.db.session() as s:
         adds = s.scalars(select(AuditEntry).where(AuditEntry.action == "example.add")).all()
-    assert sorted(a.example_id for a in adds) == sorted(e.id for e in examples)
+    assert sorted(not_none(a.example_id for a in adds)) == sorted(e.id for e in examples)
 
 
 def test_approver_groups_are_asked_once_per_batch(env: Env) -> None:
@@ -542,12 +547,12 @@ def test_approver_groups_are_asked_once_per_batch(env: Env) -> None:
     posts = [env.fake.add_message(COPY, text, user=PRIYA) for text in (
         POST, "Tasting evenings are back in Bristol on Friday.", "Hojicha is roasted green tea.",
     )]  # fmt: skip
-    events = [
+    events: list[Event] = [
         _reaction(JONAS, "white_check_mark", COPY, ts, f"EvG{i}") for i, ts in enumerate(posts)
     ]
     events.append(_reaction(MAYA, "white_check_mark", COPY, posts[0], "EvG9"))  # not in the group
     env.bot.runtime.handle_batch(events)
-    assert sorted(e.message_ts for e in env.examples()) == sorted(posts)
+    assert sorted(not_none(e.message_ts for e in env.examples())) == sorted(posts)
     assert len(env.fake.calls_for("usergroups.users.list")) == 1
     assert "Only the approvers of kk_copy can add examples with that." in env.ephemerals()
 

@@ -49,8 +49,8 @@ def test_home_shows_the_view_as_text_and_its_buttons_work(db: Database, tmp_path
         dataset = Datasets(s).list()[0]
         outcome = Gate(s).add(
             dataset, text=CONTRIBUTION, source="draft", actor=PRIYA, approved=False,
-            workspace="T0KETTLE", channel=(dataset.channels or [None])[0], ts="1700000000.000001",
-            author=PRIYA,
+            workspace="T0KETTLE", channel=dataset.channels[0] if dataset.channels else None,
+            ts="1700000000.000001", author=PRIYA,
         )  # fmt: skip
         assert outcome.status == "pending" and outcome.example_id is not None
         names = [d.name for d in Datasets(s).list()]

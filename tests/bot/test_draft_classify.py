@@ -199,7 +199,11 @@ def test_edit_modal_enforces_brand_rules_and_records_the_edit(
     assert signed_post(bot.events_url, slack_signing_secret, good).status_code == 200
     with db.session() as s:
         draft = s.scalars(select(Draft)).one()
-        assert draft.final_text == "Our tins are back, in sage green." and draft.edit_distance > 0
+        assert (
+            draft.final_text == "Our tins are back, in sage green."
+            and draft.edit_distance is not None
+            and draft.edit_distance > 0
+        )
 
 
 def test_draft_flags_rule_breaks_and_bad_input(
@@ -292,7 +296,8 @@ def test_tickets_are_classified_in_thread_and_corrections_become_examples(
     with db.session() as s:
         example = s.scalars(select(Example)).one()
         assert (example.label, example.source, example.task) == (wrong, "correction", "classify")
-        assert s.get(Prediction, prediction.id).status == "corrected"
+        stored = s.get(Prediction, prediction.id)
+        assert stored is not None and stored.status == "corrected"
 
 
 def test_classify_command(bot: Served, fake_slack: FakeSlack, slack_signing_secret: str) -> None:

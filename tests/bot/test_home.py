@@ -44,6 +44,7 @@ from bot.testkit.payloads import signed_post
 from bot.testkit.slack import Call, FakeSlack
 from plugins.home import HomePlugin
 from tests.bot.slack_harness import Served, serve_bot
+from tests.conftest import not_none
 
 MAYA, JONAS, PRIYA, TOM = "U0MAYA0001", "U0JONAS001", "U0PRIYA001", "U0TOM00001"
 PRIVATE = "G0SECRET01"
@@ -523,7 +524,7 @@ def test_approve_all_from_one_person_approves_what_the_view_counted_once(home: H
         decided = list(s.scalars(select(OutboxEvent).where(OutboxEvent.topic == "example.decided")))
         assert sorted(e.payload["example_id"] for e in decided) == sorted(priya)
         audited = s.scalars(select(AuditEntry.example_id).where(AuditEntry.actor == JONAS))
-        assert sorted(audited) == sorted(priya), "one audit entry per example"
+        assert sorted(not_none(audited)) == sorted(priya), "one audit entry per example"
     refreshed = home.next_view(JONAS, seen)
     assert headers(refreshed)[0] == "Waiting for you (3)"  # Sam's two and the later one
     assert [b["value"] for b in accessories(refreshed, "home_approve_all")] == [
@@ -640,10 +641,12 @@ def test_the_fake_shows_only_an_uploaded_shared_image(fake_slack: FakeSlack) -> 
     file = shared["files"][0]
     for good in ({"id": file["id"]}, {"url": file["url_private"]}, {"url": file["permalink"]}):
         assert client.views_publish(user_id=JONAS, view=home_with({"slack_file": good}))["ok"]
-    bad = [{"slack_file": {"id": "F0NOSUCH01"}}, {"slack_file": {"id": alone["files"][0]["id"]}},
-           {"slack_file": {"id": text["files"][0]["id"]}},
-           {"slack_file": {"id": file["id"], "url": file["url_private"]}},
-           {"slack_file": {"id": file["id"]}, "image_url": "https://example.com/a.png"}, {}]  # fmt: skip
+    bad: list[dict[str, Any]] = [
+        {"slack_file": {"id": "F0NOSUCH01"}}, {"slack_file": {"id": alone["files"][0]["id"]}},
+        {"slack_file": {"id": text["files"][0]["id"]}},
+        {"slack_file": {"id": file["id"], "url": file["url_private"]}},
+        {"slack_file": {"id": file["id"]}, "image_url": "https://example.com/a.png"}, {},
+    ]  # fmt: skip
     for source in bad:
         with pytest.raises(SlackApiError, match="invalid_arguments"):
             client.views_publish(user_id=JONAS, view=home_with(source))

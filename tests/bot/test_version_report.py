@@ -118,8 +118,8 @@ def test_suggested_replies_per_version(db: Database) -> None:
         s.add(run)
         s.flush()
         lines = build_report(s, run.id).lines
-        start = lines.index("Editing by adapter version (posted suggested replies, oldest first):")
-        assert lines[start + 1 : start + 3] == [
+        first = lines.index("Editing by adapter version (posted suggested replies, oldest first):")
+        assert lines[first + 1 : first + 3] == [
             "• `base` (active): 1 reply, too few replies to judge (fewer than 5).",
             "• `rv-v1`: 5 replies, revision rate 0.060, 60% posted unedited, median 3.0 min to post.",
         ]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bot.importer import import_candidates, read_file
+from bot.importer import Candidate, import_candidates, read_file
 from bot.reporting import build_report
 from bot.samples import sample_dir
 from bot.settings import Settings
@@ -88,7 +88,8 @@ def test_a_run_left_running_by_a_dead_worker_is_requeued(setup: tuple[Worker, Da
         run.status, run.worker_id = "running", "gone:1"
     assert worker.requeue_stale() == [run.id]
     with db.session() as s:
-        assert s.get(TrainingRun, run.id).status == "queued"
+        stored = s.get(TrainingRun, run.id)
+        assert stored is not None and stored.status == "queued"
 
 
 def test_the_report_is_posted_once_with_its_chart(
@@ -111,8 +112,10 @@ def test_the_report_is_posted_once_with_its_chart(
         Runs(s).enqueue(ds)
         small = Datasets(s).create("tiny", "draft", report_channel="C0REPORTS1")
         Runs(s).enqueue(small)
-    assert worker.run_once().status == "succeeded"  # type: ignore[union-attr]
-    assert worker.run_once().status == "failed"  # type: ignore[union-attr]
+    summary = worker.run_once()
+    assert summary is not None and summary.status == "succeeded"
+    summary = worker.run_once()
+    assert summary is not None and summary.status == "failed"
     with serve_bot(
         db, fake_slack, slack_signing_secret, [PluginEntry("report", ReportPlugin)]
     ) as bot:
@@ -210,7 +213,7 @@ def test_a_run_with_preference_pairs_trains_the_stage_and_records_its_metrics(
 
     worker, db = setup
     worker.config_overrides = {**FAST, "min_preference_pairs": 8, "preference_epochs": 1}
-    rows = [r for r in read_file(sample_dir() / "copy.jsonl", "draft") if hasattr(r, "prompt")]
+    rows = [r for r in read_file(sample_dir() / "copy.jsonl", "draft") if isinstance(r, Candidate)]
     with db.session() as s:
         ds = Datasets(s).create("kk_copy", "draft", system_prompt="Write for Kettle & Kite.")
         import_candidates(s, ds, rows[:24])

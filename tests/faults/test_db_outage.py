@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -99,7 +100,7 @@ def test_a_write_killed_midway_leaves_no_half_event(tmp_path: Path) -> None:
         "    spool.keep({'event_id': f'Ev{i}', 'event': {'type': 'message', 'text': 'x' * 4000}})\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([os.sys.executable, "-c", code, str(folder)], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list(folder.glob("*.json"))) < 50:
         time.sleep(0.02)

@@ -53,7 +53,7 @@ def test_one_row_decode_steps_run_on_one_thread(tiny_model_dir: Path) -> None:
     """A lone sequence decodes on one thread; prefills and batched steps keep them all, and
     the engine's thread count is back afterwards."""
     before = torch.get_num_threads()
-    steps: list[tuple[tuple[int, int], int]] = []
+    steps: list[tuple[tuple[int, ...], int]] = []
     try:
         with LocalEngine(tiny_model_dir, served_name=SERVED, threads=2) as eng:
             assert eng.packed_linears > 0  # the CPU fast path the switch belongs to
@@ -164,7 +164,10 @@ def test_adapters_resident_together_and_batched(
         mixed = {m: h.result() for m, h in handles.items()}
         for m in alone:
             assert alone[m].text == mixed[m].text
-        lp = {m: alone[m].logprobs[0].logprob for m in alone}  # type: ignore[index]
+        lp = {}
+        for m, out in alone.items():
+            assert out.logprobs is not None
+            lp[m] = out.logprobs[0].logprob
         assert len({round(v, 4) for v in lp.values()}) == 3  # three different models
     finally:
         engine.unload_adapter(first)

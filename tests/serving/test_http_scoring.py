@@ -131,7 +131,8 @@ def chatml(messages: list[dict[str, str]], generation_prompt: bool) -> list[int]
 
 
 def test_label_tokens_are_learned_once_per_label_set() -> None:
-    fake, paths = FakeVllm(), []
+    fake = FakeVllm()
+    paths: list[str] = []
     transport = fake_vllm_transport(fake, chatml, paths)
     client = HttpClient("http://vllm.test", transport=transport, retries=0)
     labels = list(LABEL_TOKENS)
@@ -154,7 +155,8 @@ def test_a_template_whose_answers_depend_on_the_chat_is_tokenized_every_time() -
             ids = [*ids[:-2], 16 + len(messages) % 4, *ids[-2:]]
         return ids
 
-    fake, paths = FakeVllm(), []
+    fake = FakeVllm()
+    paths: list[str] = []
     client = HttpClient(
         "http://vllm.test", transport=fake_vllm_transport(fake, numbered, paths), retries=0
     )

@@ -15,6 +15,7 @@ import importlib.util
 import re
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -133,7 +134,7 @@ def installed_closure(extras: set[str], others: list[str]) -> set[str]:
 
 
 @functools.cache
-def _distributions() -> dict[str, list[str]]:
+def _distributions() -> Mapping[str, list[str]]:
     return md.packages_distributions()
 
 

@@ -19,7 +19,8 @@ GREEDY = SamplingParams(max_tokens=10, temperature=0, logprobs=True, top_logprob
 
 
 def packed_model(model_dir: Path) -> Any:
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model.eval()
     assert pack_linears(model) > 0
     return model
 
@@ -98,7 +99,8 @@ def test_lean_step_is_the_base_model_under_lora_layers(tiny_model_dir: Path) -> 
 
 
 def test_build_refuses_unpacked_weights(tiny_model_dir: Path) -> None:
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    model.eval()
     assert LeanDecoder.build(model) is None
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import cast
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from serving.client import HttpClient, InferenceError, LocalClient
 from serving.engine import LocalEngine
@@ -16,6 +18,8 @@ from tests.serving.conftest import API_KEY, SERVED, unique_name
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 MESSAGES = [{"role": "user", "content": "Is this ticket about billing or a bug?"}]
+# The same list as the openai client types a chat (its message TypedDicts are plain dicts).
+OAI_MESSAGES = cast("list[ChatCompletionMessageParam]", MESSAGES)
 LABELS = ["billing", "bill", "bug", "other"]
 
 
@@ -31,7 +35,7 @@ def client(server_url: str) -> HttpClient:
 
 def test_openai_chat_completion(oai: openai.OpenAI) -> None:
     out = oai.chat.completions.create(
-        model=SERVED, messages=MESSAGES, max_tokens=8, temperature=0, logprobs=True,
+        model=SERVED, messages=OAI_MESSAGES, max_tokens=8, temperature=0, logprobs=True,
         top_logprobs=2,
     )  # fmt: skip
     choice = out.choices[0]
@@ -45,14 +49,14 @@ def test_openai_chat_completion(oai: openai.OpenAI) -> None:
 
 def test_openai_streaming(oai: openai.OpenAI, client: HttpClient) -> None:
     stream = oai.chat.completions.create(
-        model=SERVED, messages=MESSAGES, max_tokens=16, temperature=0, stream=True,
+        model=SERVED, messages=OAI_MESSAGES, max_tokens=16, temperature=0, stream=True,
         stream_options={"include_usage": True},
     )  # fmt: skip
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].usage is not None
     full = oai.chat.completions.create(
-        model=SERVED, messages=MESSAGES, max_tokens=16, temperature=0
+        model=SERVED, messages=OAI_MESSAGES, max_tokens=16, temperature=0
     )
     assert text == full.choices[0].message.content
     ours = "".join(client.stream_chat(MESSAGES, max_tokens=16, temperature=0))
@@ -61,14 +65,14 @@ def test_openai_streaming(oai: openai.OpenAI, client: HttpClient) -> None:
 
 def test_n_choices(oai: openai.OpenAI) -> None:
     out = oai.chat.completions.create(
-        model=SERVED, messages=MESSAGES, max_tokens=4, temperature=1.0, n=3
+        model=SERVED, messages=OAI_MESSAGES, max_tokens=4, temperature=1.0, n=3
     )
     assert [c.index for c in out.choices] == [0, 1, 2]
 
 
 def test_choice_constrained_answer(oai: openai.OpenAI, engine: LocalEngine) -> None:
     out = oai.chat.completions.create(
-        model=SERVED, messages=MESSAGES, max_tokens=8, temperature=0,
+        model=SERVED, messages=OAI_MESSAGES, max_tokens=8, temperature=0,
         extra_body={"structured_outputs": {"choice": LABELS}},
     )  # fmt: skip
     scores = engine.score_labels(MESSAGES, LABELS)
@@ -88,7 +92,7 @@ def test_classify_over_http_equals_in_process(client: HttpClient, engine: LocalE
 
 def test_unknown_model_is_404_listing_names(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as err:
-        oai.chat.completions.create(model="nope-v9", messages=MESSAGES, max_tokens=2)
+        oai.chat.completions.create(model="nope-v9", messages=OAI_MESSAGES, max_tokens=2)
     assert SERVED in str(err.value)
     assert err.value.status_code == 404
 
@@ -109,7 +113,7 @@ def test_malformed_request_names_the_field(server_url: str) -> None:
 
 
 def test_over_long_prompt_states_the_limit(oai: openai.OpenAI) -> None:
-    long = [{"role": "user", "content": "word " * 700}]
+    long: list[ChatCompletionMessageParam] = [{"role": "user", "content": "word " * 700}]
     with pytest.raises(openai.BadRequestError, match="512"):
         oai.chat.completions.create(model=SERVED, messages=long, max_tokens=2)
 
@@ -142,8 +146,10 @@ def test_adapter_lifecycle_over_http(
     client.load_adapter(name, str(good_adapter))
     try:
         listed = {m.id: m for m in oai.models.list().data}
-        assert listed[name].model_extra["parent"] == SERVED  # type: ignore[index]
-        assert listed[name].model_extra["root"] == str(good_adapter)  # type: ignore[index]
+        extra = listed[name].model_extra
+        assert extra is not None
+        assert extra["parent"] == SERVED
+        assert extra["root"] == str(good_adapter)
         with pytest.raises(InferenceError) as again:
             client.load_adapter(name, str(good_adapter))
         assert again.value.status == 400

@@ -12,6 +12,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.socket_mode import SocketModeClient
 from slack_sdk.socket_mode.aiohttp import SocketModeClient as AsyncSocketModeClient
+from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
+from slack_sdk.socket_mode.client import BaseSocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
@@ -36,7 +38,7 @@ def client(
     )
     lock = threading.Lock()
 
-    def listener(client: SocketModeClient, request: SocketModeRequest) -> None:
+    def listener(client: BaseSocketModeClient, request: SocketModeRequest) -> None:
         with lock:
             received.append(request)
         if request.type == "slash_commands":
@@ -139,11 +141,11 @@ def test_aiohttp_socket_mode_client(
         web = AsyncWebClient(base_url=fake_slack.api_url, token=fake_slack.bot_token)
         client = AsyncSocketModeClient(app_token=fake_slack.app_token, web_client=web)
 
-        async def listener(client: AsyncSocketModeClient, request: SocketModeRequest) -> None:
+        async def listener(client: AsyncBaseSocketModeClient, request: SocketModeRequest) -> None:
             answer = SocketModeResponse(envelope_id=request.envelope_id, payload={"text": "ok"})
             await client.send_socket_mode_response(answer)
 
-        client.socket_mode_request_listeners.append(listener)  # type: ignore[arg-type]
+        client.socket_mode_request_listeners.append(listener)
         await client.connect()
         try:
             loop = asyncio.get_running_loop()

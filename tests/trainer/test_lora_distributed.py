@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 from serving.adapters import lint_adapter
 from serving.base_model import read_fingerprint
 from tests.trainer.test_lora import sample_examples, small_config
-from trainer.lora import LaunchedTrainingFailed, latest_checkpoint, train_lora
+from trainer.checkpoints import latest_checkpoint
+from trainer.launch import LaunchedTrainingFailed
+from trainer.lora import train_lora
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 import torch
@@ -57,6 +58,13 @@ def pref_config(**overrides: object) -> TrainConfig:
     return small_config(**{**settings, **overrides})
 
 
+class Naming(TypedDict):
+    """The keyword arguments every ``train_lora`` call here shares."""
+
+    served_model_name: str
+    base_fingerprint: str
+
+
 @dataclasses.dataclass
 class Trained:
     sft: TrainResult
@@ -77,7 +85,7 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> T
     examples = all_examples()
     train, heldout = examples[:40], examples[60:]
     config = pref_config()
-    common = {"served_model_name": "tiny", "base_fingerprint": "f"}
+    common = Naming(served_model_name="tiny", base_fingerprint="f")
     sft = train_lora(tiny_model_dir, train, config, tmp / "sft", **common)
     calls: list[tuple[int, int, float]] = []
     pref = train_lora(
@@ -119,6 +127,7 @@ def test_the_stage_raises_heldout_preference_accuracy(trained: Trained) -> None:
     )
     assert pref.preference_accuracy >= sft.preference_accuracy + 0.2
     assert pref.preference_accuracy >= 0.9
+    assert sft.preference_margin is not None and pref.preference_margin is not None
     assert pref.preference_margin > sft.preference_margin
     assert pref.summary()["preference_accuracy"] == pref.preference_accuracy
     assert pref.summary()["preference_pairs"] == 17
@@ -164,6 +173,7 @@ def test_promotion_uses_preference_accuracy(trained: Trained) -> None:
     """Real scorecards: with equal supervised metrics, better preference accuracy is promoted
     and worse is not; the rule is stated in the reason."""
     _, sft, pref = trained.cards
+    assert sft.preference_accuracy is not None and pref.preference_accuracy is not None
     assert pref.preference_accuracy > sft.preference_accuracy
     same_sft = dataclasses.replace(pref, name="pref-same-sft", nll=sft.nll, tokens=sft.tokens)
     decision = decide_promotion(sft, same_sft)
@@ -277,7 +287,7 @@ def test_a_run_killed_in_the_preference_stage_resumes_the_stage(
     examples = all_examples()[:10]
     pairs = pairs_of(examples)
     config = pref_config(epochs=1, checkpoint_every=2, dropout=0.1, preference_epochs=1)
-    common = {"served_model_name": "tiny", "base_fingerprint": "f"}
+    common = Naming(served_model_name="tiny", base_fingerprint="f")
     reference = train_lora(
         tiny_model_dir, examples, config, tmp_path / "reference", **common,
         preference_pairs=pairs,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from trainer.evaluate import Scorecard
@@ -24,14 +26,14 @@ def draft_card(
     )
 
 
-def classify_card(name: str, gold: list[str], predicted: list[str | None]) -> Scorecard:
+def classify_card(name: str, gold: list[str], predicted: Sequence[str | None]) -> Scorecard:
     return Scorecard(
         name=name,
         task="classify",
         keys=KEYS[: len(gold)],
         labels=sorted(set(gold)),
         gold=gold,
-        predicted=predicted,
+        predicted=list(predicted),
     )
 
 
