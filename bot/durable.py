@@ -5,8 +5,11 @@ process's pump (:func:`resume_due`) picks up jobs that are due, and jobs whose r
 out, and runs them again.
 
 A job is claimed by a conditional update with a lease (``job_lease_seconds``), so two processes
-never run it at once; a job that raises is retried after a backoff that doubles
-(``retry_seconds``) and is a dead letter after ``max_attempts``. A done job's row is deleted.
+never run it at once; the process renews the leases of the jobs it holds (claimed, queued or
+running) at every pump round, so a job that outlives its lease is not started again while it
+runs, and only a process that stopped renewing loses its jobs to another. A job that raises
+is retried after a backoff that doubles (``retry_seconds``) and is a dead letter after
+``max_attempts``. A done job's row is deleted.
 Jobs run at least once, so they must be safe to repeat (ours check the row's status first).
 
 Only work that can be named again after a restart is stored: a method of a loaded plugin or a
@@ -22,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -42,6 +46,32 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 #: The longest wait between two attempts.
 MAX_BACKOFF_SECONDS = 3600.0
 Submission = tuple[Callable[..., Any], tuple[Any, ...], str | None]
+
+_held: set[int] = set()  # jobs this process claimed and has not finished
+_held_lock = threading.Lock()
+
+
+def _hold(job_id: int) -> None:
+    with _held_lock:
+        _held.add(job_id)
+
+
+def _release(job_id: int) -> None:
+    with _held_lock:
+        _held.discard(job_id)
+
+
+def renew_leases(session: Session, lease_seconds: float) -> list[int]:
+    """Extend the lease of every job this process holds; returns their ids."""
+    with _held_lock:
+        held = sorted(_held)
+    if held:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(held), Job.worker_id == WORKER_ID, Job.status == "running")
+            .values(lease_until=utcnow() + dt.timedelta(seconds=lease_seconds))
+        )
+    return held
 
 
 def backoff(attempts: int, base: float) -> dt.timedelta:
@@ -116,21 +146,25 @@ def run_claiming(services: Services, job_id: int, fn: Callable[..., Any], *args:
     with services.db.session() as session:
         if not claim(session, job_id, services.settings.job_lease_seconds):
             return  # another process's pump took it first
+    _hold(job_id)
     run_claimed(services, job_id, fn, *args)
 
 
 def run_claimed(services: Services, job_id: int, fn: Callable[..., Any], *args: Any) -> None:
     """Run a job this process claimed: delete it when done, else schedule a retry."""
     try:
-        fn(*args)
-    except Exception as exc:
+        try:
+            fn(*args)
+        except Exception as exc:
+            with services.db.session() as session:
+                failed(session, job_id, f"{type(exc).__name__}: {exc}"[:2000],
+                       base=services.settings.retry_seconds,
+                       max_attempts=services.settings.max_attempts)  # fmt: skip
+            raise
         with services.db.session() as session:
-            failed(session, job_id, f"{type(exc).__name__}: {exc}"[:2000],
-                   base=services.settings.retry_seconds,
-                   max_attempts=services.settings.max_attempts)  # fmt: skip
-        raise
-    with services.db.session() as session:
-        session.execute(delete(Job).where(Job.id == job_id, Job.worker_id == WORKER_ID))
+            session.execute(delete(Job).where(Job.id == job_id, Job.worker_id == WORKER_ID))
+    finally:
+        _release(job_id)
 
 
 def failed(session: Session, job_id: int, error: str, *, base: float, max_attempts: int) -> None:
@@ -170,9 +204,10 @@ def resume_due(runtime: Runtime, limit: int = 20) -> int:
     services = runtime.services
     settings = services.settings
     with services.db.session() as session:
-        ids = list(session.scalars(
-            select(Job.id).where(_due(utcnow())).order_by(Job.available_at, Job.id).limit(limit)
-        ))  # fmt: skip
+        held = renew_leases(session, settings.job_lease_seconds)
+    with services.db.session() as session:
+        due = select(Job.id).where(_due(utcnow()), Job.id.not_in(held))
+        ids = list(session.scalars(due.order_by(Job.available_at, Job.id).limit(limit)))
     submitted = 0
     for job_id in ids:
         if not services.jobs.has_room():
@@ -190,7 +225,12 @@ def resume_due(runtime: Runtime, limit: int = 20) -> int:
                 continue
             call_args = (services, *args) if job.with_services else tuple(args)
         log.info("resuming job %s (%s)", job_id, name)
-        services.jobs.submit(run_claimed, services, job_id, fn, *call_args, name=name)
+        _hold(job_id)
+        try:
+            services.jobs.submit(run_claimed, services, job_id, fn, *call_args, name=name)
+        except BaseException:
+            _release(job_id)  # its lease runs out and a later round takes it again
+            raise
         submitted += 1
     return submitted
 

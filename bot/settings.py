@@ -270,8 +270,9 @@ class Settings(BaseSettings):
         default=600.0,
         gt=0,
         validation_alias=AliasChoices("BRANDBOT_JOB_LEASE_SECONDS", "job_lease_seconds"),
-        description="How long a bot process owns a background job it started (a "
-        "classification, a draft, a brief); after it, another process runs the job again.",
+        description="How long a background job (a classification, a draft, a brief) stays "
+        "with the bot process that claimed it if that process stops renewing the claim, which "
+        "it does every second while it lives; after it, another process runs the job again.",
         examples=[600],
     )
     training_lease_seconds: float = Field(

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from bot.durable import dead_jobs, resume_due
+from bot.durable import claim, dead_jobs, resume_due
 from bot.jobs import JobQueue
 from bot.plugin import Context, InternalEvent, Plugin, Services, on_event
 from bot.plugin_loader import PluginEntry, instantiate
@@ -112,6 +113,54 @@ def test_a_failing_job_is_retried_then_dead_lettered(db: Database) -> None:
         (job,) = s.scalars(select(Job)).all()
         assert job.status == "dead" and job.attempts == 3 and "away" in (job.last_error or "")
         assert dead_jobs(s) == 1
+
+
+class Slow(Plugin):
+    """Queues a job that runs until the test lets it finish."""
+
+    release = threading.Event()
+    runs = 0
+
+    @on_event("slow")
+    def queue(self, event: InternalEvent, ctx: Context) -> None:
+        ctx.submit_after_commit(self.do, ctx.services, name="slow.do")
+
+    def do(self, services: Services) -> None:
+        Slow.runs += 1
+        assert Slow.release.wait(60)
+
+
+def test_a_job_running_past_its_lease_is_not_run_again_while_it_runs(db: Database) -> None:
+    """A job's lease is renewed while its process runs it: the pump neither starts it a second
+    time nor lets another process claim it (a classification that outlived its lease was
+    classified twice and its verdict posted twice)."""
+    Slow.release.clear()
+    Slow.runs = 0
+    services = Services(settings=Settings(job_lease_seconds=0.5), db=db, chat=RecordingChat(),
+                        jobs=JobQueue())  # fmt: skip
+    runtime = Runtime(services, instantiate([PluginEntry("slow", Slow)], {}, services))
+    with db.session() as s:
+        Outbox(s).publish("slow", {})
+    runtime.deliver_outbox()
+    try:
+        deadline = time.monotonic() + 30
+        while Slow.runs == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert Slow.runs == 1
+        with db.session() as s:
+            (job_id,) = s.scalars(select(Job.id)).all()
+        for _ in range(3):  # pump rounds, each after the lease would have run out
+            time.sleep(0.6)
+            assert resume_due(runtime) == 0
+            with db.session() as s:
+                assert not claim(s, job_id, 0.5)  # what another process's pump tries
+        assert Slow.runs == 1
+    finally:
+        Slow.release.set()
+    assert services.jobs.wait_idle(30)
+    assert Slow.runs == 1
+    with db.session() as s:
+        assert s.scalars(select(Job)).all() == []
 
 
 # ---- kill -9 of the bot between a ticket's ack and its classification -------------------------
