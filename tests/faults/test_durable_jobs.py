@@ -136,7 +136,7 @@ def test_a_job_running_past_its_lease_is_not_run_again_while_it_runs(db: Databas
     classified twice and its verdict posted twice)."""
     Slow.release.clear()
     Slow.runs = 0
-    services = Services(settings=Settings(job_lease_seconds=0.5), db=db, chat=RecordingChat(),
+    services = Services(settings=Settings(job_lease_seconds=1.0), db=db, chat=RecordingChat(),
                         jobs=JobQueue())  # fmt: skip
     runtime = Runtime(services, instantiate([PluginEntry("slow", Slow)], {}, services))
     with db.session() as s:
@@ -150,10 +150,10 @@ def test_a_job_running_past_its_lease_is_not_run_again_while_it_runs(db: Databas
         with db.session() as s:
             (job_id,) = s.scalars(select(Job.id)).all()
         for _ in range(3):  # pump rounds, each after the lease would have run out
-            time.sleep(0.6)
+            time.sleep(1.1)
             assert resume_due(runtime) == 0
             with db.session() as s:
-                assert not claim(s, job_id, 0.5)  # what another process's pump tries
+                assert not claim(s, job_id, 1.0)  # what another process's pump tries
         assert Slow.runs == 1
     finally:
         Slow.release.set()
