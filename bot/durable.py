@@ -205,7 +205,6 @@ def resume_due(runtime: Runtime, limit: int = 20) -> int:
     settings = services.settings
     with services.db.session() as session:
         held = renew_leases(session, settings.job_lease_seconds)
-    with services.db.session() as session:
         due = select(Job.id).where(_due(utcnow()), Job.id.not_in(held))
         ids = list(session.scalars(due.order_by(Job.available_at, Job.id).limit(limit)))
     submitted = 0

@@ -321,21 +321,23 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     later test stops): where a run's time goes, not just its slowest tests. The suite keeps
     both cores busy from start to end, so CPU seconds, not wall time, are what it costs."""
     out = os.environ.get("BRANDBOT_TEST_TIMELINE")
-    began, cpu, children = time.time(), _own_cpu(), _children_cpu() if out else 0.0
+    if not out:
+        yield
+        return
+    began, cpu, children = time.time(), _own_cpu(), _children_cpu()
     yield
-    if out:
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        line = json.dumps(
-            {
-                "test": item.nodeid,
-                "start": began,
-                "end": time.time(),
-                "cpu": round(_own_cpu() - cpu, 3),
-                "children": round(_children_cpu() - children, 3),
-            }
-        )
-        with open(Path(out) / f"{worker}.jsonl", "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    line = json.dumps(
+        {
+            "test": item.nodeid,
+            "start": began,
+            "end": time.time(),
+            "cpu": round(_own_cpu() - cpu, 3),
+            "children": round(_children_cpu() - children, 3),
+        }
+    )
+    with open(Path(out) / f"{worker}.jsonl", "a", encoding="utf-8") as f:
+        f.write(line + "\n")
 
 
 def _own_cpu() -> float:
