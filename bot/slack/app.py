@@ -202,6 +202,9 @@ class SlackBridge:
         self.batcher = EventBatcher(runtime, self.batch_pool)
         self.after_ack = AfterAck(self._submit)
         self.spool: EventSpool | None = None
+        # One thread: a kept event is fsynced off the event loop, and a retry that arrives
+        # while its original is being kept finds it kept.
+        self.spool_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brandbot-spool")
         client = AsyncWebClient(
             token=bot_token,
             base_url=api_url,
@@ -254,6 +257,7 @@ class SlackBridge:
         self.after_ack.release_all()
         self.pool.shutdown(wait=False)
         self.batch_pool.shutdown(wait=False)
+        self.spool_pool.shutdown(wait=True)
 
     # ---- listeners --------------------------------------------------------------------
 
@@ -294,7 +298,10 @@ class SlackBridge:
                         extra={"event_id": event.event_id})  # fmt: skip
             return
         except DatabaseUnavailable:
-            if self.spool is not None and self.spool.keep(body):
+            kept = self.spool is not None and await loop.run_in_executor(
+                self.spool_pool, self.spool.keep, body
+            )
+            if kept:
                 log.warning("database unreachable: event kept for replay",
                             extra={"event_id": event.event_id})  # fmt: skip
                 return
