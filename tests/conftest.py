@@ -336,6 +336,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
             "children": round(_children_cpu() - children, 3),
         }
     )
+    Path(out).mkdir(parents=True, exist_ok=True)
     with open(Path(out) / f"{worker}.jsonl", "a", encoding="utf-8") as f:
         f.write(line + "\n")
 
