@@ -1,6 +1,6 @@
 """Training benchmark: brandbot's LoRA trainer against TRL's ``SFTTrainer``, side by side.
 
-    python bench/train_bench.py              # SmolLM2-135M, the bundled default (~15 min idle)
+    python bench/train_bench.py              # SmolLM2-135M, the bundled default
     python bench/train_bench.py --smoke      # a tiny random model, seconds (CI)
     python bench/train_bench.py --write      # also write the "## Training" section of
                                              # docs/benchmarks.md (refused from a dirty tree)
@@ -8,9 +8,11 @@
     python bench/train_bench.py --quality    # the sample brand: held-out perplexity and chrF,
                                              # base vs tuned (issue 6's bar)
 
-Two data sets: ``brand`` (the sample brand's copy pairs and deterministic variations, all under
-its long shared system prompt: the case where running the prefix once per micro-batch helps
-most) and ``oneline`` (the same pairs under a one-line system prompt: almost no shared prefix).
+Three data sets: ``brand`` (the sample brand's copy pairs and deterministic variations, all
+under its long shared system prompt: the case where running the prefix once per micro-batch
+helps most), ``oneline`` (the same pairs under a one-line system prompt: almost no shared
+prefix) and ``short`` (200 CLINC150 banking queries answered with their intent, under a
+one-line system prompt: short pairs we did not write).
 Same base model, LoRA config (r16, alpha 32, no dropout, q/k/v/o), examples, maximum length
 (512), optimizer (AdamW, lr 2e-4, cosine, 5% warm-up, clip 1.0), one epoch and number of
 optimizer steps, 2 torch threads, answer-only loss in both. TRL runs at its fastest here (see
@@ -44,20 +46,28 @@ BRAND = ROOT / "bot" / "sample_brand"
 THREADS = 2
 #: the no-shared-prefix set's system prompt: one line, as a team might write it
 ONE_LINE = "Write short social posts for the brand."
-DATASETS = ("brand", "oneline")
-#: issue 22's goals: brandbot's speed per real token against TRL's, per data set
-GOALS = {"brand": 2.0, "oneline": 1.5}
+#: the short pairs' system prompt (given, so SmolLM2's template adds no default one)
+SHORT_LINE = "Name the banking intent."
+CLINC = ROOT / "bench" / "data" / "clinc150_banking10.jsonl"
+DATASETS = ("brand", "oneline", "short")
+#: brandbot's speed per real token against TRL's, per data set: 2x on the brand data, 2.5x on
+#: data without a long shared system prompt (the project's targets)
+GOALS = {"brand": 2.0, "oneline": 2.5, "short": 2.5}
+SHORT_TRAIN, SHORT_HELDOUT = 200, 50
 DOC_INTRO = [
     "brandbot's LoRA trainer against TRL's `SFTTrainer` (TRL at its fastest for this job: "
     "`gradient_checkpointing=False`, completion-only loss, `padding_free=True`, its fused LM "
     "head), each run in its own process, the trainers taking turns (A B A B A B). Same base "
     "model, LoRA (r16 alpha 32 on q/k/v/o, no dropout), examples, maximum length, optimizer "
     "(AdamW 2e-4, cosine, 5% warm-up, clip 1.0), one epoch and number of optimizer steps; "
-    "answer-only loss in both. Two data sets: `brand`, the sample brand's copy pairs and "
+    "answer-only loss in both. Three data sets: `brand`, the sample brand's copy pairs and "
     "variations under its long shared system prompt (the case where brandbot's "
-    "prefix-once-per-micro-batch helps most), and `oneline`, the same pairs under a one-line "
-    "system prompt (almost no shared prefix). Goals (issue 22): >= 2x TRL per real token on "
-    "`brand`, >= 1.5x on `oneline`, peak memory under 2 GiB.",
+    "prefix-once-per-micro-batch helps most); `oneline`, the same pairs under a one-line "
+    "system prompt (almost no shared prefix); and `short`, 200 short pairs we did not write: "
+    "CLINC150 banking queries (`bench/data`, CC BY 3.0) answered with their intent's name, "
+    "under a one-line system prompt (given, so SmolLM2's chat template adds no default one). "
+    "Goals: >= 2x TRL per real token on `brand`, >= 2.5x on the data without a long shared "
+    "system prompt (`oneline`, `short`), peak memory under 2 GiB.",
     "",
     "    .venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/train_bench.py --write",
     "",
@@ -66,10 +76,8 @@ DOC_INTRO = [
     "rows have no padding). The share of the matmul peak counts the forward and input-gradient "
     "matmuls of the computed tokens plus the LM head at answer tokens, against a square fp32 "
     "matmul timed in the same run (TRL's LM head at every position on the CPU, attention and "
-    "LoRA are not counted). Held-out loss: answer-token loss on 16 held-out sample pairs, the "
-    "same function for both adapters. CLINC150 chat pairs (`bench/data`) are not used here: "
-    "SmolLM2's chat template adds its default system prompt to them, so half of each "
-    "~40-token sequence would be a shared prefix.",
+    "LoRA are not counted). Held-out loss: answer-token loss on held-out pairs (16 sample "
+    "pairs; 50 CLINC150 test queries for `short`), the same function for both adapters.",
 ]
 BRIEF_FORMS = (
     "{b}",
@@ -108,11 +116,34 @@ def is_heldout(index: int) -> bool:
     return index % 5 == 0
 
 
+def short_data(n_train: int, n_heldout: int) -> tuple[list[TrainExample], list[TrainExample]]:
+    """CLINC150 banking queries and their intents: training pairs from the train split and
+    held-out pairs from the test split, taken in turn from each intent so both are balanced."""
+    by_split: dict[str, dict[str, list[TrainExample]]] = {"train": {}, "test": {}}
+    for line in CLINC.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        user, answer = row["messages"][0]["content"], row["messages"][-1]["content"]
+        intents = by_split[row["split"]]
+        intents.setdefault(row["label"], []).append(TrainExample(SHORT_LINE, user, answer))
+
+    def take(split: str, n: int) -> list[TrainExample]:
+        groups = list(by_split[split].values())
+        out = [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)]
+        if len(out) < n:
+            raise SystemExit(f"bench/data has only {len(out)} {split} queries, {n} asked")
+        return out[:n]
+
+    return take("train", n_train), take("test", n_heldout)
+
+
 def bench_data(
     n_train: int, dataset: str = "brand"
 ) -> tuple[list[TrainExample], list[TrainExample]]:
     """``n_train`` training pairs and the held-out pairs (neither they nor variations of them
-    are trained on), under the brand's system prompt or a one-line one (``oneline``)."""
+    are trained on), under the brand's system prompt or a one-line one (``oneline``); for
+    ``short``, CLINC150 pairs (:func:`short_data`)."""
+    if dataset == "short":
+        return short_data(n_train, min(SHORT_HELDOUT, n_train))
     system = system_prompt() if dataset == "brand" else ONE_LINE
     train_src: list[tuple[str, str]] = []
     heldout: list[tuple[str, str]] = []
@@ -252,7 +283,7 @@ def worker(args: argparse.Namespace) -> None:
     from trainer.evaluate import answer_nll
 
     torch.set_num_threads(THREADS)
-    train, heldout = bench_data(args.examples, args.dataset)
+    train, heldout = bench_data(pairs_for(args, args.dataset), args.dataset)
     if args.worker == "ours":
         result = run_ours(Path(args.model), train, args.max_length)
     else:
@@ -296,7 +327,8 @@ def flops_per_token(model_dir: Path) -> tuple[float, float]:
 
 def spawn(kind: str, dataset: str, model_dir: Path, args: argparse.Namespace, batch: int) -> Any:
     cmd = [sys.executable, __file__, "--worker", kind, "--model", str(model_dir)]
-    cmd += ["--examples", str(args.examples), "--max-length", str(args.max_length)]
+    cmd += ["--examples", str(args.examples), "--short-examples", str(args.short_examples)]
+    cmd += ["--max-length", str(args.max_length)]
     cmd += ["--dataset", dataset, "--trl-batch", str(batch)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     # on a shared machine, spinning OpenMP threads starve each other; every worker gets the same
@@ -359,8 +391,8 @@ def compare(args: argparse.Namespace) -> None:
     measured: dict[str, dict[str, list[dict[str, Any]]]] = {}
     plans: dict[str, tuple[int, int, int, int]] = {}
     orders: list[str] = []
-    for dataset in DATASETS:
-        train, _ = bench_data(args.examples, dataset)
+    for dataset in args.datasets.split(","):
+        train, _ = bench_data(pairs_for(args, dataset), dataset)
         steps, micro, prefix = our_plan(model_dir, train, args.max_length)
         batch = math.ceil(len(train) / steps)
         plans[dataset] = (steps, micro, prefix, batch)
@@ -391,7 +423,8 @@ def report(
     per_answer: float,
 ) -> list[str]:
     lines = [
-        f"model {model_name}; {args.examples} training pairs per run, max length "
+        f"model {model_name}; {args.examples} training pairs per run ({args.short_examples} "
+        f"for short), max length "
         f"{args.max_length}, 1 epoch, {THREADS} threads, medians of {args.repeats} interleaved "
         f"runs per trainer (min-max in brackets); measured matmul peak {peak / 1e9:.1f} GFLOP/s",
         "",
@@ -441,6 +474,10 @@ def report(
     return lines
 
 
+def pairs_for(args: argparse.Namespace, dataset: str) -> int:
+    return int(args.short_examples if dataset == "short" else args.examples)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny random model (CI)")
@@ -449,6 +486,8 @@ def main() -> None:
     parser.add_argument("--model", help="a model folder (default: the bundled SmolLM2)")
     parser.add_argument("--models-dir", default="/tmp/bb-models", help="where to convert it")
     parser.add_argument("--examples", type=int, default=None)
+    parser.add_argument("--short-examples", type=int, default=None, help="pairs for short")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="which data sets run")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=None, help="runs per trainer (>= 3)")
     parser.add_argument("--padded", action="store_true", help="also TRL without padding-free")
@@ -459,6 +498,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.examples is None:
         args.examples = 24 if args.smoke else 64
+    if args.short_examples is None:
+        args.short_examples = 24 if args.smoke else SHORT_TRAIN
+    if any(d not in DATASETS for d in args.datasets.split(",")):
+        parser.error(f"--datasets: any of {', '.join(DATASETS)}")
     if args.repeats is None:
         args.repeats = 1 if args.smoke else 3
     if args.worker:

@@ -3,6 +3,7 @@
 import importlib.util
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,18 +154,32 @@ def test_harness_replaces_only_its_own_section() -> None:
     assert replace_section(doc, "Three", ["x"]).endswith("old two\n\n## Three\n\nx\n")
 
 
-def test_train_bench_smoke_on_both_data_sets_with_provenance() -> None:
-    """The training bench's --smoke mode: a tiny model on both data sets, with the matmul peak
-    and the provenance lines; TRL's side too where TRL is installed (it is not in the test
+def test_train_bench_smoke_on_every_data_set_with_provenance() -> None:
+    """The training bench's --smoke mode: a tiny model on the three data sets, with the matmul
+    peak and the provenance lines; TRL's side too where TRL is installed (it is not in the test
     environment: it takes minutes even on the tiny model)."""
-    proc = run_bench("train_bench.py", "--smoke", "--repeats", "1", "--examples", "12")
+    proc = run_bench(
+        "train_bench.py", "--smoke", "--repeats", "1", "--examples", "12", "--short-examples", "12"
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| brand | brandbot trainer |" in proc.stdout
     assert "| oneline | brandbot trainer |" in proc.stdout
+    assert "| short | brandbot trainer |" in proc.stdout
     assert "measured matmul peak" in proc.stdout
     assert "load average (1/5/15 min)" in proc.stdout and "torch " in proc.stdout
     if importlib.util.find_spec("trl") is not None:
         assert "| TRL SFTTrainer |" in proc.stdout
-        assert "ratios brandbot / TRL: tokens/s" in proc.stdout
+        assert "brandbot / TRL per real token" in proc.stdout
     else:
-        assert "run order: ours | ours" in proc.stdout
+        assert "run order: ours | ours | ours" in proc.stdout
+
+
+def test_the_training_benchs_short_pairs_are_balanced_and_held_out_apart() -> None:
+    from bench.train_bench import SHORT_LINE, short_data
+
+    train, heldout = short_data(200, 50)
+    assert Counter(e.answer for e in train) == {label: 20 for label in {e.answer for e in train}}
+    assert len(Counter(e.answer for e in train)) == 10
+    assert Counter(e.answer for e in heldout) == {label: 5 for label in {e.answer for e in train}}
+    assert not {e.prompt for e in train} & {e.prompt for e in heldout}
+    assert {e.system for e in train + heldout} == {SHORT_LINE}

