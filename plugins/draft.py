@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from bot.access import is_approver, may_read
 from bot.draft_pairs import record_discarded, record_posted
@@ -38,12 +38,13 @@ from bot.plugin import (
 from bot.ratelimit import admit
 from bot.reply_prompts import is_reply_dataset
 from bot.storage.models import Dataset, Draft, utcnow
-from bot.storage.repositories import Adapters
+from bot.storage.repositories import Adapters, Outbox
 from serving.client import InferenceError, InferenceUnavailable
 from trainer.rules import edit_distance, rule_violations
 
 log = logging.getLogger("brandbot.draft")
 MAX_BRIEF = 2000
+POSTING = "This draft is being posted."
 USAGE = "Usage: `/draft [-d dataset] [-n 1-3] brief`, e.g. `/draft announce the autumn chai`"
 
 
@@ -303,33 +304,88 @@ class DraftPlugin(Plugin):
     def _publish(
         self, ctx: Context, draft: Draft, final: str, user: str, team: str | None, index: int
     ) -> None:
+        """Claim the draft (``pending`` to ``posting``, one conditional update) in the
+        handler's transaction, and post it once that has committed (:meth:`_post_claimed`).
+
+        Two presses at once claim it once: the other is told it is being posted. Nothing is
+        posted for a transaction that rolled back, and a crash between the claim and the post
+        leaves the draft ``posting`` rather than posting it twice."""
         if draft.status == "posted":
             self._say(ctx, draft, user, "This draft was already posted.")
             return
         if draft.status == "discarded":
             self._say(ctx, draft, user, "This draft was discarded; run `/draft` again.")
             return
-        dataset = ctx.session.get(Dataset, draft.dataset_id)
-        channel = draft.channel_id or (dataset.channels[0] if dataset and dataset.channels else "")
-        ts = ctx.chat.post(channel, final)
-        generated = draft.variants[index] if index < len(draft.variants) else (draft.text or "")
-        draft.status, draft.final_text, draft.posted_by = "posted", final, user
-        draft.message_ts, draft.channel_id, draft.posted_at = ts, channel, utcnow()
-        draft.edit_distance = edit_distance(generated, final)
-        note = ""
-        if dataset is not None:
-            approved = is_approver(dataset, user, ctx.chat, ctx.services.settings.admins)
-            gate = Gate(ctx.session, scrubber=scrubber_for_settings(ctx.services.settings))
-            outcome = gate.add(
-                dataset, text=final, source="draft", actor=user, approved=approved,
-                workspace=team or "", channel=channel, ts=ts, author=user, prompt=draft.brief,
-            )  # fmt: skip
-            if outcome.status == "pending":
-                ctx.publish("example.pending", {"example_id": outcome.example_id})
-                note = " An approver's ✅ on it makes it training data."
-            if approved:
-                record_posted(gate, dataset, draft, index, team, self._approves(ctx, dataset))
+        claim = update(Draft).where(Draft.id == draft.id, Draft.status == "pending")
+        claimed = ctx.session.execute(claim.values(status="posting"))
+        if getattr(claimed, "rowcount", 0) != 1:
+            self._say(ctx, draft, user, POSTING)
+            return
+        ctx.after_commit(self._post_claimed, ctx, draft.id, final, user, team, index)
+
+    def _post_claimed(
+        self, ctx: Context, draft_id: int, final: str, user: str, team: str | None, index: int
+    ) -> None:
+        """Post a claimed draft, then record it (and its example and pairs) in a transaction
+        of its own. A post Slack refuses gives the claim back, so Post can be pressed again."""
+        db = ctx.services.db
+        with db.session() as session:
+            draft = session.get(Draft, draft_id)
+            dataset = session.get(Dataset, draft.dataset_id) if draft is not None else None
+            if draft is None:
+                return
+            channel = draft.channel_id or (
+                dataset.channels[0] if dataset and dataset.channels else ""
+            )
+        try:
+            ts = ctx.chat.post(channel, final)
+        except Exception as exc:
+            with db.session() as session:
+                session.execute(
+                    update(Draft)
+                    .where(Draft.id == draft_id, Draft.status == "posting")
+                    .values(status="pending")
+                )
+            log.warning("posting draft %s failed: %s", draft_id, exc)
+            self._say(ctx, draft, user, f"Couldn't post the draft ({exc}). Press Post again.")
+            return
+        try:
+            note = self._record_posted(ctx, draft_id, final, user, team, index, channel, ts)
+        except Exception:
+            log.exception("draft %s was posted (ts %s) but recording it failed", draft_id, ts)
+            note = " Recording it failed, so it is not training data; the error is logged."
         self._say(ctx, draft, user, f"Posted in <#{channel}>.{note}")
+
+    def _record_posted(
+        self, ctx: Context, draft_id: int, final: str, user: str, team: str | None, index: int,
+        channel: str, ts: str,
+    ) -> str:  # fmt: skip
+        """Record a posted draft, its example and its pairs; the note for the poster."""
+        note = ""
+        with ctx.services.db.session() as session:
+            draft = session.get(Draft, draft_id)
+            if draft is None:  # forgotten meanwhile: nothing of it is kept
+                return note
+            dataset = session.get(Dataset, draft.dataset_id)
+            generated = draft.variants[index] if index < len(draft.variants) else (draft.text or "")
+            draft.status, draft.final_text, draft.posted_by = "posted", final, user
+            draft.message_ts, draft.channel_id, draft.posted_at = ts, channel, utcnow()
+            draft.edit_distance = edit_distance(generated, final)
+            if dataset is not None:
+                approved = is_approver(dataset, user, ctx.chat, ctx.services.settings.admins)
+                gate = Gate(session, scrubber=scrubber_for_settings(ctx.services.settings))
+                outcome = gate.add(
+                    dataset, text=final, source="draft", actor=user, approved=approved,
+                    workspace=team or "", channel=channel, ts=ts, author=user,
+                    prompt=draft.brief,
+                )  # fmt: skip
+                if outcome.status == "pending":
+                    Outbox(session).publish("example.pending", {"example_id": outcome.example_id})
+                    note = " An approver's ✅ on it makes it training data."
+                if approved:
+                    approves = self._approves(ctx, dataset)
+                    record_posted(gate, dataset, draft, index, team, approves)
+        return note
 
     @on_action("draft_edit")
     def edit(self, event: ActionEvent, ctx: Context) -> None:
@@ -370,6 +426,9 @@ class DraftPlugin(Plugin):
             ctx.respond("That draft is gone.")
             return
         draft, _, variants = loaded
+        if draft.status == "posting":
+            ctx.respond(POSTING, replace_original=True)
+            return
         if draft.status != "pending":
             ctx.respond(f"This draft was already {draft.status}.", replace_original=True)
             return

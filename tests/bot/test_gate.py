@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -172,6 +173,39 @@ def test_a_non_approvers_posted_draft_is_pending_until_an_approver_approves_it(e
     with env.db.session() as s:  # the other approvers' open Home views drop it
         decided = s.scalars(select(OutboxEvent).where(OutboxEvent.topic == "example.decided"))
         assert [(e.payload["example_id"], e.payload["by"]) for e in decided] == [(example.id, MAYA)]
+
+
+def test_two_presses_of_post_at_once_post_the_draft_once(env: Env) -> None:
+    """A double click, or two people pressing Post together: one message in the channel, one
+    example. Slack answering slowly holds both presses in the window between reading the draft
+    and recording it as posted."""
+    draft = env.draft(POST, MAYA)
+    posted: list[str] = []
+
+    def slow_post(call: Any) -> dict[str, Any]:
+        time.sleep(0.5)
+        posted.append(str(call.args["text"]))
+        return {"channel": call.args["channel"], "ts": f"1700000000.{len(posted):06d}"}
+
+    env.fake.handle("chat.postMessage", slow_post)
+    with ThreadPoolExecutor(2) as pool:
+        said = list(pool.map(lambda _: env.press(MAYA, "draft_post", f"{draft}:0"), range(2)))
+    assert posted == [POST]
+    first, second = sorted(said, key=lambda text: not text.startswith("Posted in"))
+    assert first == f"Posted in <#{COPY}>."
+    assert second in ("This draft is being posted.", "This draft was already posted.")
+    (example,) = env.until(len)
+    assert example.status == "active" and example.message_ts == "1700000000.000001"
+
+
+def test_a_post_slack_refuses_leaves_the_draft_to_post_again(env: Env) -> None:
+    draft = env.draft(POST, MAYA)
+    env.fake.fail("chat.postMessage", "channel_not_found")
+    assert "Couldn't post" in env.press(MAYA, "draft_post", f"{draft}:0")
+    assert env.examples() == []
+    assert env.press(MAYA, "draft_post", f"{draft}:0") == f"Posted in <#{COPY}>."
+    (example,) = env.until(len)
+    assert example.status == "active"
 
 
 def test_an_approvers_posted_draft_is_active_and_a_stranger_cannot_withdraw_it(env: Env) -> None:
