@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# the benches' tiny models copy the session's extracted tokenizer instead of reading the GGUF
+pytestmark = pytest.mark.usefixtures("bundled_tokenizer_dir")
 
 
 def run_bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -183,3 +185,11 @@ def test_the_training_benchs_short_pairs_are_balanced_and_held_out_apart() -> No
     assert Counter(e.answer for e in heldout) == {label: 5 for label in {e.answer for e in train}}
     assert not {e.prompt for e in train} & {e.prompt for e in heldout}
     assert {e.system for e in train + heldout} == {SHORT_LINE}
+
+
+def test_preference_bench_smoke_rows_and_provenance() -> None:
+    proc = run_bench("preference_bench.py", "--smoke")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[2:]] == ["| base", "| SFT", "| SFT + dpo, sft weight 1"]
+    assert "load average (1/5/15 min)" in proc.stdout and "torch " in proc.stdout

@@ -311,6 +311,7 @@ def test_train_adapters_and_rollback_through_the_cli(
     assert "per_label" in evaluated["base"] and "confusion" in evaluated["base"]
 
 
+@pytest.mark.usefixtures("bundled_tokenizer_dir")  # copied, not read from the GGUF again
 def test_demo_smoke_runs_the_whole_loop(cli_process_sqlite: CliRunner, tmp_path: Path) -> None:
     # a real process: its exit status must survive the interpreter's shutdown (engine threads)
     result = cli_process_sqlite("demo", "--smoke", "--data-dir", str(tmp_path / "demo"))

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from bot.testkit.models import build_tiny_llama, extract_bundled_tokenizer
+from bot.testkit.models import EXTRACTED_ENV, build_tiny_llama, extract_bundled_tokenizer
 from bot.testkit.plugin import require_in_ci
 from serving.base_model import BaseModelMissing, ResolvedModel, resolve_base_model
 
@@ -36,10 +36,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def bundled_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled tokenizer, extracted once per session; the processes the tests start copy
+    it (``EXTRACTED_ENV``) instead of reading the GGUF file again."""
     try:
-        return extract_bundled_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+        folder = extract_bundled_tokenizer(tmp_path_factory.mktemp("tokenizer"))
     except FileNotFoundError as exc:  # BaseModelMissing: the bundled model is not installed
         require_in_ci(str(exc))
+    os.environ[EXTRACTED_ENV] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -7,21 +7,39 @@ forward pass costs milliseconds. Nothing here downloads anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from serving.base_model import FINGERPRINT_FILE, find_bundled_gguf, weights_fingerprint
 
+#: a folder an earlier extraction wrote (the test suite sets it for the processes it starts)
+EXTRACTED_ENV = "TESTKIT_BUNDLED_TOKENIZER"
+_SOURCE = "bundled-gguf.json"
+
 
 def extract_bundled_tokenizer(target: Path) -> Path:
-    """Save the bundled SmolLM2 tokenizer (from its GGUF file) into ``target``; return it."""
+    """Save the bundled SmolLM2 tokenizer (from its GGUF file) into ``target``; return it.
+
+    Reading the tokenizer out of the GGUF file takes seconds; when ``$TESTKIT_BUNDLED_TOKENIZER``
+    names a folder extracted from the same file (path, size and time), it is copied instead."""
     from transformers import AutoTokenizer
 
     gguf = find_bundled_gguf()
+    stat = gguf.stat()
+    source = {"gguf": str(gguf), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    earlier = Path(os.environ.get(EXTRACTED_ENV) or "/nonexistent")
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads((earlier / _SOURCE).read_text(encoding="utf-8")) == source:
+            shutil.copytree(earlier, target, dirs_exist_ok=True)
+            return target
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     target.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(target))
+    (target / _SOURCE).write_text(json.dumps(source), encoding="utf-8")
     return target
 
 

@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.usefixtures("bundled_tokenizer_dir")  # copied, not read from the GGUF again
 def test_serving_bench_smoke() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "serving_bench.py"), "--smoke"],
