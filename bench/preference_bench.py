@@ -103,13 +103,16 @@ def stage_from(
     return stage.seconds, stage.steps
 
 
-def base_dir(root: Path, smoke: bool, models_dir: Path | None) -> Path:
+def base_dir(root: Path, smoke: bool, models_dir: Path | None) -> tuple[Path, str]:
+    """The base model's folder and the name the table gives it."""
     from bot.testkit.models import build_tiny_llama, extract_bundled_tokenizer
     from serving.base_model import resolve_base_model
 
     if smoke:
-        return build_tiny_llama(root / "tiny", extract_bundled_tokenizer(root / "tokenizer"))
-    return resolve_base_model(None, models_dir or root / "models").path
+        tiny = build_tiny_llama(root / "tiny", extract_bundled_tokenizer(root / "tokenizer"))
+        return tiny, "tiny random LLaMA"
+    resolved = resolve_base_model(None, models_dir or root / "models")
+    return resolved.path, resolved.name
 
 
 def log_progress(step: int, total: int, loss: float) -> None:
@@ -154,7 +157,7 @@ def main() -> None:
         if args.smoke:  # the code paths, not the numbers
             train, train_pairs = train[:12], train_pairs[:8]
             heldout, heldout_pairs = heldout[:6], heldout_pairs[:4]
-        base = base_dir(root, args.smoke, args.models_dir)
+        base, model_name = base_dir(root, args.smoke, args.models_dir)
         overrides: dict[str, Any] = {"checkpoint_every": 0}
         if args.smoke:
             overrides.update(epochs=1, preference_epochs=1, min_examples=4, min_preference_pairs=4)
@@ -208,7 +211,7 @@ def main() -> None:
             )
         section.finish()
         lines = [
-            f"model: {'tiny random LLaMA' if args.smoke else base.name}; {len(train)} train "
+            f"model: {model_name}; {len(train)} train "
             f"examples, {len(train_pairs)} train pairs, {len(heldout)} held-out examples, "
             f"{len(heldout_pairs)} held-out pairs; method {config.preference_method}, beta "
             f"{config.resolved_beta():g}, {config.preference_epochs} epochs",
