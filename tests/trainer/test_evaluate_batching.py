@@ -4,6 +4,8 @@ tokens."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,39 @@ def test_the_length_limit_in_tokens_follows_the_densest_reference() -> None:
     assert draft_token_cap(10, 96, limit_tokens(280, [("x" * 200, 50)])) == 71
 
 
+class WholeBatches:
+    """Holds the engine's scheduler between two steps while it is idle and fewer than
+    ``size`` requests wait, so requests sent together are admitted together however late their
+    threads start (on a busy machine one could arrive after the others had finished)."""
+
+    def __init__(self, engine: LocalEngine, size: int) -> None:
+        self.engine, self.size = engine, size
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._hold, daemon=True)
+
+    def _gate(self) -> None:  # runs on the scheduler thread, before it admits requests
+        deadline = time.monotonic() + 30
+        while (
+            not self.engine._active
+            and self.engine._inbox.qsize() < self.size
+            and not self.done.is_set()
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.002)
+
+    def _hold(self) -> None:
+        while not self.done.is_set():
+            self.engine.run(self._gate)
+
+    def __enter__(self) -> WholeBatches:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(timeout=30)
+
+
 def test_each_models_drafts_share_a_batch_and_equal_drafting_one_by_one(
     tiny_model_dir: Path, adapters: list[Path]
 ) -> None:
@@ -83,11 +118,13 @@ def test_each_models_drafts_share_a_batch_and_equal_drafting_one_by_one(
         client = LocalClient(engine)
         client.load_adapter("tea-v1", str(adapters[0]))
         engine.metrics.reset_peak()
-        base, tuned = evaluate_drafts(
-            EXAMPLES, [Candidate("base", None, None), Candidate("tea-v1", "tea-v1", adapters[0])],
-            base_dir=tiny_model_dir, client=client, rules=rules, max_new_tokens=24,
-            progress=lambda name, done, total: seen.__setitem__(name, done),
-        )  # fmt: skip
+        with WholeBatches(engine, len(EXAMPLES)):
+            base, tuned = evaluate_drafts(
+                EXAMPLES,
+                [Candidate("base", None, None), Candidate("tea-v1", "tea-v1", adapters[0])],
+                base_dir=tiny_model_dir, client=client, rules=rules, max_new_tokens=24,
+                progress=lambda name, done, total: seen.__setitem__(name, done),
+            )  # fmt: skip
         # each model's drafts batched, never mixed: the adapter's decode with merged weights
         assert engine.metrics.max_batch_seen == len(EXAMPLES)
         assert engine.check_model("tea-v1") in engine._merged
