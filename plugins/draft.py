@@ -321,26 +321,21 @@ class DraftPlugin(Plugin):
         if getattr(claimed, "rowcount", 0) != 1:
             self._say(ctx, draft, user, POSTING)
             return
-        ctx.after_commit(self._post_claimed, ctx, draft.id, final, user, team, index)
+        dataset = ctx.session.get(Dataset, draft.dataset_id)
+        channel = draft.channel_id or (dataset.channels[0] if dataset and dataset.channels else "")
+        ctx.after_commit(self._post_claimed, ctx, draft, channel, final, user, team, index)
 
     def _post_claimed(
-        self, ctx: Context, draft_id: int, final: str, user: str, team: str | None, index: int
-    ) -> None:
+        self, ctx: Context, draft: Draft, channel: str, final: str, user: str,
+        team: str | None, index: int,
+    ) -> None:  # fmt: skip
         """Post a claimed draft, then record it (and its example and pairs) in a transaction
         of its own. A post Slack refuses gives the claim back, so Post can be pressed again."""
-        db = ctx.services.db
-        with db.session() as session:
-            draft = session.get(Draft, draft_id)
-            dataset = session.get(Dataset, draft.dataset_id) if draft is not None else None
-            if draft is None:
-                return
-            channel = draft.channel_id or (
-                dataset.channels[0] if dataset and dataset.channels else ""
-            )
+        draft_id = draft.id
         try:
             ts = ctx.chat.post(channel, final)
         except Exception as exc:
-            with db.session() as session:
+            with ctx.services.db.session() as session:
                 session.execute(
                     update(Draft)
                     .where(Draft.id == draft_id, Draft.status == "posting")
