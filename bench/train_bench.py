@@ -16,8 +16,11 @@ one-line system prompt: short pairs we did not write).
 Same base model, LoRA config (r16, alpha 32, no dropout, q/k/v/o), examples, maximum length
 (512), optimizer (AdamW, lr 2e-4, cosine, 5% warm-up, clip 1.0), one epoch and number of
 optimizer steps, 2 torch threads, answer-only loss in both. TRL runs at its fastest here (see
-:func:`trl_config`). Each run is its own process (its peak memory is its own), the trainers
-take turns (harness.interleave), and the table reports medians and ranges.
+:func:`trl_config`), in the dtype brandbot's trainer picks on this machine (bf16 on a CPU that
+multiplies it in hardware, else fp32; ``--trainers ours,trl,trl-fp32`` adds TRL in fp32) and
+under the OpenMP wait policy that is faster for it (:data:`OMP_POLICY`). Each run is its own
+process (its peak memory is its own), the trainers take turns (harness.interleave), and the
+table reports medians and ranges.
 """
 
 from __future__ import annotations
@@ -54,6 +57,14 @@ DATASETS = ("brand", "oneline", "short")
 #: data without a long shared system prompt (the project's targets)
 GOALS = {"brand": 2.0, "oneline": 2.5, "short": 2.5}
 SHORT_TRAIN, SHORT_HELDOUT = 200, 50
+#: OpenMP's wait policy per side: unset (OpenMP's default, as the product runs) for brandbot,
+#: PASSIVE for TRL, each the faster one for it on this machine (docs/benchmarks.md, "Training")
+OMP_POLICY: dict[str, str | None] = {
+    "ours": None,
+    "trl": "PASSIVE",
+    "trl-fp32": "PASSIVE",
+    "trl-padded": "PASSIVE",
+}
 DOC_INTRO = [
     "brandbot's LoRA trainer against TRL's `SFTTrainer` (TRL at its fastest for this job: "
     "`gradient_checkpointing=False`, completion-only loss, `padding_free=True`, its fused LM "
@@ -67,17 +78,23 @@ DOC_INTRO = [
     "CLINC150 banking queries (`bench/data`, CC BY 3.0) answered with their intent's name, "
     "under a one-line system prompt (given, so SmolLM2's chat template adds no default one). "
     "Goals: >= 2x TRL per real token on `brand`, >= 2.5x on the data without a long shared "
-    "system prompt (`oneline`, `short`), peak memory under 2 GiB.",
+    "system prompt (`oneline`, `short`), peak memory under 2 GiB. Both train in the dtype "
+    "brandbot picks on the machine: a bf16 base with fp32 LoRA weights where the CPU multiplies "
+    "bf16 in hardware (AMX or AVX512-BF16; TRL with `bf16=True` and the model loaded in bf16, "
+    "peft keeping its adapter weights fp32), fp32 elsewhere. Each side runs under the OpenMP "
+    "wait policy that is faster for it: OpenMP's default for brandbot (as the product runs), "
+    "`OMP_WAIT_POLICY=PASSIVE` for TRL.",
     "",
     "    .venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/train_bench.py --write",
     "",
     "Real tokens are the non-padding tokens of the examples; computed tokens are those that ran "
     "through the decoder (brandbot runs a shared prefix once per micro-batch; TRL's padding-free "
     "rows have no padding). The share of the matmul peak counts the forward and input-gradient "
-    "matmuls of the computed tokens plus the LM head at answer tokens, against a square fp32 "
-    "matmul timed in the same run (TRL's LM head at every position on the CPU, attention and "
-    "LoRA are not counted). Held-out loss: answer-token loss on held-out pairs (16 sample "
-    "pairs; 50 CLINC150 test queries for `short`), the same function for both adapters.",
+    "matmuls of the computed tokens plus the LM head at answer tokens, against a square matmul "
+    "in the training dtype timed in the same run (TRL's LM head at every position on the CPU, "
+    "attention and LoRA are not counted). Held-out loss: answer-token loss on held-out pairs "
+    "(16 sample pairs; 50 CLINC150 test queries for `short`), the same function for both "
+    "adapters.",
 ]
 BRIEF_FORMS = (
     "{b}",
@@ -183,7 +200,7 @@ def run_ours(model_dir: Path, train: list[TrainExample], max_length: int) -> dic
     }
 
 
-def trl_config(out: Path, batch: int, padding_free: bool) -> Any:
+def trl_config(out: Path, batch: int, padding_free: bool, bf16: bool = False) -> Any:
     """TRL at its fastest for this job on the CPU: no activation checkpointing (TRL's default
     turns it on), completion-only loss, padding-free rows, the LM head fused (TRL's default)."""
     from trl import SFTConfig
@@ -209,13 +226,13 @@ def trl_config(out: Path, batch: int, padding_free: bool) -> Any:
         disable_tqdm=True,
         seed=0,
         use_cpu=True,
-        bf16=False,
+        bf16=bf16,
         dataloader_num_workers=0,
     )
 
 
 def run_trl(
-    model_dir: Path, train: list[TrainExample], batch: int, padding_free: bool
+    model_dir: Path, train: list[TrainExample], batch: int, padding_free: bool, bf16: bool
 ) -> dict[str, Any]:
     import resource
 
@@ -245,10 +262,11 @@ def run_trl(
         task_type="CAUSAL_LM",
     )
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
     trainer = SFTTrainer(
         model=model,
-        args=trl_config(out, batch, padding_free),
+        args=trl_config(out, batch, padding_free, bf16),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora,
@@ -287,8 +305,11 @@ def worker(args: argparse.Namespace) -> None:
     if args.worker == "ours":
         result = run_ours(Path(args.model), train, args.max_length)
     else:
-        padding_free = args.worker == "trl"
-        result = run_trl(Path(args.model), train, args.trl_batch, padding_free)
+        import torch
+
+        padding_free = args.worker != "trl-padded"
+        bf16 = args.worker != "trl-fp32" and training_dtype() == torch.bfloat16
+        result = run_trl(Path(args.model), train, args.trl_batch, padding_free, bf16)
     nll = answer_nll(Path(args.model), heldout, adapter_dir=Path(result["adapter"]))
     result["heldout_loss"] = sum(n for n, _ in nll) / sum(t for _, t in nll)
     print("RESULT " + json.dumps(result), flush=True)
@@ -298,11 +319,13 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def matmul_peak(size: int = 1536, repeat: int = 8) -> float:
-    """FLOP/s of a square fp32 matmul on this machine right now (the best of a few runs)."""
+    """FLOP/s of a square matmul in the training dtype on this machine right now (the best of a
+    few runs)."""
     import torch
 
     torch.set_num_threads(THREADS)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    dtype = training_dtype()
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     best = math.inf
     for _ in range(repeat):
@@ -310,6 +333,11 @@ def matmul_peak(size: int = 1536, repeat: int = 8) -> float:
         a @ b
         best = min(best, time.perf_counter() - t)
     return 2 * size**3 / best
+
+
+def training_dtype() -> Any:
+    """The dtype brandbot's trainer resolves on this CPU (TRL gets the same)."""
+    return ours_config(512).resolved_dtype()
 
 
 def flops_per_token(model_dir: Path) -> tuple[float, float]:
@@ -331,8 +359,9 @@ def spawn(kind: str, dataset: str, model_dir: Path, args: argparse.Namespace, ba
     cmd += ["--max-length", str(args.max_length)]
     cmd += ["--dataset", dataset, "--trl-batch", str(batch)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    # on a shared machine, spinning OpenMP threads starve each other; every worker gets the same
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.pop("OMP_WAIT_POLICY", None)
+    if (policy := OMP_POLICY[kind]) is not None:
+        env["OMP_WAIT_POLICY"] = policy
     print(f"  {dataset}: {kind} ... ", end="", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     for line in proc.stdout.splitlines():
@@ -410,7 +439,12 @@ def compare(args: argparse.Namespace) -> None:
         harness.write_section("Training", [*DOC_INTRO, "", *lines])
 
 
-LABELS = {"ours": "brandbot trainer", "trl": "TRL SFTTrainer", "trl-padded": "TRL, padded"}
+LABELS = {
+    "ours": "brandbot trainer",
+    "trl": "TRL SFTTrainer",
+    "trl-fp32": "TRL SFTTrainer, fp32",
+    "trl-padded": "TRL, padded",
+}
 
 
 def report(
@@ -422,11 +456,13 @@ def report(
     per_token: float,
     per_answer: float,
 ) -> list[str]:
+    dtype = str(training_dtype()).removeprefix("torch.")
     lines = [
         f"model {model_name}; {args.examples} training pairs per run ({args.short_examples} "
         f"for short), max length "
         f"{args.max_length}, 1 epoch, {THREADS} threads, medians of {args.repeats} interleaved "
-        f"runs per trainer (min-max in brackets); measured matmul peak {peak / 1e9:.1f} GFLOP/s",
+        f"runs per trainer (min-max in brackets); both sides in {dtype}; measured {dtype} "
+        f"matmul peak {peak / 1e9:.1f} GFLOP/s",
         "",
         "| data | trainer | steps | real tokens/s | computed tokens/s | share of matmul peak | "
         "peak MB | held-out loss |",

@@ -7,7 +7,7 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from trainer.config import TrainConfig, defaults_for, usable_cpus
+from trainer.config import TrainConfig, cpu_bf16_is_fast, defaults_for, usable_cpus
 
 
 def test_draft_defaults_follow_the_design() -> None:
@@ -42,14 +42,31 @@ def test_unknown_task_is_refused() -> None:
 def test_inconsistent_settings_say_what_to_change() -> None:
     with pytest.raises(ValidationError, match="target_modules must name"):
         TrainConfig(task="draft", target_modules=())
-    with pytest.raises(ValidationError, match="float32 on the CPU"):
-        TrainConfig(task="draft", device="cpu", dtype="bfloat16")
+    with pytest.raises(ValidationError, match="bfloat16 or float32 on the CPU"):
+        TrainConfig(task="draft", device="cpu", dtype="float16")
 
 
-def test_cpu_trains_in_fp32() -> None:
+def _cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo", encoding="utf-8") as info:
+        for line in info:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def test_the_cpu_trains_in_bf16_where_it_multiplies_bf16_in_hardware_else_fp32() -> None:
+    """Read against the kernel's own CPU flags, not the function under test."""
     import torch
 
-    assert TrainConfig(task="draft", device="cpu").resolved_dtype() == torch.float32
+    hardware = bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    expected = torch.bfloat16 if hardware else torch.float32
+    assert TrainConfig(task="draft", device="cpu").resolved_dtype() == expected
+    assert cpu_bf16_is_fast() is hardware
+    asked = TrainConfig(task="draft", device="cpu", dtype="float32")
+    assert asked.resolved_dtype() == torch.float32
+    assert TrainConfig(task="draft", device="cpu", dtype="bfloat16").resolved_dtype() == (
+        torch.bfloat16
+    )
 
 
 def test_config_is_plain_data() -> None:

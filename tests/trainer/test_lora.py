@@ -91,7 +91,7 @@ def test_the_loss_is_the_answer_only_cross_entropy(tiny_model_dir: Path) -> None
     data = tokenize_examples(tokenizer, sample_examples(6), max_length=256)
     [batch] = bucket_batches([len(e) for e in data.examples], 4096)
     ids, mask, positions, targets, prefix = collate(data, batch)
-    model = load_lora_model(tiny_model_dir, small_config())
+    model = load_lora_model(tiny_model_dir, small_config(dtype="float32"))  # exact arithmetic
     model.eval()
     labels = torch.full_like(ids, -100)
     for r, row in enumerate(batch.rows):
@@ -114,7 +114,7 @@ def test_shared_prefix_gives_the_same_gradients(tiny_model_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     data = tokenize_examples(tokenizer, sample_examples(6), max_length=256)
     [batch] = bucket_batches([len(e) for e in data.examples], 4096)
-    model = load_lora_model(tiny_model_dir, small_config())
+    model = load_lora_model(tiny_model_dir, small_config(dtype="float32"))  # exact arithmetic
     with torch.no_grad():  # non-zero B so that A's gradients are non-zero too
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -127,6 +127,47 @@ def test_shared_prefix_gives_the_same_gradients(tiny_model_dir: Path) -> None:
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6), name
+
+
+def test_a_bf16_base_keeps_fp32_adapters_and_follows_the_fp32_gradients(
+    tiny_model_dir: Path,
+) -> None:
+    """bf16 (the default on CPUs that multiply it in hardware) changes the base weights and the
+    activations, not what is learned: LoRA weights stay fp32 and the gradients point where the
+    fp32 run's do, within bf16's precision (8 bits of mantissa)."""
+    from transformers import AutoTokenizer
+
+    from trainer.data import bucket_batches, collate, tokenize_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    data = tokenize_examples(tokenizer, sample_examples(6), max_length=256)
+    [batch] = bucket_batches([len(e) for e in data.examples], 4096)
+    exact = load_lora_model(tiny_model_dir, small_config(dtype="float32"))
+    half = load_lora_model(tiny_model_dir, small_config(dtype="bfloat16"))
+    base = half.get_base_model()
+    assert base.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert base.config._attn_implementation == "eager"
+    lora = {n: p for n, p in half.named_parameters() if p.requires_grad}
+    assert lora and all(p.dtype == torch.float32 for p in lora.values())
+    with torch.no_grad():  # the same adapter in both, with B non-zero so A learns too
+        for name, param in exact.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+            if param.requires_grad:
+                lora[name].copy_(param)
+    grads = []
+    for model in (exact, half):
+        loss = answer_loss(model, *collate(data, batch))
+        assert loss.dtype == torch.float32
+        torch.autograd.backward(loss)
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() == lora.keys()
+    for name, want in grads[0].items():
+        got = grads[1][name]
+        assert got.dtype == torch.float32
+        cosine = torch.nn.functional.cosine_similarity(want.flatten(), got.flatten(), dim=0)
+        assert float(cosine) > 0.99, name
+        assert float((got - want).norm() / want.norm()) < 0.1, name
 
 
 def test_too_few_examples_are_refused_before_loading_the_model(tmp_path: Path) -> None:
