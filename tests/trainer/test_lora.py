@@ -115,6 +115,7 @@ def test_shared_prefix_gives_the_same_gradients(tiny_model_dir: Path) -> None:
     data = tokenize_examples(tokenizer, sample_examples(6), max_length=256)
     [batch] = bucket_batches([len(e) for e in data.examples], 4096)
     model = load_lora_model(tiny_model_dir, small_config(dtype="float32"))  # exact arithmetic
+    torch.manual_seed(0)  # the same B whatever ran before in this process
     with torch.no_grad():  # non-zero B so that A's gradients are non-zero too
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -125,8 +126,10 @@ def test_shared_prefix_gives_the_same_gradients(tiny_model_dir: Path) -> None:
         torch.autograd.backward(answer_loss(model, *collate(data, batch, share_prefix=share)))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6), name
+    for name, want in grads[0].items():
+        # fp32 summed in another order: the absolute error grows with the gradient's scale
+        atol = 1e-6 * max(1.0, float(want.abs().max()))
+        assert torch.allclose(want, grads[1][name], rtol=1e-4, atol=atol), name
 
 
 def test_a_bf16_base_keeps_fp32_adapters_and_follows_the_fp32_gradients(

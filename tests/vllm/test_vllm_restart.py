@@ -72,7 +72,10 @@ def test_a_restarted_vllm_gets_the_active_adapters_back_within_a_minute(
         while name not in {m.id for m in client.models()}:
             assert time.monotonic() - up < 60, "the active adapter was not loaded again in 60 s"
             time.sleep(0.5)
-        assert sum(w.reloads for w in replicas) >= 1
+        # the server lists the adapter before the watcher that loaded it has counted the load
+        while sum(w.reloads for w in replicas) < 1:
+            assert time.monotonic() - up < 60, "the adapter came back, but no watcher loaded it"
+            time.sleep(0.1)
         reply = client.chat([{"role": "user", "content": "hi"}], model=name, max_tokens=4)
         assert reply.usage.completion_tokens > 0
     finally:
