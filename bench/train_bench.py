@@ -17,9 +17,9 @@ Same base model, LoRA config (r16, alpha 32, no dropout, q/k/v/o), examples, max
 (512), optimizer (AdamW, lr 2e-4, cosine, 5% warm-up, clip 1.0), one epoch and number of
 optimizer steps, 2 torch threads, answer-only loss in both. TRL runs at its fastest here (see
 :func:`trl_config`), in the dtype brandbot's trainer picks on this machine (bf16 on a CPU that
-multiplies it in hardware, else fp32) and under the OpenMP wait policy that is faster for it
-(:data:`OMP_POLICY`); two more TRL sides show both choices: ``trl-fp32`` and
-``trl-omp-default`` (``--trainers`` picks the sides). Each run is its own
+multiplies it in hardware, else fp32), under both OpenMP wait policies (:data:`OMP_POLICY`),
+and in fp32 too (``trl-fp32``); the ratios are against the fastest TRL side (``--trainers``
+picks the sides). Each run is its own
 process (its peak memory is its own), the trainers take turns (harness.interleave), and the
 table reports medians and ranges.
 """
@@ -58,8 +58,8 @@ DATASETS = ("brand", "oneline", "short")
 #: data without a long shared system prompt (the project's targets)
 GOALS = {"brand": 2.0, "oneline": 2.5, "short": 2.5}
 SHORT_TRAIN, SHORT_HELDOUT = 200, 50
-#: OpenMP's wait policy per side: unset (OpenMP's default, as the product runs) for brandbot,
-#: PASSIVE for TRL, each the faster one for it on this machine (docs/benchmarks.md, "Training")
+#: OpenMP's wait policy per side: unset (OpenMP's default, as the product runs) for brandbot;
+#: TRL runs under both (PASSIVE was faster for it on some data, the default on other)
 OMP_POLICY: dict[str, str | None] = {
     "ours": None,
     "trl": "PASSIVE",
@@ -83,10 +83,9 @@ DOC_INTRO = [
     "system prompt (`oneline`, `short`), peak memory under 2 GiB. Both train in the dtype "
     "brandbot picks on the machine: a bf16 base with fp32 LoRA weights where the CPU multiplies "
     "bf16 in hardware (AMX or AVX512-BF16; TRL with `bf16=True` and the model loaded in bf16, "
-    "peft keeping its adapter weights fp32), fp32 elsewhere. Each side runs under the OpenMP "
-    "wait policy that is faster for it: OpenMP's default for brandbot (as the product runs), "
-    "`OMP_WAIT_POLICY=PASSIVE` for TRL; two more TRL sides show those choices (TRL in fp32, TRL "
-    "under OpenMP's default), and the ratios are against the fastest TRL side. brandbot runs "
+    "peft keeping its adapter weights fp32), fp32 elsewhere. brandbot runs under OpenMP's "
+    "default wait policy (as the product runs); TRL under `OMP_WAIT_POLICY=PASSIVE` and under "
+    "the default, and in fp32 as well: the ratios are against the fastest TRL side. brandbot runs "
     "one micro-batch of up to 512 tokens per optimizer step in bf16 (two of 384 in fp32), the "
     "most that keeps its peak memory under 2 GiB.",
     "",
