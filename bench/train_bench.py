@@ -19,9 +19,8 @@ optimizer steps, 2 torch threads, answer-only loss in both. TRL runs at its fast
 :func:`trl_config`), in the dtype brandbot's trainer picks on this machine (bf16 on a CPU that
 multiplies it in hardware, else fp32), under both OpenMP wait policies (:data:`OMP_POLICY`),
 and in fp32 too (``trl-fp32``); the ratios are against the fastest TRL side (``--trainers``
-picks the sides). Each run is its own
-process (its peak memory is its own), the trainers take turns (harness.interleave), and the
-table reports medians and ranges.
+picks the sides). Each run is its own process (its peak memory is its own), the trainers take
+turns (harness.interleave), and the table reports medians and ranges.
 """
 
 from __future__ import annotations
