@@ -57,15 +57,18 @@ def load(smoke: bool) -> tuple[list[str], list[tuple[str, str, str]]]:
     return labels, [(r["split"], r["messages"][0]["content"], r["label"]) for r in rows]
 
 
-def subset(rows: list[tuple[str, str, str]], per_intent: int, seed: int) -> list[Row]:
-    """The test rows and ``per_intent`` train rows of each label, drawn with ``seed``."""
+def subset(
+    rows: list[tuple[str, str, str]], per_intent: int, seed: int, heldout: str = "test"
+) -> list[Row]:
+    """``per_intent`` train rows of each label, drawn with ``seed``, and the ``heldout`` rows
+    (``test``, or ``val`` to choose settings without looking at the test queries)."""
     rng = random.Random(seed)
     by_label: dict[str, list[Row]] = {}
     for row in rows:
         if row[0] == "train":
             by_label.setdefault(row[2], []).append(row)
     train = [r for g in by_label.values() for r in rng.sample(g, min(per_intent, len(g)))]
-    return train + [r for r in rows if r[0] == "test"]
+    return train + [r for r in rows if r[0] == heldout]
 
 
 def run_once(
@@ -90,7 +93,7 @@ def run_once(
             base_model = str(smoke_model(Path(tmp) / "tiny"))
         else:
             base_model = str(resolve_base_model(None, Path(args.models_dir)).path)
-        training: dict[str, int] = {"min_examples": 4, "seed": seed}
+        training: dict[str, Any] = {"min_examples": 4, "seed": seed, **args.overrides}
         epochs = 1 if args.smoke else args.epochs
         if epochs is not None:
             training["epochs"] = epochs
@@ -132,11 +135,12 @@ def run_once(
 def show_run(labels: list[str], rows: list[Row], run: dict[str, Any], seed: int) -> float:
     """Print one run's table as it finishes; returns the tuned s/ticket."""
     base, tuned, hyper = run["metrics"]["base"], run["metrics"]["new"], run["hyper"]
-    tests = sum(1 for r in rows if r[0] == "test")
+    heldout = [r[0] for r in rows if r[0] != "train"]
+    tests, split = len(heldout), heldout[0] if heldout else "test"
     before, after = run["load"]
     print(f"seed {seed}: CLINC150 banking, {len(labels)} intents: {len(rows) - tests} train / "
-          f"{tests} test queries; whole run {run['elapsed']:.0f} s; load average {before:.1f} at "
-          f"the start, {after:.1f} at the end (s/ticket is CPU time-sensitive)")  # fmt: skip
+          f"{tests} {split} queries; whole run {run['elapsed']:.0f} s; load average {before:.1f} "
+          f"at the start, {after:.1f} at the end (s/ticket is CPU time-sensitive)")  # fmt: skip
     print("training: " + ", ".join(f"{k} {hyper[k]}" for k in HYPER if k in hyper))
     print(f"{'model':<26} {'accuracy':>9} {'macro-F1':>9} {'invalid':>8} {'s/ticket':>9}")
     for name, m in (("base (zero-shot)", base), (f"tuned ({tuned['name']})", tuned)):
@@ -252,6 +256,17 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, default=1, help="runs, seeds 0..N-1")
     parser.add_argument("--per-intent", type=int, default=30, help="train queries per intent")
+    parser.add_argument(
+        "--heldout", choices=("test", "val"), default="test",
+        help="score the 300 test queries (the doc's numbers) or the 200 validation queries "
+        "(to compare settings without choosing them on the test set)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        type=override,
+        help="a training setting for this run, e.g. --set learning_rate=1e-3 "
+        "--set target_modules=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+    )  # fmt: skip
     parser.add_argument("--models-dir", default=str(ROOT / "data" / "models"))
     parser.add_argument(
         "--keep", type=Path, default=None, metavar="DIR",
@@ -262,27 +277,46 @@ def main() -> int:
         help="write the section of docs/benchmarks.md (clean tree; not with --smoke or --epochs)",
     )  # fmt: skip
     args = parser.parse_args()
-    if args.write and (args.smoke or args.epochs is not None or args.seeds < 3):
-        parser.error("--write records the product's defaults over at least 3 seeds: drop "
-                     "--smoke and --epochs, and give --seeds 3 or more")  # fmt: skip
+    args.overrides = dict(args.overrides)
+    tuned = args.epochs is not None or args.overrides or args.heldout != "test"
+    if args.write and (args.smoke or tuned or args.seeds < 3):
+        parser.error("--write records the product's defaults on the test queries over at "
+                     "least 3 seeds: drop --smoke, --epochs, --set and --heldout, and give "
+                     "--seeds 3 or more")  # fmt: skip
     if args.write:
         harness.require_clean_tree()
     section = harness.Section(title(args.per_intent), threads=torch_threads())
     labels, rows = load(args.smoke)
     runs, per_ticket_s = [], []
     for seed in range(args.seeds):
-        chosen = subset(rows, args.per_intent, seed)
+        chosen = subset(rows, args.per_intent, seed, args.heldout)
         run = run_once(labels, chosen, seed, args)
         per_ticket_s.append(show_run(labels, chosen, run, seed))
         runs.append(run)
     section.finish()
-    defaults = args.epochs is None and not args.smoke
+    defaults = not tuned and not args.smoke
     lines = [*report(labels, args.per_intent, runs, defaults), "", *section.provenance_lines()]
     print("\n" + "\n".join(lines))
     if args.write:
         harness.write_section(section.title, [*DOC_INTRO, "", *lines])
     met, _ = verdict([float(r["metrics"]["new"]["macro_f1"]) for r in runs], per_ticket_s)
     return 0 if (met or args.smoke) else 1
+
+
+def override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` as a training setting: a comma-separated value is a list, a number a
+    number (the settings model validates the rest)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if "," in value:
+        return key, value.split(",")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
 
 
 def torch_threads() -> int:

@@ -142,6 +142,8 @@ def short_data(n_train: int, n_heldout: int) -> tuple[list[TrainExample], list[T
     by_split: dict[str, dict[str, list[TrainExample]]] = {"train": {}, "test": {}}
     for line in CLINC.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
+        if row["split"] not in by_split:
+            continue
         user, answer = row["messages"][0]["content"], row["messages"][-1]["content"]
         intents = by_split[row["split"]]
         intents.setdefault(row["label"], []).append(TrainExample(SHORT_LINE, user, answer))
