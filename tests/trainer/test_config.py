@@ -24,6 +24,10 @@ def test_classify_defaults_train_longer_and_faster() -> None:
     assert classify.epochs > draft.epochs
     assert classify.learning_rate > draft.learning_rate
     assert classify.min_examples >= draft.min_examples
+    # the MLP's projections too: they separated near-synonymous intents (docs/training.md)
+    assert classify.target_modules == (
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    )  # fmt: skip
 
 
 def test_overrides_apply_and_are_validated() -> None:

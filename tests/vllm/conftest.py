@@ -145,8 +145,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(scope="session")
 def smollm2_adapter(smollm2_model: ResolvedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A rank-8 LoRA adapter for SmolLM2 with small random B matrices: it visibly moves the
-    model's answers without wrecking them."""
+    model's answers without wrecking them. It targets the modules the classify defaults train
+    (attention and MLP projections), so vLLM serves the shape the product ships."""
     from bot.testkit.models import build_tiny_adapter
+    from trainer.config import defaults_for
 
     return build_tiny_adapter(
         smollm2_model.path,
@@ -155,6 +157,7 @@ def smollm2_adapter(smollm2_model: ResolvedModel, tmp_path_factory: pytest.TempP
         rank=8,
         scale=0.02,
         seed=7,
+        targets=defaults_for("classify").target_modules,
     )
 
 
