@@ -78,25 +78,6 @@ def test_quality_bench_smoke() -> None:
     assert "tuned macro-F1 over 2 seed(s), 3 train queries per intent: mean" in proc.stdout
 
 
-def test_quality_bench_chooses_settings_on_the_validation_queries_never_the_test_ones() -> None:
-    from bench import quality_bench as bench
-
-    labels, rows = bench.load(smoke=False)
-    assert len(labels) == 10
-    assert Counter(split for split, _, _ in rows) == {"train": 300, "val": 200, "test": 300}
-    tuning = bench.subset(rows, 30, seed=0, heldout="val")
-    assert {split for split, _, _ in tuning} == {"train", "val"}
-    test_texts = {text for split, text, _ in rows if split == "test"}
-    assert not test_texts & {text for _, text, _ in tuning}
-    assert bench.override("learning_rate=1e-3") == ("learning_rate", 0.001)
-    assert bench.override("epochs=8") == ("epochs", 8)
-    modules = ("target_modules", ["q_proj", "v_proj"])
-    assert bench.override("target_modules=q_proj,v_proj") == modules
-    proc = run_bench("quality_bench.py", "--heldout", "val", "--seeds", "3", "--write")
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert "drop --smoke, --epochs, --set and --heldout" in proc.stderr
-
-
 def test_eval_bench_smoke_a_batch_per_model_drafts_as_one_mixed_batch() -> None:
     proc = run_bench("eval_bench.py", "--smoke", "--compare")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -64,4 +65,29 @@ def test_write_refuses_a_smoke_run() -> None:
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert "--write records the product's defaults over at least 3 seeds" in proc.stderr
+    assert "--write records the product's defaults on the test queries over at least 3 seeds" in (
+        proc.stderr
+    )
+
+
+def test_quality_bench_chooses_settings_on_the_validation_queries_never_the_test_ones() -> None:
+    import bench.quality_bench as bench
+
+    labels, rows = bench.load(smoke=False)
+    assert len(labels) == 10
+    assert Counter(split for split, _, _ in rows) == {"train": 300, "val": 200, "test": 300}
+    tuning = bench.subset(rows, 30, seed=0, heldout="val")
+    assert {split for split, _, _ in tuning} == {"train", "val"}
+    test_texts = {text for split, text, _ in rows if split == "test"}
+    assert not test_texts & {text for _, text, _ in tuning}
+    assert bench.override("learning_rate=1e-3") == ("learning_rate", 0.001)
+    assert bench.override("epochs=8") == ("epochs", 8)
+    modules = ("target_modules", ["q_proj", "v_proj"])
+    assert bench.override("target_modules=q_proj,v_proj") == modules
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "quality_bench.py"), "--heldout", "val",
+         "--seeds", "3", "--write"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "drop --smoke, --epochs, --set and --heldout" in proc.stderr
