@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -313,12 +314,12 @@ def override(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     if "," in value:
         return key, value.split(",")
-    for kind in (int, float):
-        try:
-            return key, kind(value)
-        except ValueError:
-            pass
-    return key, value
+    if re.fullmatch(r"[+-]?\d+", value):
+        return key, int(value)
+    try:
+        return key, float(value)
+    except ValueError:
+        return key, value
 
 
 def torch_threads() -> int:

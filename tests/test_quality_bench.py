@@ -59,11 +59,16 @@ def test_the_small_train_set_writes_its_own_section() -> None:
     )
 
 
-def test_write_refuses_a_smoke_run() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "quality_bench.py"), "--smoke", "--write"],
+def run_quality(*args: str) -> subprocess.CompletedProcess[str]:
+    """``bench/quality_bench.py ARGS`` from the project root, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "quality_bench.py"), *args],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
+
+
+def test_write_refuses_a_smoke_run() -> None:
+    proc = run_quality("--smoke", "--write")
     assert proc.returncode == 2
     assert "--write records the product's defaults on the test queries over at least 3 seeds" in (
         proc.stderr
@@ -84,10 +89,6 @@ def test_quality_bench_chooses_settings_on_the_validation_queries_never_the_test
     assert bench.override("epochs=8") == ("epochs", 8)
     modules = ("target_modules", ["q_proj", "v_proj"])
     assert bench.override("target_modules=q_proj,v_proj") == modules
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "quality_bench.py"), "--heldout", "val",
-         "--seeds", "3", "--write"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
-    )  # fmt: skip
+    proc = run_quality("--heldout", "val", "--seeds", "3", "--write")
     assert proc.returncode == 2 and proc.stdout == ""
     assert "drop --smoke, --epochs, --set and --heldout" in proc.stderr
