@@ -226,6 +226,7 @@ def pytest_configure(config: pytest.Config) -> None:
     lose most of their time to a thread descheduled by the other worker."""
     if config.getoption("dist", "no") == "loadgroup":
         _require_working_loadgroup()
+        config.option.loadscopereorder = False  # hand out in _hand_out_rank's order
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
     if not os.environ.get("PYTEST_XDIST_WORKER") or workers < 2:
         return
@@ -266,9 +267,8 @@ MODULE_FIXTURES = ("fresh_venv", "trained", "model_server", "adapters", "plain")
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Group the tests of one shared resource; under pytest-xdist also hand out the slow tests
-    first (the scheduler follows this order after the groups), so that no long test starts
-    last while the other worker sits idle."""
+    """Group the tests of one shared resource; under pytest-xdist also set the order the
+    scheduler hands them out in (``pytest_configure`` keeps xdist from reordering it)."""
     for item in items:
         names = getattr(item, "fixturenames", ())
         group = next((g for name, g in XDIST_GROUPS.items() if name in names), None)
@@ -277,9 +277,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        items.sort(
-            key=lambda i: not (i.get_closest_marker("slow") or i.get_closest_marker("smollm2"))
-        )
+        items.sort(key=_hand_out_rank)
+
+
+def _hand_out_rank(item: pytest.Item) -> int:
+    """The vLLM tests first (their server's start is the longest wait); then the tests that
+    mostly wait on a clock or on other processes (``waits``), so that the other worker's vLLM
+    start-up computes on the core they leave free; then the slow tests and the groups of
+    shared fixtures, so that no long test starts last while the other worker sits idle."""
+    if "vllm" in getattr(item, "fixturenames", ()):
+        return 0
+    if item.get_closest_marker("waits"):
+        return 1
+    slow = item.get_closest_marker("slow") or item.get_closest_marker("smollm2")
+    return 2 if slow or item.get_closest_marker("xdist_group") else 3
 
 
 @pytest.fixture(scope="session", autouse=True)

