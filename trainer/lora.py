@@ -32,7 +32,6 @@ arithmetic with fewer collectives.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import random
@@ -40,7 +39,7 @@ import resource
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,10 +122,9 @@ def seed_everything(seed: int) -> None:
 
 def load_lora_model(base_dir: Path, config: TrainConfig, device: str | None = None) -> Any:
     """The base model on ``device`` (default: ``config``'s) and ``config``'s dtype, frozen, with
-    fresh LoRA modules in fp32 (peft keeps adapter weights fp32 under a 16-bit base; training
-    computes them in the base's dtype, :func:`low_precision_lora`). A bf16 base on the CPU uses
-    eager attention: for these short rows it beats SDPA's CPU kernels, whose bf16 backward is
-    slow."""
+    fresh LoRA modules in fp32 (peft keeps adapter weights fp32 under a 16-bit base and casts
+    around them). A bf16 base on the CPU uses eager attention: for these short rows it beats
+    SDPA's CPU kernels, whose bf16 backward is slow."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -198,26 +196,6 @@ def answer_loss(
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
     logits = causal_lm.get_output_embeddings()(picked).float()
     return torch.nn.functional.cross_entropy(logits, targets.to(device), reduction=reduction)
-
-
-@contextlib.contextmanager
-def low_precision_lora(model: Any, device: str, dtype: torch.dtype) -> Iterator[None]:
-    """Mixed precision for LoRA under a 16-bit base, as on a GPU: the LoRA matrices stay fp32
-    (the optimizer's master weights) but compute in the base's dtype. Autocast casts each small
-    LoRA matrix per matmul; peft's cast of every projection's input to fp32 (and the fp32
-    products, scaling and sums after it) is switched off, which cuts a step's elementwise work
-    and its peak memory. Nothing changes under an fp32 base. Wrap the forward pass only:
-    backward follows the forward's dtypes, and the gradients reach the fp32 weights in fp32."""
-    if dtype not in (torch.bfloat16, torch.float16):
-        yield
-        return
-    from peft.helpers import disable_input_dtype_casting
-
-    with (
-        torch.autocast(torch.device(device).type, dtype=dtype),
-        disable_input_dtype_casting(model),
-    ):
-        yield
 
 
 def _cache_kwarg(decoder: Any) -> str:
@@ -310,7 +288,6 @@ def train_lora(
     device = str(accelerator.device) if accelerator else config.resolved_device()
     model = load_lora_model(Path(base_dir), config, device)
     model.train()
-    dtype = config.resolved_dtype()
     params = trainable(model)
     opt = stage_optimizer(params, config, lr=config.learning_rate, total_steps=len(steps))
     key = run_key(data, config)
@@ -338,8 +315,7 @@ def train_lora(
         step_loss = 0.0
         for batch in group[rank::world]:
             tensors = collate(data, batch, share_prefix=not config.gradient_checkpointing)
-            with low_precision_lora(model, device, dtype):
-                loss = answer_loss(model, *tensors) / n_answer
+            loss = answer_loss(model, *tensors) / n_answer
             loss.backward()
             step_loss += float(loss.detach())
             real_tokens += int(tensors.attention_mask.sum())

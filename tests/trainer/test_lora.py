@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,7 @@ from serving.adapters import lint_adapter
 from serving.base_model import read_fingerprint
 from trainer.config import TrainConfig, defaults_for
 from trainer.data import TooFewExamples, TrainExample
-from trainer.lora import (
-    ResumeMismatch,
-    answer_loss,
-    load_lora_model,
-    low_precision_lora,
-    train_lora,
-)
+from trainer.lora import ResumeMismatch, answer_loss, load_lora_model, train_lora
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM = "You write social posts for Kettle & Kite."
@@ -166,24 +159,18 @@ def test_a_bf16_base_keeps_fp32_adapters_and_follows_the_fp32_gradients(
             if param.requires_grad:
                 lora[name].copy_(param)
     grads = []
-    # fp32; bf16 with peft's fp32 LoRA path; bf16 with LoRA computed in bf16 (what training runs)
-    for model, mixed in ((exact, False), (half, False), (half, True)):
-        model.zero_grad()
-        with low_precision_lora(model, "cpu", torch.bfloat16) if mixed else nullcontext():
-            loss = answer_loss(model, *collate(data, batch))
+    for model in (exact, half):
+        loss = answer_loss(model, *collate(data, batch))
         assert loss.dtype == torch.float32
         torch.autograd.backward(loss)
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() == grads[2].keys() == lora.keys()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() == lora.keys()
     for name, want in grads[0].items():
-        for got in (grads[1][name], grads[2][name]):
-            assert got.dtype == torch.float32
-            cosine = torch.nn.functional.cosine_similarity(want.flatten(), got.flatten(), dim=0)
-            assert float(cosine) > 0.99, name
-            assert float((got - want).norm() / want.norm()) < 0.1, name
-    assert all(p.dtype == torch.float32 for p in lora.values())
-    query = next(m for n, m in half.named_modules() if n.endswith("layers.0.self_attn.q_proj"))
-    assert query.cast_input_dtype_enabled  # peft's casting is back after the forward
+        got = grads[1][name]
+        assert got.dtype == torch.float32
+        cosine = torch.nn.functional.cosine_similarity(want.flatten(), got.flatten(), dim=0)
+        assert float(cosine) > 0.99, name
+        assert float((got - want).norm() / want.norm()) < 0.1, name
 
 
 def test_too_few_examples_are_refused_before_loading_the_model(tmp_path: Path) -> None:
