@@ -86,7 +86,7 @@ DOC_INTRO = [
     "default wait policy (as the product runs); TRL under `OMP_WAIT_POLICY=PASSIVE` and under "
     "the default, and in fp32 as well: the ratios are against the fastest TRL side. brandbot runs "
     "one micro-batch of up to 512 tokens per optimizer step in bf16 (two of 384 in fp32), the "
-    "most that keeps its peak memory under 2 GiB.",
+    "most that keeps its peak memory under 2 GiB with a margin on every data set.",
     "",
     "    .venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/train_bench.py --write",
     "",
