@@ -17,6 +17,7 @@ bash scripts/ensure-postgres.sh
 "$MAKE" --no-print-directory VENV="$VENV" lint typecheck >"$checks_log" 2>&1 &
 checks=$!
 if ! wait "$vllm_setup"; then
+  kill "$checks" 2>/dev/null || true
   cat "$vllm_log"
   echo "test: setting up vLLM's environment failed (scripts/setup-vllm.sh, output above)" >&2
   exit 1

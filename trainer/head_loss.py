@@ -46,15 +46,20 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         return grad * upstream.to(grad.dtype), None, None, None
 
 
-def head_loss_sum(
-    rows: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, chunk: int = CHUNK_ROWS
+def head_loss(
+    rows: torch.Tensor,
+    head: torch.nn.Module,
+    targets: torch.Tensor,
+    reduction: str = "sum",
+    chunk: int = CHUNK_ROWS,
 ) -> torch.Tensor:
-    """Summed cross-entropy of ``targets`` given the hidden ``rows`` (one per answer token) and
-    the LM ``head``. Chunked when it can be (a frozen head without bias, gradients wanted),
-    the plain way otherwise; the loss is fp32 either way."""
+    """Cross-entropy of ``targets`` given the hidden ``rows`` (one per answer token) and the LM
+    ``head``, in fp32. Summed and chunked when it can be (a frozen head without bias, gradients
+    wanted); otherwise, or for another ``reduction``, the plain way."""
     weight = getattr(head, "weight", None)
     chunkable = (
-        isinstance(weight, torch.Tensor)
+        reduction == "sum"
+        and isinstance(weight, torch.Tensor)
         and getattr(head, "bias", None) is None
         and not weight.requires_grad
         and rows.requires_grad
@@ -62,7 +67,7 @@ def head_loss_sum(
     )
     if not chunkable:
         logits = head(rows).float()
-        return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        return torch.nn.functional.cross_entropy(logits, targets, reduction=reduction)
     if torch.is_autocast_enabled(rows.device.type):
         dtype = torch.get_autocast_dtype(rows.device.type)
         rows, weight = rows.to(dtype), weight.to(dtype)  # type: ignore[union-attr]

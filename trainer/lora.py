@@ -69,7 +69,7 @@ from trainer.data import (
     epoch_order,
     tokenize_examples,
 )
-from trainer.head_loss import head_loss_sum
+from trainer.head_loss import head_loss
 from trainer.launch import LAUNCHED_ENV, LaunchedTrainingFailed, ProgressCallback
 from trainer.optim import stage_optimizer
 
@@ -167,7 +167,7 @@ def answer_loss(
 
     ``model`` is a peft model or a plain causal LM. The decoder runs to hidden states; the rows at
     ``positions`` (flat indices into ``[rows * width]``) go through the LM head (summed: a chunk
-    of rows at a time, :func:`trainer.head_loss.head_loss_sum`). With
+    of rows at a time, :func:`trainer.head_loss.head_loss`). With
     ``prefix > 0`` the first ``prefix`` tokens (the same in every row) run once, and their keys and
     values serve every row's remaining tokens (not with gradient checkpointing, which drops the
     cache: pass 0 then).
@@ -196,11 +196,7 @@ def answer_loss(
     else:
         hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
-    head, targets = causal_lm.get_output_embeddings(), targets.to(device)
-    if reduction == "sum":
-        return head_loss_sum(picked, head, targets)
-    logits = head(picked).float()
-    return torch.nn.functional.cross_entropy(logits, targets, reduction=reduction)
+    return head_loss(picked, causal_lm.get_output_embeddings(), targets.to(device), reduction)
 
 
 def _cache_kwarg(decoder: Any) -> str:
