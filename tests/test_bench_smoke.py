@@ -27,8 +27,10 @@ def run_bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_import_bench_smoke() -> None:
     proc = run_bench("import_bench.py", "--smoke")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "re-import" in proc.stdout
-    assert "added 0" in proc.stdout
+    assert "| second import of the same file (adds 0) |" in proc.stdout
+    assert "every round added all 500 lines the first time: yes" in proc.stdout
+    assert "| bare SQLAlchemy bulk insert |" in proc.stdout
+    assert "run order: bare brandbot" in proc.stdout
 
 
 def test_bot_ack_bench_smoke_runs_the_real_http_command() -> None:
