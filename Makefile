@@ -44,7 +44,7 @@ bench: setup
 	$(VENV)/bin/pip install -e '.[bench]'
 	bash scripts/ensure-postgres.sh
 	bash scripts/setup-vllm.sh .venv-vllm
-	$(PY) bench/import_bench.py --write
+	-$(PY) bench/import_bench.py --write
 	-$(PY) bench/train_bench.py --write
 	-$(PY) bench/bot_bench.py --write
 	-$(PY) bench/bot_bench.py --postgres --write
