@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import http.client
-import itertools
 import json
 import os
 import random
@@ -46,6 +44,7 @@ if str(ROOT) not in sys.path:
 
 from bench import harness  # noqa: E402
 from bench.bot_bench import SECRET, free_port, start, stop  # noqa: E402
+from bench.texts import posts  # noqa: E402
 from bot.storage import Database  # noqa: E402
 from bot.storage.models import Example  # noqa: E402
 from bot.testkit import payloads  # noqa: E402
@@ -54,61 +53,7 @@ from bot.testkit.signing import sign  # noqa: E402
 from bot.testkit.slack import FakeSlack  # noqa: E402
 
 CHANNEL, APPROVER, AUTHOR = "C0BENCHCPY", "U0APPROVE1", "U0AUTHOR01"
-TEXTS = ROOT / "bench" / "data" / "clinc150_utterances.txt.gz"
 TITLE = "Reaction events into PostgreSQL (collect)"
-QUESTION = frozenset(
-    (
-        "what",
-        "how",
-        "who",
-        "when",
-        "where",
-        "why",
-        "which",
-        "can",
-        "could",
-        "is",
-        "are",
-        "do",
-        "does",
-        "did",
-        "will",
-        "would",
-        "should",
-        "may",
-        "am",
-        "was",
-        "have",
-        "has",
-    )
-)
-
-
-def sentence(utterance: str) -> str:
-    stop = "?" if utterance.split(" ", 1)[0] in QUESTION else "."
-    return utterance[0].upper() + utterance[1:] + stop
-
-
-def posts(count: int, seed: int = 7) -> list[str]:
-    """``count`` distinct paragraphs of three utterances each, no two sharing a pair of them
-    (so none is a near-duplicate of another); deterministic for a seed."""
-    utterances = gzip.decompress(TEXTS.read_bytes()).decode().splitlines()
-    rng = random.Random(seed)
-    used: set[frozenset[str]] = set()
-    out: list[str] = []
-    while len(out) < count:
-        order = utterances[:]
-        rng.shuffle(order)
-        for i in range(0, len(order) - 2, 3):
-            group = order[i : i + 3]
-            pairs = {frozenset(p) for p in itertools.combinations(group, 2)}
-            if pairs & used:
-                continue
-            used |= pairs
-            out.append(" ".join(map(sentence, group)))
-            if len(out) == count:
-                break
-    return out
 
 
 async def send_all(

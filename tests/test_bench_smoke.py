@@ -29,8 +29,8 @@ def test_import_bench_smoke() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| second import of the same file (adds 0) |" in proc.stdout
     assert "every round added all 500 lines the first time: yes" in proc.stdout
-    assert "| bare SQLAlchemy bulk insert |" in proc.stdout
-    assert "run order: bare brandbot" in proc.stdout
+    assert "| bare bulk insert: examples alone |" in proc.stdout
+    assert "run order: bare bare+keys brandbot" in proc.stdout
 
 
 def test_bot_ack_bench_smoke_runs_the_real_http_command() -> None:
