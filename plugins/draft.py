@@ -11,17 +11,17 @@ restart does the right thing.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from bot.access import is_approver, may_read
-from bot.draft_pairs import record_discarded, record_posted
+from bot.access import may_read
+from bot.draft_pairs import record_discarded
 from bot.gate import Gate, scrubber_for_settings
 from bot.modals import text_edit_modal
 from bot.plugin import (
@@ -29,7 +29,6 @@ from bot.plugin import (
     Button,
     CommandEvent,
     Context,
-    Plugin,
     Services,
     command,
     on_action,
@@ -37,14 +36,14 @@ from bot.plugin import (
 )
 from bot.ratelimit import admit
 from bot.reply_prompts import is_reply_dataset
-from bot.storage.models import Dataset, Draft, utcnow
-from bot.storage.repositories import Adapters, Outbox
+from bot.storage.models import Dataset, Draft
+from bot.storage.repositories import Adapters
+from plugins.draft_posting import POSTING, DraftPosting
 from serving.client import InferenceError, InferenceUnavailable
-from trainer.rules import edit_distance, rule_violations
+from trainer.rules import rule_violations
 
 log = logging.getLogger("brandbot.draft")
 MAX_BRIEF = 2000
-POSTING = "This draft is being posted."
 USAGE = "Usage: `/draft [-d dataset] [-n 1-3] brief`, e.g. `/draft announce the autumn chai`"
 
 
@@ -53,6 +52,13 @@ class DraftSettings(BaseModel):
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
     retries_for_rules: int = Field(default=2, ge=0, le=5)
     stream_every_s: float = Field(default=1.0, gt=0)
+    posting_stuck_after_minutes: int = Field(
+        default=10,
+        ge=1,
+        le=1440,
+        description="A draft claimed by a Post press that is still posting after this long "
+        "(the bot crashed mid-post) is settled: recorded if the channel has it, else released.",
+    )
 
 
 @dataclass
@@ -93,7 +99,7 @@ def messages_for(dataset: Dataset, brief: str) -> list[dict[str, str]]:
     return out
 
 
-class DraftPlugin(Plugin):
+class DraftPlugin(DraftPosting):
     """Drafts on-brand copy."""
 
     Settings = DraftSettings
@@ -102,6 +108,9 @@ class DraftPlugin(Plugin):
     def cfg(self) -> DraftSettings:
         assert isinstance(self.settings, DraftSettings)
         return self.settings
+
+    def stuck_after(self) -> dt.timedelta:
+        return dt.timedelta(minutes=self.cfg.posting_stuck_after_minutes)
 
     def _dataset(self, ctx: Context, event: CommandEvent, name: str | None) -> Dataset | str:
         drafts = list(ctx.session.scalars(select(Dataset).where(Dataset.task == "draft")))
@@ -293,95 +302,6 @@ class DraftPlugin(Plugin):
             return
         self._publish(ctx, draft, draft.variants[index], event.user_id, event.team_id, index)
 
-    @staticmethod
-    def _say(ctx: Context, draft: Draft, user: str, text: str) -> None:
-        """Answer a button (through its response_url) or a modal (ephemerally)."""
-        if getattr(ctx.event, "response_url", None):
-            ctx.respond(text, replace_original=True)
-        elif draft.channel_id:
-            ctx.chat.ephemeral(draft.channel_id, user, text)
-
-    def _publish(
-        self, ctx: Context, draft: Draft, final: str, user: str, team: str | None, index: int
-    ) -> None:
-        """Claim the draft (``pending`` to ``posting``, one conditional update) in the
-        handler's transaction, and post it once that has committed (:meth:`_post_claimed`).
-
-        Two presses at once claim it once: the other is told it is being posted. Nothing is
-        posted for a transaction that rolled back, and a crash between the claim and the post
-        leaves the draft ``posting`` rather than posting it twice."""
-        if draft.status == "posted":
-            self._say(ctx, draft, user, "This draft was already posted.")
-            return
-        if draft.status == "discarded":
-            self._say(ctx, draft, user, "This draft was discarded; run `/draft` again.")
-            return
-        claim = update(Draft).where(Draft.id == draft.id, Draft.status == "pending")
-        claimed = ctx.session.execute(claim.values(status="posting"))
-        if getattr(claimed, "rowcount", 0) != 1:
-            self._say(ctx, draft, user, POSTING)
-            return
-        dataset = ctx.session.get(Dataset, draft.dataset_id)
-        channel = draft.channel_id or (dataset.channels[0] if dataset and dataset.channels else "")
-        ctx.after_commit(self._post_claimed, ctx, draft, channel, final, user, team, index)
-
-    def _post_claimed(
-        self, ctx: Context, draft: Draft, channel: str, final: str, user: str,
-        team: str | None, index: int,
-    ) -> None:  # fmt: skip
-        """Post a claimed draft, then record it (and its example and pairs) in a transaction
-        of its own. A post Slack refuses gives the claim back, so Post can be pressed again."""
-        draft_id = draft.id
-        try:
-            ts = ctx.chat.post(channel, final)
-        except Exception as exc:
-            with ctx.services.db.session() as session:
-                session.execute(
-                    update(Draft)
-                    .where(Draft.id == draft_id, Draft.status == "posting")
-                    .values(status="pending")
-                )
-            log.warning("posting draft %s failed: %s", draft_id, exc)
-            self._say(ctx, draft, user, f"Couldn't post the draft ({exc}). Press Post again.")
-            return
-        try:
-            note = self._record_posted(ctx, draft_id, final, user, team, index, channel, ts)
-        except Exception:
-            log.exception("draft %s was posted (ts %s) but recording it failed", draft_id, ts)
-            note = " Recording it failed, so it is not training data; the error is logged."
-        self._say(ctx, draft, user, f"Posted in <#{channel}>.{note}")
-
-    def _record_posted(
-        self, ctx: Context, draft_id: int, final: str, user: str, team: str | None, index: int,
-        channel: str, ts: str,
-    ) -> str:  # fmt: skip
-        """Record a posted draft, its example and its pairs; the note for the poster."""
-        note = ""
-        with ctx.services.db.session() as session:
-            draft = session.get(Draft, draft_id)
-            if draft is None:  # forgotten meanwhile: nothing of it is kept
-                return note
-            dataset = session.get(Dataset, draft.dataset_id)
-            generated = draft.variants[index] if index < len(draft.variants) else (draft.text or "")
-            draft.status, draft.final_text, draft.posted_by = "posted", final, user
-            draft.message_ts, draft.channel_id, draft.posted_at = ts, channel, utcnow()
-            draft.edit_distance = edit_distance(generated, final)
-            if dataset is not None:
-                approved = is_approver(dataset, user, ctx.chat, ctx.services.settings.admins)
-                gate = Gate(session, scrubber=scrubber_for_settings(ctx.services.settings))
-                outcome = gate.add(
-                    dataset, text=final, source="draft", actor=user, approved=approved,
-                    workspace=team or "", channel=channel, ts=ts, author=user,
-                    prompt=draft.brief,
-                )  # fmt: skip
-                if outcome.status == "pending":
-                    Outbox(session).publish("example.pending", {"example_id": outcome.example_id})
-                    note = " An approver's ✅ on it makes it training data."
-                if approved:
-                    approves = self._approves(ctx, dataset)
-                    record_posted(gate, dataset, draft, index, team, approves)
-        return note
-
     @on_action("draft_edit")
     def edit(self, event: ActionEvent, ctx: Context) -> None:
         loaded = self._load(ctx, event.value)
@@ -445,16 +365,11 @@ class DraftPlugin(Plugin):
         draft, dataset, _ = loaded
         if draft.status == "pending":
             draft.status, draft.discarded_by = "discarded", event.user_id
-            approves = self._approves(ctx, dataset)
+            approves = self._approves(ctx.services, dataset)
             if approves(event.user_id):
                 gate = Gate(ctx.session, scrubber=scrubber_for_settings(ctx.services.settings))
                 record_discarded(gate, dataset, draft, event.team_id, approves)
         ctx.respond(f"Draft {draft.status}.", replace_original=True)
-
-    @staticmethod
-    def _approves(ctx: Context, dataset: Dataset) -> Callable[[str], bool]:
-        """Whether a person approves ``dataset``: only approvers' choices become pairs."""
-        return lambda user: is_approver(dataset, user, ctx.chat, ctx.services.settings.admins)
 
 
 def refusal(exc: InferenceError, model: str | None) -> str:

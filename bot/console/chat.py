@@ -192,6 +192,16 @@ class ConsoleChat:
     def fetch_messages(self, refs: Sequence[tuple[str, str]]) -> list[ChatMessage | None]:
         return [self.fetch_message(channel, ts) for channel, ts in refs]
 
+    def history(self, channel: str, oldest: str, limit: int = 200) -> list[ChatMessage]:
+        found = [
+            ChatMessage(m.channel_id, m.ts, m.user_id, m.text, m.thread_ts,
+                        bot_id="B0BRANDBOT" if m.bot else None)
+            for m in self.ws.messages
+            if m.channel_id == channel and not m.deleted and not m.thread_ts
+            and float(m.ts) > float(oldest)
+        ]  # fmt: skip
+        return found[::-1][:limit]
+
     def channel_members(self, channel: str) -> list[str]:
         members = self.ws.channels.get(channel, {}).get("members")
         return list(members) if members else list(self.ws.users)

@@ -268,6 +268,21 @@ class SlackChat:
         messages: list[ChatMessage | None] = self.api.run(fetch_all())
         return messages
 
+    def history(self, channel: str, oldest: str, limit: int = 200) -> list[ChatMessage]:
+        out: list[ChatMessage] = []
+        page: dict[str, Any] = {}
+        while len(out) < limit:
+            data = self._call(
+                "conversations.history", channel=channel, oldest=oldest,
+                limit=min(200, limit - len(out)), **page,
+            )  # fmt: skip
+            out += [_message(channel, m) for m in data.get("messages", [])]
+            cursor = (data.get("response_metadata") or {}).get("next_cursor")
+            if not data.get("has_more") or not cursor:
+                break
+            page = {"cursor": cursor}
+        return out[:limit]
+
     async def _acall(self, method: str, **kwargs: Any) -> dict[str, Any]:
         try:
             response = await self.api.client.api_call(method, json=kwargs)

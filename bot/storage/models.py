@@ -299,6 +299,12 @@ class Draft(Base):
     edit_distance: Mapped[int | None] = mapped_column(Integer, default=None)
     requested_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     posted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # A Post press's claim (status ``posting``): when, which variant, from which workspace; the
+    # text and the presser are in final_text and posted_by. A crash before the post is recorded
+    # leaves these for the sweep that settles the draft.
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    claim_index: Mapped[int | None] = mapped_column(Integer, default=None)
+    claim_team: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class Prediction(Base):

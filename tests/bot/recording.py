@@ -57,6 +57,11 @@ class RecordingChat:
     def fetch_messages(self, refs: Sequence[tuple[str, str]]) -> list[ChatMessage | None]:
         return [self.fetch_message(channel, ts) for channel, ts in refs]
 
+    def history(self, channel: str, oldest: str, limit: int = 200) -> list[ChatMessage]:
+        found = [m for (c, _), m in self.messages.items()
+                 if c == channel and not m.thread_ts and float(m.ts) > float(oldest)]  # fmt: skip
+        return sorted(found, key=lambda m: float(m.ts), reverse=True)[:limit]
+
     def channel_members(self, channel: str) -> list[str]:
         return self.members.get(channel, [])
 

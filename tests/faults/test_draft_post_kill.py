@@ -1,9 +1,11 @@
 """A bot killed with SIGKILL while it posts a draft never posts it a second time: the press
-claimed the draft before posting, so after a restart a second press is told it is being posted
-(SQLite and PostgreSQL; a real bot process, real signed HTTP, the fake Slack)."""
+claimed the draft before posting, so after a restart a second press is told it is being posted,
+and the sweep later finds the post in the channel and records it (SQLite and PostgreSQL; a real
+bot process, real signed HTTP, the fake Slack)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import threading
@@ -11,13 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from bot.plugin_loader import PluginEntry
 from bot.storage import Database
-from bot.storage.models import Draft
+from bot.storage.models import Draft, Example, utcnow
 from bot.storage.repositories import Datasets
 from bot.testkit import payloads
 from bot.testkit.payloads import signed_post
 from bot.testkit.slack import FakeSlack
+from plugins.draft import DraftPlugin
+from tests.bot.slack_harness import serve_bot
 from tests.conftest import free_port
 from tests.faults.test_durable_jobs import bot_env, poll, start_bot
 
@@ -48,12 +54,17 @@ def test_a_bot_killed_while_posting_a_draft_never_posts_it_twice(
         draft_id = draft.id
     fake_slack.add_user(MAYA, "maya")
     fake_slack.add_channel(COPY, "brand-copy", members=[fake_slack.bot_user_id, MAYA])
-    arrived, release = threading.Event(), threading.Event()
+    arrived, release, stored = threading.Event(), threading.Event(), threading.Event()
+    posted_ts: list[str] = []
 
     def held_post(call: Any) -> dict[str, Any]:  # Slack has the message; the bot never hears
         arrived.set()
         release.wait(60)
-        return {"channel": call.args["channel"], "ts": "1700000000.000100"}
+        posted_ts.append(fake_slack.add_message(call.args["channel"], call.args["text"],
+                                                user=fake_slack.bot_user_id,
+                                                bot_id=fake_slack.bot_id))  # fmt: skip
+        stored.set()
+        return {"channel": call.args["channel"], "ts": posted_ts[0]}
 
     fake_slack.handle("chat.postMessage", held_post)
     (tmp_path / "brandbot.toml").write_text("")
@@ -72,8 +83,12 @@ def test_a_bot_killed_while_posting_a_draft_never_posts_it_twice(
             bot.kill()
             bot.wait()
     fake_slack.handle("chat.postMessage", None)
+    assert stored.wait(60)
     with db.session() as s:
-        assert s.get(Draft, draft_id).status == "posting"  # type: ignore[union-attr]
+        row = s.get(Draft, draft_id)
+        assert row is not None and row.status == "posting"
+        assert (row.final_text, row.posted_by, row.claim_index) == (POST, MAYA, 0)
+        assert row.claimed_at is not None  # the claim survived the kill, for the sweep
     port = free_port()
     bot = start_bot(env, port, log)
     try:
@@ -86,4 +101,22 @@ def test_a_bot_killed_while_posting_a_draft_never_posts_it_twice(
     posts = [c for c in fake_slack.calls_for("chat.postMessage") if c.args["channel"] == COPY]
     assert len(posts) == 1
     assert fake_slack.responses("first") == []  # the killed bot never said "Posted"
+
+    with db.session() as s:  # the sweep's wait passes
+        row = s.get(Draft, draft_id)
+        assert row is not None
+        row.claimed_at = utcnow() - dt.timedelta(minutes=30)
+    with serve_bot(
+        db, fake_slack, slack_signing_secret, [PluginEntry("draft", DraftPlugin)]
+    ) as bot2:
+        (sweep,) = [b for b in bot2.runtime.scheduled() if b.name == "DraftPlugin.settle_stuck"]
+        bot2.runtime.run_scheduled(sweep)
+        bot2.runtime.services.jobs.wait_idle(30)
+    with db.session() as s:
+        row = s.get(Draft, draft_id)
+        assert row is not None and (row.status, row.message_ts) == ("posted", posted_ts[0])
+        example = s.scalars(select(Example).where(Example.kind == "positive")).one()
+        assert (example.text, example.message_ts) == (POST, posted_ts[0])
+    posts = [c for c in fake_slack.calls_for("chat.postMessage") if c.args["channel"] == COPY]
+    assert len(posts) == 1  # recorded, not posted again
     db.dispose()
