@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, cast
 
@@ -136,6 +136,11 @@ class NewExample:
     keys: tuple[str, ...]
 
 
+def with_band_keys(new: NewExample) -> NewExample:
+    """``new`` with its near-duplicate band keys (see ``Gate.prepare(band_keys=False)``)."""
+    return replace(new, keys=tuple(dict.fromkeys(near_dup_keys(new.text))))
+
+
 class Gate:
     """Writes examples. Subclassed by the collector, which batches reactions through it."""
 
@@ -176,14 +181,17 @@ class Gate:
         prompt: str | None,
         prompt_source: str | None,
         label: str | None,
+        *,
+        band_keys: bool = True,
     ) -> NewExample | str:
-        """Clean and hash an example's parts, or say why it is refused."""
+        """Clean and hash an example's parts, or say why it is refused. Without ``band_keys``
+        the near-duplicate keys (most of the cost) are left for :func:`with_band_keys`."""
         cleaned, refused = self.clean(text_, dataset)
         if refused:
             return refused
         prompt = self.clean_prompt(prompt)
         digest = example_hash(dataset.task, prompt, cleaned, label)
-        keys = tuple(dict.fromkeys(near_dup_keys(cleaned)))
+        keys = tuple(dict.fromkeys(near_dup_keys(cleaned))) if band_keys else ()
         source = prompt_source if prompt else None
         return NewExample(dataset, cleaned, prompt, source, label, digest, text_key(cleaned), keys)
 

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
-from bot.gate import MAX_TEXT_CHARS, Gate, NewExample, Scrubber
+from bot.gate import MAX_TEXT_CHARS, Gate, NewExample, Scrubber, with_band_keys
 from bot.near_dups import shared_twice
 from bot.storage.models import Dataset, Example, utcnow
 from bot.storage.repositories import Audit, Examples
@@ -309,15 +309,17 @@ def import_candidates(
             result.rejected.append(row)
             continue
         reason = _check(row, dataset)
-        new = reason or gate.prepare(dataset, row.text, row.prompt, "import", row.label)
+        new = reason or gate.prepare(
+            dataset, row.text, row.prompt, "import", row.label, band_keys=False
+        )
         if isinstance(new, str):
             result.rejected.append(Rejected(row.line, new))
             continue
-        if new.digest in seen:
+        if new.digest in seen:  # a re-import skips the band keys of what it already has
             result.duplicate += 1
             continue
         seen.add(new.digest)
-        fresh.append((row, new))
+        fresh.append((row, with_band_keys(new)))
     kept: list[tuple[Candidate, NewExample]] = []
     holders: dict[tuple[int, str], list[int]] = {}
     for start in range(0, len(fresh), NEAR_CHUNK):

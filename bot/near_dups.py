@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, select, text
+from sqlalchemy import Result, Table, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from bot.storage.models import Example, NearDupKey
@@ -32,6 +32,12 @@ NEAR_CANDIDATES_PG = text("""
     ) AS e
 """)
 
+NEAR_KEYS_SQLITE = text("""
+    SELECT example_id, dataset_id, band_key FROM near_dup_keys
+    WHERE dataset_id IN (SELECT value FROM json_each(:datasets))
+      AND band_key IN (SELECT value FROM json_each(:keys))
+""")
+
 
 def near_candidates(
     session: Session, wanted: list[tuple[int, int, tuple[str, ...]]]
@@ -56,12 +62,20 @@ def near_candidates(
             texts[int(example_id)] = text_
         return found, texts
     holders: dict[tuple[int, str], list[int]] = {}
-    for example_id, dataset_id, band_key in session.execute(
-        select(NearDupKey.example_id, NearDupKey.dataset_id, NearDupKey.band_key).where(
-            NearDupKey.dataset_id.in_({ds for _, ds, _ in wanted}),
-            NearDupKey.band_key.in_({k for _, _, keys in wanted for k in keys}),
+    datasets = sorted({ds for _, ds, _ in wanted})
+    band_keys = sorted({k for _, _, keys in wanted for k in keys})
+    held: Result[Any]
+    if session.get_bind().dialect.name == "sqlite":  # one JSON parameter, not one per key
+        held = session.execute(
+            NEAR_KEYS_SQLITE, {"datasets": json.dumps(datasets), "keys": json.dumps(band_keys)}
         )
-    ):
+    else:
+        held = session.execute(
+            select(NearDupKey.example_id, NearDupKey.dataset_id, NearDupKey.band_key).where(
+                NearDupKey.dataset_id.in_(datasets), NearDupKey.band_key.in_(band_keys)
+            )
+        )
+    for example_id, dataset_id, band_key in held:
         holders.setdefault((dataset_id, band_key), []).append(int(example_id))
     shared = {index: shared_twice(ds, keys, holders) for index, ds, keys in wanted}
     ids = {c for found_ in shared.values() for c in found_}
