@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Result, Table, bindparam, select, text
+from sqlalchemy import Table, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from bot.storage.models import Example, NearDupKey
@@ -64,7 +65,7 @@ def near_candidates(
     holders: dict[tuple[int, str], list[int]] = {}
     datasets = sorted({ds for _, ds, _ in wanted})
     band_keys = sorted({k for _, _, keys in wanted for k in keys})
-    held: Result[Any]
+    held: Iterable[Any]
     if session.get_bind().dialect.name == "sqlite":  # one JSON parameter, not one per key
         held = session.execute(
             NEAR_KEYS_SQLITE, {"datasets": json.dumps(datasets), "keys": json.dumps(band_keys)}
