@@ -5,7 +5,6 @@ app, the fake Slack Web API over HTTP, SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from bot.testkit.slack import FakeSlack
 from plugins.draft import DraftPlugin
 from plugins.draft_posting import posted_message, slack_ts
 from tests.bot.slack_harness import Served, serve_bot
+from tests.bot.test_draft_classify import wait
 
 COPY = "C0BRANDCPY"
 MAYA, PRIYA = "U0MAYA0001", "U0PRIYA001"
@@ -88,16 +88,6 @@ def channel_posts(fake: FakeSlack) -> list[Any]:
 
 def notes_to(fake: FakeSlack, user: str) -> list[dict[str, Any]]:
     return [e for e in fake.ephemerals if e["user"] == user and e["channel"] == COPY]
-
-
-def wait(predicate: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_the_sweep_records_what_slack_has_and_releases_what_it_has_not(
