@@ -53,6 +53,11 @@ def slack_ts(when: dt.datetime) -> str:
     return f"{aware.timestamp():.6f}"
 
 
+def _channel(draft: Draft, dataset: Dataset | None) -> str:
+    """Where a draft is posted: where it was requested, else its dataset's first channel."""
+    return draft.channel_id or (dataset.channels[0] if dataset and dataset.channels else "")
+
+
 def _shown(text: str) -> str:
     for escaped, plain in _ESCAPES:
         text = text.replace(escaped, plain)
@@ -110,8 +115,7 @@ class DraftPosting(Plugin):
         if draft.status == "discarded":
             self._say(ctx, draft, user, "This draft was discarded; run `/draft` again.")
             return
-        dataset = ctx.session.get(Dataset, draft.dataset_id)
-        channel = draft.channel_id or (dataset.channels[0] if dataset and dataset.channels else "")
+        channel = _channel(draft, ctx.session.get(Dataset, draft.dataset_id))
         claim = update(Draft).where(Draft.id == draft.id, Draft.status == "pending")
         claimed = ctx.session.execute(claim.values(
             status="posting", final_text=final, posted_by=user, claimed_at=utcnow(),
@@ -212,9 +216,7 @@ class DraftPosting(Plugin):
             draft = session.get(Draft, draft_id)
             if draft is None or draft.status != "posting":
                 return
-            dataset = session.get(Dataset, draft.dataset_id)
-            channel = draft.channel_id or (dataset.channels[0] if dataset and dataset.channels
-                                           else "")  # fmt: skip
+            channel = _channel(draft, session.get(Dataset, draft.dataset_id))
             variants, claimed_text = list(draft.variants), draft.final_text
             texts = [claimed_text] if claimed_text else variants
             claimed_at, since = draft.claimed_at, draft.claimed_at or draft.requested_at
