@@ -191,9 +191,9 @@ class Gate:
             return refused
         prompt = self.clean_prompt(prompt)
         digest = example_hash(dataset.task, prompt, cleaned, label)
-        keys = tuple(dict.fromkeys(near_dup_keys(cleaned))) if band_keys else ()
         source = prompt_source if prompt else None
-        return NewExample(dataset, cleaned, prompt, source, label, digest, text_key(cleaned), keys)
+        new = NewExample(dataset, cleaned, prompt, source, label, digest, text_key(cleaned), ())
+        return with_band_keys(new) if band_keys else new
 
     # ---- lookups ------------------------------------------------------------------------
 
